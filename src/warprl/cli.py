@@ -1,0 +1,175 @@
+"""`warprl` command line: parse, validate, call the library, map known errors to exit code 2.
+
+Every command's flags are generated from its config dataclass (warprl.config), so YAML keys and flags are
+the same names. Exit codes: 0 success, 2 bad input or refused operation (one line on stderr), 1 a bug.
+With ``--json`` a command prints one JSON object as the last line of stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+
+from warprl import config as C
+from warprl.errors import UserError
+
+EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line with exit code 2 (its default prints the usage)."""
+
+    def error(self, message: str):  # noqa: D401
+        raise UserError(f"{self.prog}: {message}")
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, default=str))
+
+
+def _table(rows: list[dict], keys: list[str]) -> str:
+    widths = {k: max(len(k), *(len(str(r.get(k, ""))) for r in rows)) for k in keys}
+    lines = ["  ".join(k.ljust(widths[k]) for k in keys), "  ".join("-" * widths[k] for k in keys)]
+    lines += ["  ".join(str(r.get(k, "")).ljust(widths[k]) for k in keys) for r in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+def cmd_models(args) -> int:
+    from warprl.models import cache_dir, installed_aliases
+
+    rows = installed_aliases()
+    if args.json:
+        _print_json({"aliases": rows, "cache_dir": str(cache_dir())})
+    else:
+        print(_table(rows, ["alias", "kind", "installed", "converted_cache", "description"]))
+        print(f"\nGGUF conversion cache: {cache_dir()} (set WARPRL_CACHE to move it)")
+    return EXIT_OK
+
+
+def cmd_generate(args) -> int:
+    from warprl.models import load_policy, pick_device
+    from warprl.rollout import SamplingConfig, sample
+
+    cfg: C.GenerateConfig = C.config_from_args(C.GenerateConfig, args)
+    if not cfg.prompt:
+        raise UserError("generate needs at least one --prompt TEXT")
+    if any(not p.strip() for p in cfg.prompt):
+        raise UserError("--prompt must not be empty")
+    device = pick_device(cfg.device)
+    model, tok = load_policy(cfg.policy, device=device)
+    scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                          top_k=cfg.top_k)
+    roll = sample(model, tok, cfg.prompt, scfg, k=cfg.num_samples, bf16=False, generator_seed=cfg.seed)
+    results = [{"prompt": p, "completion": c} for p, c in zip(roll.prompts, roll.completions, strict=True)]
+    for r in results:
+        print(f"\033[1m{r['prompt']}\033[0m{r['completion']}" if sys.stdout.isatty() else
+              f"{r['prompt']} ⟶{r['completion']}")
+    if args.json:
+        _print_json({"policy": cfg.policy, "samples": results})
+    return EXIT_OK
+
+
+def cmd_data_inspect(args) -> int:
+    from warprl import data
+
+    tok = None
+    if args.policy:
+        from warprl.models import load_policy
+
+        _, tok = load_policy(args.policy)
+    C.parse_prompt_tokens(args.prompt_tokens)
+    info = data.inspect(args.path, tokenizer=tok, n_tokens=args.prompt_tokens, seed=args.seed)
+    if args.json:
+        _print_json(info)
+        return EXIT_OK
+    print(f"{info['source']}: {info['rows']} reviews, columns {', '.join(info['columns'])}, "
+          f"{info['words_mean']} words on average")
+    if "labels" in info:
+        print("labels: " + ", ".join(f"{k}: {v}" for k, v in info["labels"].items()))
+        print(f"preference pairs per epoch: {info['pairs_per_epoch']}" + (
+            f" ({info['pairs_note']})" if info.get("pairs_note") else ""))
+        for p in info.get("example_pairs", []):
+            print(f"  chosen:   {p['chosen'][:100]}…\n  rejected: {p['rejected'][:100]}…")
+    for p in info.get("example_prompts", []):
+        print(f"  prompt: {p!r}")
+    return EXIT_OK
+
+
+# ------------------------------------------------------------------------------------------------ parser
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _sub(subparsers, name: str, help_text: str, handler: Handler, cfg_cls: type | None = None,
+         json_flag: bool = True, exclude: tuple[str, ...] = ()) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(name, help=help_text, description=help_text,
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    if cfg_cls is not None:
+        C.add_arguments(p, cfg_cls, exclude=exclude)
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="warprl", description="Align language models to a reward: REINFORCE, RLOO and WARP.")
+    from warprl import __version__
+
+    parser.add_argument("--version", action="version", version=f"warprl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _sub(sub, "models", "list the offline model aliases and whether their weights are installed", cmd_models)
+    _sub(sub, "generate", "sample continuations from a policy", cmd_generate, C.GenerateConfig)
+
+    data_p = sub.add_parser("data", help="inspect review data")
+    data_sub = data_p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    ins = _sub(data_sub, "inspect", "counts, label balance, example prompts and pairs", cmd_data_inspect)
+    ins.add_argument("path", help="parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id")
+    ins.add_argument("--policy", default="", help="tokenizer for example prompts (e.g. smollm2-135m)")
+    ins.add_argument("--prompt-tokens", default="8", help="prompt length in policy tokens: N or LO-HI")
+    ins.add_argument("--seed", type=int, default=0)
+
+    _register_later_commands(sub)
+    return parser
+
+
+def _register_later_commands(sub) -> None:
+    """Commands of the later pipeline stages register here (reward, align, evaluate, pareto, quickstart)."""
+    for register in _REGISTRARS:
+        register(sub)
+
+
+_REGISTRARS: list[Callable] = []
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not getattr(args, "handler", None):
+            parser.print_help()
+            return EXIT_BAD_INPUT if argv is None and len(sys.argv) > 1 else EXIT_OK
+        code = args.handler(args)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        code = 130
+    sys.stdout.flush()
+    return code
+
+
+def entry() -> None:  # pragma: no cover - console script wrapper
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # our own progress bars and messages say what is happening
+    hf_logging.disable_progress_bar()
+    sys.exit(main())

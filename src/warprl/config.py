@@ -1,0 +1,356 @@
+"""Every setting as a dataclass field with a default and a one-line doc (cleanrl style).
+
+The same dataclass feeds three places: YAML files (``--config``), command-line flags (generated from the
+fields, so a new setting needs one line here and nothing in the CLI), and the ``config.yaml`` written into
+each output folder. Precedence: defaults < YAML < flags. Unknown keys and invalid values raise
+:class:`~warprl.errors.UserError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+
+from warprl.errors import UserError
+
+
+def setting(default: Any, doc: str, choices: tuple | None = None) -> Any:
+    """A config field: its default, a one-line doc (becomes ``--help``), optional allowed values."""
+    meta = {"doc": doc, "choices": choices}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# Keys that change how a command runs but not what it computes (excluded when a resume compares settings).
+RUN_CONTROL_KEYS = ("resume", "overwrite", "out", "executor", "ray_address", "progress", "tensorboard")
+
+
+@dataclass
+class GenerateConfig:
+    """`warprl generate`: sample continuations from a policy."""
+
+    policy: str = setting("smollm2-135m", "policy: alias, HF folder, .gguf file or hub id")
+    prompt: list[str] = setting([], "prompt text (repeat the flag for several)")
+    num_samples: int = setting(1, "completions per prompt")
+    max_new_tokens: int = setting(40, "maximum new tokens per completion")
+    temperature: float = setting(1.0, "sampling temperature")
+    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = setting(0, "top-k sampling (0 = off)")
+    seed: int = setting(0, "random seed")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+
+    def validate(self) -> None:
+        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+        _positive("num_samples", self.num_samples)
+
+
+@dataclass
+class RewardTrainConfig:
+    """`warprl reward train`: Bradley–Terry training of a reward model on (chosen, rejected) pairs."""
+
+    data: str = setting("", "review data: parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id")
+    backbone: str = setting("minilm-l6", "encoder: alias, HF folder or hub id")
+    out: str = setting("runs/reward", "output folder (an HF model folder)")
+    freeze_backbone: bool = setting(False, "train only the head on cached pooled embeddings")
+    max_length: int = setting(256, "maximum tokens per review")
+    batch_size: int = setting(16, "pairs per optimisation step")
+    lr: float = setting(3e-5, "learning rate (use ~1e-2 with --freeze-backbone)")
+    epochs: float = setting(1.0, "passes over the training pairs (fractions allowed)")
+    max_pairs: int = setting(0, "cap on training pairs (0 = all)")
+    warmup_ratio: float = setting(0.05, "share of steps with linear warmup")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    center_rewards: float = setting(0.0, "penalty coefficient on the squared mean reward (TRL's center_rewards_coefficient)")
+    val_fraction: float = setting(0.1, "share of reviews held out for validation")
+    val_pairs: int = setting(1000, "validation pairs evaluated at the end")
+    seed: int = setting(0, "random seed")
+    bf16: bool = setting(True, "bf16 autocast (fp32 master weights)")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    overwrite: bool = setting(False, "replace an existing model in --out")
+    progress: bool = setting(True, "show progress bars")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("reward train needs --data (a file, folder or hub dataset id)")
+        _positive("max_length", self.max_length)
+        _positive("batch_size", self.batch_size)
+        _positive("lr", self.lr)
+        _positive("epochs", self.epochs)
+        _non_negative("max_pairs", self.max_pairs)
+        _unit_interval("warmup_ratio", self.warmup_ratio)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("center_rewards", self.center_rewards)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class AlignConfig:
+    """`warprl align`: REINFORCE, RLOO or WARP on a KL-regularised reward r − β·KL."""
+
+    method: str = setting("rloo", "RL method", choices=("reinforce", "rloo", "warp"))
+    inner: str = setting("rloo", "estimator inside each WARP run", choices=("reinforce", "rloo"))
+    policy: str = setting("smollm2-135m", "initial (SFT) policy: alias, HF folder, .gguf or hub id")
+    reward: str = setting("imdb-sentiment", "reward: alias (imdb-sentiment, vader), RM folder or hub id")
+    prompts: str = setting("builtin", "prompts: builtin, a data file/folder, a .txt (one per line) or hub id")
+    prompt_tokens: str = setting("8", "prompt length in policy tokens: N, or a range such as 5-15")
+    steps: int = setting(30, "RL steps T per run")
+    batch_size: int = setting(8, "prompts per step (mission: 64)")
+    k: int = setting(2, "samples per prompt (RLOO needs >= 2)")
+    grad_accum: int = setting(1, "micro-batches per step (memory, not maths: the step sees batch_size prompts)")
+    beta: float = setting(0.05, "KL coefficient β in r − β·KL")
+    kl_estimator: str = setting("k1", "per-token KL estimator", choices=("k1", "k3"))
+    anchor: str = setting("sft", "KL anchor for REINFORCE/RLOO (WARP always uses ema)", choices=("sft", "ema"))
+    mu: float = setting(0.01, "EMA rate μ: θ_ema ← (1−μ)·θ_ema + μ·θ after each step")
+    baseline: str = setting("moving_average", "REINFORCE baseline", choices=("moving_average", "none"))
+    baseline_decay: float = setting(0.9, "decay of the REINFORCE moving-average baseline")
+    whiten_advantages: bool = setting(False, "normalise advantages to mean 0, std 1 per batch")
+    token_mean: bool = setting(False, "average the loss over tokens instead of summing per sequence")
+    lr: float = setting(1e-5, "learning rate")
+    optimizer: str = setting("adamw", "optimiser", choices=("adam", "adamw"))
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_steps: int = setting(0, "linear learning-rate warmup steps")
+    max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
+    max_new_tokens: int = setting(24, "maximum completion tokens")
+    min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
+    temperature: float = setting(1.0, "sampling temperature (log-probs are taken at this temperature)")
+    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = setting(0, "top-k sampling (0 = off)")
+    iterations: int = setting(2, "WARP iterations I")
+    runs: int = setting(2, "WARP independent runs M per iteration")
+    lam: float = setting(0.5, "WARP SLERP interpolation λ (two runs)")
+    eta: float = setting(0.5, "WARP LITI step η: θ_init ← (1−η)·θ_init + η·θ_slerp")
+    merge: str = setting("slerp", "WARP merge of the M runs", choices=("slerp", "lerp"))
+    executor: str = setting("sequential", "where WARP's M runs execute", choices=("sequential", "ray"))
+    ray_address: str = setting("", "Ray cluster to join (empty: start a local one)")
+    bf16: bool = setting(True, "bf16 autocast with fp32 master weights")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    seed: int = setting(0, "random seed (each run derives its own from it)")
+    checkpoint_every: int = setting(10, "steps between checkpoints (0 = only at the end of a run)")
+    out: str = setting("runs/align", "output folder")
+    resume: bool = setting(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = setting(False, "replace a finished run in --out")
+    progress: bool = setting(True, "show progress bars")
+    tensorboard: bool = setting(False, "also log to TensorBoard (needs the tensorboard extra)")
+
+    def validate(self) -> None:
+        _positive("steps", self.steps)
+        _positive("batch_size", self.batch_size)
+        _positive("k", self.k)
+        _positive("grad_accum", self.grad_accum)
+        if self.batch_size % self.grad_accum:
+            raise UserError(f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}")
+        uses_rloo = self.method == "rloo" or (self.method == "warp" and self.inner == "rloo")
+        if uses_rloo and self.k < 2:
+            raise UserError(f"RLOO needs --k >= 2 samples per prompt, got {self.k}")
+        _non_negative("beta", self.beta)
+        if not 0.0 < self.mu <= 1.0:
+            raise UserError(f"--mu must be in (0, 1], got {self.mu}")
+        _unit_interval("baseline_decay", self.baseline_decay)
+        _positive("lr", self.lr)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("warmup_steps", self.warmup_steps)
+        _non_negative("max_grad_norm", self.max_grad_norm)
+        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+        _non_negative("min_new_tokens", self.min_new_tokens)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise UserError("--min-new-tokens is larger than --max-new-tokens")
+        _positive("iterations", self.iterations)
+        _positive("runs", self.runs)
+        _unit_interval("lam", self.lam)
+        _unit_interval("eta", self.eta)
+        _non_negative("checkpoint_every", self.checkpoint_every)
+        parse_prompt_tokens(self.prompt_tokens)
+
+
+@dataclass
+class EvalConfig:
+    """`warprl evaluate`: reward, KL to the SFT policy, judge and diversity on held-out prompts."""
+
+    policy: str = setting("smollm2-135m", "policy to evaluate")
+    sft: str = setting("smollm2-135m", "reference (SFT) policy for the KL and NLL")
+    reward: str = setting("imdb-sentiment", "reward model or alias")
+    judge: str = setting("vader", "independent judge reward (never trained on)")
+    prompts: str = setting("builtin", "held-out prompts: builtin, data file/folder, .txt or hub id")
+    prompt_tokens: str = setting("8", "prompt length in policy tokens: N or a range such as 5-15")
+    n_prompts: int = setting(100, "held-out prompts to evaluate (capped by what exists)")
+    samples_per_prompt: int = setting(1, "completions per prompt")
+    max_new_tokens: int = setting(24, "maximum completion tokens")
+    temperature: float = setting(1.0, "sampling temperature")
+    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = setting(0, "top-k sampling (0 = off)")
+    batch_size: int = setting(16, "prompts per generation batch")
+    seed: int = setting(1234, "random seed (the same for every policy compared)")
+    bf16: bool = setting(True, "bf16 autocast")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+
+    def validate(self) -> None:
+        _positive("n_prompts", self.n_prompts)
+        _positive("samples_per_prompt", self.samples_per_prompt)
+        _positive("batch_size", self.batch_size)
+        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+        parse_prompt_tokens(self.prompt_tokens)
+
+
+# ---------------------------------------------------------------------------------------------- validators
+
+
+def _positive(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+        raise UserError(f"--{_flag(name)} must be > 0, got {value}")
+
+
+def _non_negative(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+        raise UserError(f"--{_flag(name)} must be >= 0, got {value}")
+
+
+def _unit_interval(name: str, value: float) -> None:
+    if not (isinstance(value, int | float) and 0.0 <= value <= 1.0):
+        raise UserError(f"--{_flag(name)} must be in [0, 1], got {value}")
+
+
+def _check_sampling(temperature: float, top_p: float, top_k: int, max_new_tokens: int) -> None:
+    _positive("temperature", temperature)
+    if not 0.0 < top_p <= 1.0:
+        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
+    _non_negative("top_k", top_k)
+    _positive("max_new_tokens", max_new_tokens)
+
+
+def parse_prompt_tokens(spec: str | int) -> tuple[int, int]:
+    """``"8"`` → (8, 8); ``"5-15"`` → (5, 15)."""
+    text = str(spec).strip()
+    try:
+        lo, _, hi = text.partition("-")
+        lo_i, hi_i = int(lo), int(hi or lo)
+    except ValueError:
+        raise UserError(f"--prompt-tokens must be N or LO-HI, got {spec!r}") from None
+    if lo_i < 1 or hi_i < lo_i:
+        raise UserError(f"--prompt-tokens must be >= 1 with LO <= HI, got {spec!r}")
+    return lo_i, hi_i
+
+
+# --------------------------------------------------------------------------------------- YAML and flags
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field; defaults are suppressed so that only given flags override the YAML."""
+    types = _field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        tp = types[f.name]
+        doc = f.metadata.get("doc", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{doc} (default: {default!r})"}
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif get_origin(tp) is list:
+            kw.update(action="append", type=get_args(tp)[0], metavar=f.name.upper())
+        else:
+            kw.update(type=tp, metavar=f.name.upper())
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+                kw.pop("metavar")
+        parser.add_argument(f"--{_flag(f.name)}", **kw)
+    parser.add_argument("--config", dest="config_file", default=None, metavar="YAML",
+                        help="YAML file of settings; flags given on the command line override it")
+
+
+def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
+    """Check a YAML value against the field type, allowing the lossless conversions YAML users expect."""
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)  # YAML 1.1 reads "1e-5" as a string
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    elif get_origin(tp) is list:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return list(value)
+    expected = getattr(tp, "__name__", str(tp))
+    raise UserError(f"{source}: '{name}' must be {expected}, got {value!r}")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"config file {p} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must be a mapping of setting: value, got {type(data).__name__}")
+    return data
+
+
+def build_config(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
+                 source: str = "config"):
+    """Defaults < YAML values < flags; unknown keys and bad types are a UserError; then ``validate()``."""
+    types = _field_types(cls)
+    values: dict[str, Any] = {}
+    for key, value in (yaml_values or {}).items():
+        name = str(key).replace("-", "_")
+        if name not in types:
+            known = ", ".join(sorted(types))
+            raise UserError(f"{source}: unknown setting '{key}' (known: {known})")
+        values[name] = _coerce(name, types[name], value, source)
+    for name, value in (flags or {}).items():
+        if name not in types:
+            raise UserError(f"unknown setting '{name}'")
+        values[name] = value
+    for f in dataclasses.fields(cls):
+        choices = f.metadata.get("choices")
+        if choices and f.name in values and values[f.name] not in choices:
+            raise UserError(f"{source}: '{f.name}' must be one of {', '.join(choices)}, got {values[f.name]!r}")
+    cfg = cls(**values)
+    cfg.validate()
+    return cfg
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """Build ``cls`` from parsed CLI args produced by :func:`add_arguments`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    path = getattr(args, "config_file", None)
+    yaml_values = read_yaml(path) if path else {}
+    return build_config(cls, yaml_values, flags, source=str(path) if path else "config")
+
+
+def to_dict(cfg) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)

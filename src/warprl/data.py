@@ -1,0 +1,354 @@
+"""Review data in every format we accept, and what RL and reward training need from it.
+
+Sources: a hub dataset id (``stanfordnlp/imdb``), a local parquet / jsonl / json / csv file or a folder of
+them, the official ``aclImdb/`` layout, or ``builtin`` (openings written for this project, the offline
+default). Products: prompts (the first N policy tokens of a review), preference pairs (a positive review
+preferred over a negative one) and seeded train/validation splits. Every failure is a one-line UserError.
+"""
+
+from __future__ import annotations
+
+import html
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from warprl.config import parse_prompt_tokens
+from warprl.errors import UserError
+
+TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
+
+# Openings of movie reviews, written for warprl (no dataset text). Mixed in tone on purpose: a policy that
+# learns positivity must do it from neutral and negative starts too. The first 64 are for training, the
+# rest are held out for evaluation (see builtin_prompts).
+BUILTIN_OPENINGS: tuple[str, ...] = (
+    "I watched this movie last night and",
+    "This film tells the story of a",
+    "When I first heard about this movie, I",
+    "The plot of this film revolves around",
+    "I rented this on a whim and",
+    "As a fan of the original novel, I",
+    "The director's previous work was",
+    "My wife dragged me to see this, and",
+    "This is one of those movies that",
+    "The opening scene of the film",
+    "I have seen a lot of westerns, but",
+    "Going into this movie, my expectations were",
+    "The acting in this picture is",
+    "Halfway through the second act,",
+    "I am not usually a fan of musicals, but",
+    "The cinematography in this film",
+    "This sequel picks up where the first",
+    "Having grown up with the cartoon, I",
+    "The screenplay was written by",
+    "Let me start by saying that the soundtrack",
+    "It is rare that a horror movie",
+    "The lead actress plays a young widow who",
+    "I caught this documentary on late-night television and",
+    "From the very first frame, the film",
+    "My friends recommended this comedy, so",
+    "The special effects in this movie",
+    "Based on a true story, the film follows",
+    "Nobody in the theater expected",
+    "This low-budget thriller was shot in",
+    "After reading the reviews, I decided to",
+    "The characters in this movie are",
+    "Set in a small town in the fifties, the story",
+    "I saw this at a film festival and",
+    "The dialogue in the first half",
+    "Whoever edited this film",
+    "Fans of the genre will notice that",
+    "The movie begins with a car chase that",
+    "I bought the DVD because",
+    "It has been years since a romantic comedy",
+    "The villain of the story is",
+    "Watching this with my kids, I",
+    "The pacing of this film",
+    "This animated feature is aimed at",
+    "The ending of the movie",
+    "I went in knowing nothing about the plot, and",
+    "The cast includes several famous faces, but",
+    "Critics have called this film",
+    "The war scenes in this movie",
+    "Three friends set out on a road trip, and",
+    "I remember seeing the trailer and thinking",
+    "The costumes and sets of this period drama",
+    "This was the director's first feature, and",
+    "About twenty minutes into the film,",
+    "The score by the composer",
+    "I watched the extended version, which",
+    "The story is told through flashbacks that",
+    "Our book club chose to watch this adaptation, and",
+    "If you like slow-burning mysteries,",
+    "The chemistry between the two leads",
+    "This made-for-TV movie about a detective",
+    "The first time I saw this film was",
+    "The young actor who plays the son",
+    "Despite its long running time, the film",
+    "This remake of the 1970s classic",
+    # held out for evaluation
+    "I finally got around to watching this film, and",
+    "The premise of the movie sounded",
+    "The main character is a retired boxer who",
+    "When the credits rolled, I",
+    "This independent film was made on",
+    "I expected a lot more from a movie that",
+    "The humor in this film",
+    "Having seen all of the director's films, I",
+    "The second half of the movie",
+    "The story follows a family that moves to",
+    "I watched it twice because",
+    "The special edition comes with",
+    "This is the kind of film that",
+    "My grandmother loved the book, so",
+    "The action sequences in the film",
+    "Set on a spaceship far from Earth, the plot",
+    "I was surprised to learn that",
+    "The performances by the supporting cast",
+    "Every few years a movie comes along that",
+    "The script relies heavily on",
+    "My brother and I saw this at the drive-in and",
+    "The documentary interviews several",
+    "Although the film received an award,",
+    "The last thirty minutes of the movie",
+    "I can't remember the last time",
+    "The setting of the film is a",
+    "What struck me most about this movie was",
+    "The child actors in this film",
+    "Released the same year as its rival, this film",
+    "The monster in this creature feature",
+    "The narrator of the story",
+    "Of all the versions of this tale,",
+)
+BUILTIN_TRAIN = 64
+
+
+def builtin_prompts(split: str = "train") -> list[str]:
+    """The built-in openings: ``train`` (64) or ``eval`` (the held-out rest)."""
+    if split == "train":
+        return list(BUILTIN_OPENINGS[:BUILTIN_TRAIN])
+    if split in ("eval", "validation", "test"):
+        return list(BUILTIN_OPENINGS[BUILTIN_TRAIN:])
+    raise ValueError(f"unknown split {split!r}")
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+_BR = re.compile(r"<br\s*/?>", re.IGNORECASE)
+_SPACE = re.compile(r"\s+")
+
+
+def clean_text(text: str) -> str:
+    """Remove the ``<br />`` tags IMDB reviews carry, unescape entities, collapse whitespace."""
+    return _SPACE.sub(" ", html.unescape(_BR.sub(" ", text))).strip()
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix == ".csv":
+            return pd.read_csv(path)
+        if path.suffix == ".jsonl":
+            return pd.read_json(path, lines=True)
+        if path.suffix == ".json":
+            try:
+                return pd.read_json(path)
+            except ValueError:
+                return pd.read_json(path, lines=True)
+    except Exception as e:  # pyarrow / pandas parser errors vary by format
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot read {path}: {first}") from None
+    raise UserError(f"unsupported data file {path} (use {', '.join(TABLE_SUFFIXES)})")
+
+
+def _acl_imdb_root(folder: Path, split: str) -> Path | None:
+    """The folder holding pos/ and neg/ for the official aclImdb layout, if this is one."""
+    for cand in (folder / split, folder / "aclImdb" / split, folder):
+        if (cand / "pos").is_dir() or (cand / "neg").is_dir():
+            return cand
+    return None
+
+
+def _read_acl_imdb(root: Path) -> pd.DataFrame:
+    rows = []
+    for name, label in (("neg", 0), ("pos", 1), ("unsup", -1)):
+        sub = root / name
+        if not sub.is_dir():
+            continue
+        for f in sorted(sub.glob("*.txt")):
+            stem = f.stem  # "<id>_<rating>.txt"
+            rating = int(stem.split("_")[1]) if "_" in stem and stem.split("_")[1].isdigit() else 0
+            rows.append({"text": f.read_text(encoding="utf-8", errors="replace"), "label": label,
+                         "rating": rating, "id": stem})
+    return pd.DataFrame(rows, columns=["text", "label", "rating", "id"])
+
+
+def _read_hub(dataset_id: str, split: str) -> pd.DataFrame:
+    try:
+        import datasets
+
+        ds = datasets.load_dataset(dataset_id, split=split)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load dataset '{dataset_id}' from the hub (offline or unknown id: {first}); "
+                        f"pass a local parquet/jsonl/csv file or folder, or use --prompts builtin") from None
+    return ds.to_pandas()
+
+
+def load_reviews(source: str, split: str = "train", require_label: bool = False) -> pd.DataFrame:
+    """Read reviews into a DataFrame with a ``text`` column (and ``label`` when present), texts cleaned."""
+    if not source:
+        raise UserError("no data source given")
+    path = Path(source).expanduser()
+    if path.is_file():
+        df = _read_table(path)
+    elif path.is_dir():
+        acl = _acl_imdb_root(path, split)
+        if acl is not None:
+            df = _read_acl_imdb(acl)
+        else:
+            files = sorted(p for p in path.iterdir() if p.suffix in TABLE_SUFFIXES)
+            if not files:
+                raise UserError(f"{path} holds no {'/'.join(TABLE_SUFFIXES)} files and is not an aclImdb folder")
+            df = pd.concat([_read_table(f) for f in files], ignore_index=True)
+    elif source.startswith((".", "/", "~")) or Path(source).suffix in TABLE_SUFFIXES:
+        raise UserError(f"data file not found: {source}")
+    else:
+        df = _read_hub(source, split)
+    if "text" not in df.columns:
+        raise UserError(f"{source}: missing column 'text' (found: {', '.join(map(str, df.columns))})")
+    if require_label and "label" not in df.columns:
+        raise UserError(f"{source}: missing column 'label' (found: {', '.join(map(str, df.columns))})")
+    df = df.copy()
+    df["text"] = df["text"].astype(str).map(clean_text)
+    df = df[df["text"].str.len() > 0].reset_index(drop=True)
+    if df.empty:
+        raise UserError(f"{source}: no non-empty texts")
+    return df
+
+
+def split_train_val(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A seeded split; stratified by label when there is one, so both halves keep the class balance."""
+    rng = random.Random(seed)
+    groups = [df.index[df["label"] == v].tolist() for v in sorted(df["label"].unique())] \
+        if "label" in df.columns else [df.index.tolist()]
+    train_idx, val_idx = [], []
+    for idx in groups:
+        rng.shuffle(idx)
+        n_val = int(round(len(idx) * val_fraction))
+        val_idx += idx[:n_val]
+        train_idx += idx[n_val:]
+    return df.loc[sorted(train_idx)].reset_index(drop=True), df.loc[sorted(val_idx)].reset_index(drop=True)
+
+
+# -------------------------------------------------------------------------------------------------- pairs
+
+
+@dataclass(frozen=True)
+class Pair:
+    chosen: str
+    rejected: str
+
+
+def preference_pairs(df: pd.DataFrame, seed: int = 0, epoch: int = 0, limit: int = 0) -> list[Pair]:
+    """(positive review, negative review) pairs; each review is used at most once per epoch.
+
+    The pairing is a fresh seeded shuffle per ``epoch``, so more epochs see new combinations.
+    """
+    if "label" not in df.columns:
+        raise UserError("preference pairs need a 'label' column (1 positive, 0 negative)")
+    pos = df.loc[df["label"] == 1, "text"].tolist()
+    neg = df.loc[df["label"] == 0, "text"].tolist()
+    if not pos or not neg:
+        have = "positive" if pos else "negative"
+        raise UserError(f"preference pairs need both classes, the data has only {have} reviews "
+                        f"(labels found: {sorted(df['label'].unique().tolist())})")
+    rng = random.Random(f"{seed}/{epoch}")
+    rng.shuffle(pos)
+    rng.shuffle(neg)
+    pairs = [Pair(c, r) for c, r in zip(pos, neg, strict=False)]
+    return pairs[:limit] if limit else pairs
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+def make_prompts(texts: list[str], tokenizer, n_tokens: str | int = "8", seed: int = 0,
+                 limit: int = 0) -> list[str]:
+    """The first N policy tokens of each text (N fixed, or drawn per text from a LO-HI range), decoded.
+
+    Texts with no more than N tokens are skipped: there would be nothing left to continue.
+    """
+    lo, hi = parse_prompt_tokens(n_tokens)
+    rng = random.Random(seed)
+    prompts: list[str] = []
+    for text in texts:
+        n = lo if lo == hi else rng.randint(lo, hi)
+        ids = tokenizer(clean_text(text), add_special_tokens=False)["input_ids"]
+        if len(ids) <= n:
+            continue
+        prompt = tokenizer.decode(ids[:n], skip_special_tokens=True).strip()
+        if prompt:
+            prompts.append(prompt)
+        if limit and len(prompts) >= limit:
+            break
+    return prompts
+
+
+def load_prompts(spec: str, tokenizer=None, split: str = "train", n_tokens: str | int = "8", seed: int = 0,
+                 limit: int = 0, val_fraction: float = 0.1) -> list[str]:
+    """Prompts for RL (``split="train"``) or evaluation (``split="eval"``), never overlapping.
+
+    ``builtin`` uses the built-in openings; a ``.txt`` file is one prompt per line; anything else is review
+    data, split with the same seed so that evaluation prompts are never trained on.
+    """
+    if spec == "builtin":
+        prompts = builtin_prompts("train" if split == "train" else "eval")
+        return prompts[:limit] if limit else prompts
+    path = Path(spec).expanduser()
+    if path.suffix == ".txt":
+        if not path.is_file():
+            raise UserError(f"prompt file not found: {path}")
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        if not lines:
+            raise UserError(f"{path}: no prompts (empty file)")
+        return lines[:limit] if limit else lines
+    if tokenizer is None:
+        raise ValueError("a tokenizer is needed to cut prompts from review data")
+    df = load_reviews(spec, split="train")
+    if "label" in df.columns:
+        df = df[df["label"] != -1] if (df["label"] != -1).any() else df
+    train, val = split_train_val(df, val_fraction=val_fraction, seed=seed)
+    texts = (train if split == "train" else val)["text"].tolist()
+    random.Random(seed).shuffle(texts)
+    prompts = make_prompts(texts, tokenizer, n_tokens=n_tokens, seed=seed, limit=limit)
+    if not prompts:
+        raise UserError(f"{spec}: no texts longer than the prompt length {n_tokens}")
+    return prompts
+
+
+def inspect(source: str, tokenizer=None, n_tokens: str | int = "8", examples: int = 3, seed: int = 0) -> dict:
+    """Counts, label balance, example prompts and pairs (for `warprl data inspect`)."""
+    df = load_reviews(source)
+    info: dict = {"source": source, "rows": int(len(df)), "columns": [str(c) for c in df.columns]}
+    lengths = df["text"].str.split().str.len()
+    info["words_mean"] = round(float(lengths.mean()), 1)
+    if "label" in df.columns:
+        info["labels"] = {str(k): int(v) for k, v in df["label"].value_counts().sort_index().items()}
+        try:
+            pairs = preference_pairs(df, seed=seed)
+            info["pairs_per_epoch"] = len(pairs)
+            info["example_pairs"] = [{"chosen": p.chosen[:160], "rejected": p.rejected[:160]}
+                                     for p in pairs[:examples]]
+        except UserError as e:
+            info["pairs_per_epoch"] = 0
+            info["pairs_note"] = str(e)
+    if tokenizer is not None:
+        texts = df["text"].tolist()
+        random.Random(seed).shuffle(texts)
+        info["example_prompts"] = make_prompts(texts[: examples * 4], tokenizer, n_tokens, seed=seed, limit=examples)
+    return info

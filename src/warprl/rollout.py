@@ -1,0 +1,147 @@
+"""Sampling completions and per-token log-probs of the sampled tokens.
+
+Log-probs are always taken from ``log_softmax(logits / temperature)``: the distribution the token was
+actually sampled from (before top-p/top-k truncation, as TRL and the RLOO paper do). Prompts are left
+padded, so position ids are rebuilt from the attention mask in every separate forward pass: that is what
+``generate`` does internally, and without it the log-probs of padded rows would differ.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+
+import torch
+
+from warprl.algorithms import completion_mask
+
+
+@dataclass
+class SamplingConfig:
+    max_new_tokens: int = 24
+    min_new_tokens: int = 0
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+
+
+@dataclass
+class Rollout:
+    """One batch of samples. Row order: the k samples of each prompt are adjacent (RLOO's grouping)."""
+
+    prompts: list[str]  # [B] prompt text of each row
+    completions: list[str]  # [B] decoded completion text (special tokens removed)
+    input_ids: torch.Tensor  # [B, P+T] left-padded prompt followed by the completion
+    attention_mask: torch.Tensor  # [B, P+T] 1 for real prompt tokens and unmasked completion tokens
+    completion_ids: torch.Tensor  # [B, T]
+    mask: torch.Tensor  # [B, T] float, 1 up to and including the first EOS
+    logprobs: torch.Tensor  # [B, T] log π(y_t) at the sampling temperature, no grad
+    ref_logprobs: torch.Tensor | None = None  # [B, T] under the anchor, filled by ``anchor_logprobs``
+
+    @property
+    def prompt_len(self) -> int:
+        return self.input_ids.shape[1] - self.completion_ids.shape[1]
+
+    @property
+    def lengths(self) -> torch.Tensor:
+        return self.mask.sum(-1)
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CPU or CUDA; master weights stay fp32."""
+    if not enabled:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    if enc["input_ids"].shape[1] == 0:
+        raise ValueError("all prompts are empty")
+    return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+def _gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log softmax(logits / T) at ``tokens``, in fp32, without keeping a [B, T, V] log-softmax around."""
+    logits = logits.float() / temperature
+    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[str], cfg: SamplingConfig, k: int = 1, bf16: bool = False,
+           generator_seed: int | None = None) -> Rollout:
+    """Sample ``k`` completions per prompt with the KV cache; return ids, masks, texts and log π.
+
+    Randomness comes from torch's global RNG (what ``generate`` uses); pass ``generator_seed`` to fix it.
+    """
+    device = next(model.parameters()).device
+    rows = [p for p in prompts for _ in range(k)]
+    enc = tokenize_prompts(tokenizer, rows, device)
+    if generator_seed is not None:
+        torch.manual_seed(generator_seed)
+    gen_kwargs = dict(
+        do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
+        max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens or None,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        return_dict_in_generate=True, output_logits=True, use_cache=True,
+    )
+    was_training = model.training
+    model.eval()
+    with autocast(device, bf16):
+        out = model.generate(**enc, **gen_kwargs)
+    model.train(was_training)
+    prompt_len = enc["input_ids"].shape[1]
+    completion_ids = out.sequences[:, prompt_len:]
+    # The raw logits of each step (before temperature and truncation): log-probs at the sampling temperature.
+    logits = torch.stack(out.logits, dim=1)[:, : completion_ids.shape[1]]
+    logprobs = _gather_logprobs(logits, completion_ids, cfg.temperature)
+    mask = completion_mask(completion_ids, tokenizer.eos_token_id).to(logprobs.dtype)
+    logprobs = logprobs * mask
+    attention_mask = torch.cat([enc["attention_mask"], mask.long()], dim=1)
+    completions = tokenizer.batch_decode(
+        [ids[: int(m.sum())] for ids, m in zip(completion_ids, mask, strict=True)], skip_special_tokens=True)
+    return Rollout(prompts=rows, completions=completions, input_ids=out.sequences, attention_mask=attention_mask,
+                   completion_ids=completion_ids, mask=mask, logprobs=logprobs)
+
+
+def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
+                      temperature: float = 1.0, bf16: bool = False,
+                      return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """Per-token log π of the last ``n_completion`` tokens given everything before them (grad enabled).
+
+    With ``return_entropy`` also the per-token entropy of the temperature-scaled distribution (no grad).
+    """
+    device = input_ids.device
+    with autocast(device, bf16):
+        out = model(input_ids=input_ids, attention_mask=attention_mask,
+                    position_ids=position_ids_from_mask(attention_mask), use_cache=False)
+    # logits at position t predict token t+1: the completion's predictions start one before it.
+    logits = out.logits[:, -n_completion - 1 : -1]
+    tokens = input_ids[:, -n_completion:]
+    logp = _gather_logprobs(logits, tokens, temperature)
+    if not return_entropy:
+        return logp
+    with torch.no_grad():
+        scaled = logits.float() / temperature
+        entropy = torch.logsumexp(scaled, -1) - (torch.softmax(scaled, -1) * scaled).sum(-1)
+    return logp, entropy
+
+
+@torch.no_grad()
+def anchor_logprobs(model, rollout: Rollout, temperature: float, bf16: bool = False,
+                    micro_batch: int = 0) -> torch.Tensor:
+    """log π_anchor of the sampled completion tokens (masked), in micro-batches to bound memory."""
+    n = rollout.completion_ids.shape[1]
+    b = rollout.input_ids.shape[0]
+    step = micro_batch or b
+    parts = []
+    for i in range(0, b, step):
+        lp = sequence_logprobs(model, rollout.input_ids[i : i + step], rollout.attention_mask[i : i + step], n,
+                               temperature, bf16)
+        parts.append(lp)
+    return torch.cat(parts) * rollout.mask
