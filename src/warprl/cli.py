@@ -101,6 +101,23 @@ def cmd_data_inspect(args) -> int:
     return EXIT_OK
 
 
+def cmd_align(args) -> int:
+    cfg: C.AlignConfig = C.config_from_args(C.AlignConfig, args)
+    if cfg.method == "warp":
+        from warprl.warp import align_warp
+
+        summary = align_warp(cfg)
+    else:
+        from warprl.train import align_single
+
+        summary = align_single(cfg)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"done: final policy in {summary['final']}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 Handler = Callable[[argparse.Namespace], int]
@@ -135,17 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--prompt-tokens", default="8", help="prompt length in policy tokens: N or LO-HI")
     ins.add_argument("--seed", type=int, default=0)
 
-    _register_later_commands(sub)
+    # reward (warprl.reward) ------------------------------------------------------------------ reward-cli
+    # align (warprl.train / warprl.warp) --------------------------------------------------------- align-cli
+    _sub(sub, "align", "fine-tune a policy with REINFORCE, RLOO or WARP on r − β·KL", cmd_align, C.AlignConfig)
+    # evaluate, pareto, quickstart (warprl.evaluate / warprl.report) ------------------------- evaluate-cli
     return parser
-
-
-def _register_later_commands(sub) -> None:
-    """Commands of the later pipeline stages register here (reward, align, evaluate, pareto, quickstart)."""
-    for register in _REGISTRARS:
-        register(sub)
-
-
-_REGISTRARS: list[Callable] = []
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,440 @@
+"""One RL run: T steps of REINFORCE or RLOO on R = r − β·KL(π ‖ π_anchor), with checkpoints and resume.
+
+The loop, per step:
+  prompts (seeded order) → sample k completions each (KV cache, bf16 autocast) → reward of the *text*
+  → anchor log-probs → R = r − β·Σ_t KL_t → advantages (RLOO leave-one-out or REINFORCE baseline)
+  → loss −A·Σ_t log π → AdamW step (fp32 master weights) → EMA anchor update (if ``anchor="ema"``).
+
+Every random choice of a step is seeded from (run seed, step), so a resumed run replays exactly what an
+uninterrupted run would have done: only weights, EMA, optimiser state and a few scalars are checkpointed.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, load_model, save_file, save_model
+
+from warprl import algorithms as A
+from warprl import merge
+from warprl.config import RUN_CONTROL_KEYS, AlignConfig, to_dict, to_yaml
+from warprl.errors import UserError
+from warprl.io import atomic_write, atomic_write_json, atomic_write_text
+from warprl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
+
+
+class NonFiniteError(UserError):
+    """A non-finite reward, KL or loss: the run stops before the bad update and keeps the last good weights."""
+
+
+class RunInterrupted(UserError):
+    """SIGINT/SIGTERM: the run saved a checkpoint and stopped; ``--resume`` continues it."""
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from any parts (run seed, run index, step…): independent streams, reproducible."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def prompt_batch(prompts: list[str], batch_size: int, seed: int, position: int) -> list[str]:
+    """``batch_size`` prompts starting at ``position`` of an endless stream of seeded per-epoch permutations."""
+    n = len(prompts)
+    out = []
+    for i in range(position, position + batch_size):
+        epoch, j = divmod(i, n)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(derive_seed(seed, "epoch", epoch)))
+        out.append(prompts[int(order[j])])
+    return out
+
+
+# --------------------------------------------------------------------------------------------- signals
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and stops."""
+
+    requested: str | None = None
+
+
+@contextmanager
+def graceful_stop():
+    previous = {}
+
+    def handler(signum, _frame):
+        StopFlag.requested = signal.Signals(signum).name
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. inside a Ray worker): no handler, no harm
+            pass
+    StopFlag.requested = None
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors = {f"{idx}.{name}": t.detach().contiguous().clone() for idx, st in sd["state"].items()
+               for name, t in st.items() if torch.is_tensor(t)}
+    scalars = {f"{idx}.{name}": v for idx, st in sd["state"].items() for name, v in st.items()
+               if not torch.is_tensor(v)}
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict[int, dict] = {}
+    for key, t in tensors.items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = t
+    for key, v in meta["scalars"].items():
+        idx, name = key.split(".", 1)
+        state.setdefault(int(idx), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+@dataclass
+class LoopState:
+    step: int = 0  # completed steps
+    baseline: float | None = None  # REINFORCE moving-average baseline
+    metrics_lines: int = 0  # lines of metrics.jsonl that belong to the completed steps
+
+
+def save_checkpoint(ckpt_root: Path, state: LoopState, policy, anchor, opt, keep: int = 2) -> Path:
+    """Write ``checkpoints/step_N/`` atomically, then point ``checkpoints/latest.json`` at it."""
+    ckpt_root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{state.step:06d}"
+    final = ckpt_root / name
+    tmp = ckpt_root / f".{name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    save_model(policy, str(tmp / "policy.safetensors"))
+    if anchor is not None:
+        save_model(anchor, str(tmp / "anchor.safetensors"))
+    tensors, meta = _optimizer_tensors(opt)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    (tmp / "state.json").write_text(json.dumps(state.__dict__))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    atomic_write_json(ckpt_root / "latest.json", {"checkpoint": name, "step": state.step})
+    old = sorted(p for p in ckpt_root.glob("step_*") if p.name != name)
+    for p in old[: max(0, len(old) - (keep - 1))]:
+        shutil.rmtree(p, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(ckpt_root: Path, policy, anchor, opt) -> LoopState | None:
+    """Restore the checkpoint named by ``latest.json`` (None if there is none yet)."""
+    pointer = ckpt_root / "latest.json"
+    if not pointer.is_file():
+        return None
+    try:
+        name = json.loads(pointer.read_text())["checkpoint"]
+        folder = ckpt_root / name
+        load_model(policy, str(folder / "policy.safetensors"))
+        if anchor is not None:
+            load_model(anchor, str(folder / "anchor.safetensors"))
+        _load_optimizer(opt, load_file(str(folder / "optimizer.safetensors")),
+                        json.loads((folder / "optimizer.json").read_text()))
+        return LoopState(**json.loads((folder / "state.json").read_text()))
+    except (OSError, KeyError, ValueError, RuntimeError) as e:
+        raise UserError(f"cannot resume from {ckpt_root}: damaged checkpoint ({str(e).splitlines()[0][:120]})") from None
+
+
+# -------------------------------------------------------------------------------------------- metrics
+
+
+class MetricsLog:
+    """Append-only JSONL (one object per step), optionally mirrored to TensorBoard."""
+
+    def __init__(self, path: Path, keep_lines: int, tensorboard_dir: Path | None = None):
+        self.path = path
+        # A resumed run drops the lines written after its checkpoint: they will be written again.
+        lines = path.read_text().splitlines(keepends=True)[:keep_lines] if path.exists() else []
+        atomic_write_text(path, "".join(lines))
+        self.lines = len(lines)
+        self.tb = None
+        if tensorboard_dir is not None:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install 'warprl[tensorboard]'") from None
+            self.tb = SummaryWriter(str(tensorboard_dir))
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self.lines += 1
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, int | float) and k != "step":
+                    self.tb.add_scalar(k, v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunResult:
+    weights: Path  # safetensors of the final policy
+    steps: int
+    last_metrics: dict = field(default_factory=dict)
+
+
+def _lr_at(cfg: AlignConfig, step: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def _make_optimizer(cfg: AlignConfig, policy) -> torch.optim.Optimizer:
+    params = [p for p in policy.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, foreach=True)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def rl_step(cfg: AlignConfig, policy, anchor, tokenizer, reward_fn, prompts: list[str], state: LoopState,
+            opt: torch.optim.Optimizer, method: str, seed: int) -> dict:
+    """One RL step on ``prompts``; returns its metrics. Raises NonFiniteError before any bad update."""
+    t0 = time.perf_counter()
+    torch.manual_seed(derive_seed(seed, "step", state.step))  # sampling randomness of this step
+    scfg = SamplingConfig(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+    roll = sample(policy, tokenizer, prompts, scfg, k=cfg.k, bf16=cfg.bf16)
+    t_gen = time.perf_counter()
+    rewards = reward_fn(roll.prompts, roll.completions).to(torch.float32).cpu()
+    t_rew = time.perf_counter()
+    roll.ref_logprobs = anchor_logprobs(anchor, roll, cfg.temperature, cfg.bf16,
+                                        micro_batch=roll.input_ids.shape[0] // cfg.grad_accum)
+    seq_kl = A.sequence_kl(roll.logprobs, roll.ref_logprobs, roll.mask, cfg.kl_estimator).cpu()
+    for name, value in (("reward", rewards), ("KL", seq_kl)):
+        if not torch.isfinite(value).all():
+            raise NonFiniteError(f"non-finite {name} at step {state.step + 1}")
+    total = A.kl_regularised_reward(rewards, seq_kl, cfg.beta)
+    if method == "rloo":
+        adv = A.rloo_advantages(total, cfg.k)
+    else:
+        baseline = state.baseline if cfg.baseline == "moving_average" else None
+        adv = A.reinforce_advantages(total, baseline)
+        if cfg.baseline == "moving_average":
+            state.baseline = A.update_baseline(state.baseline, total, cfg.baseline_decay)
+    if cfg.whiten_advantages:
+        adv = A.whiten(adv)
+    t_ref = time.perf_counter()
+
+    # Update: micro-batches keep whole prompt groups together (batch_size % grad_accum == 0).
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(cfg, state.step)
+    opt.zero_grad(set_to_none=True)
+    policy.train()
+    n_rows, n_tok = roll.input_ids.shape[0], roll.completion_ids.shape[1]
+    micro = n_rows // cfg.grad_accum
+    loss_total, entropy_sum = 0.0, 0.0
+    device = roll.input_ids.device
+    for i in range(0, n_rows, micro):
+        sl = slice(i, i + micro)
+        logp, ent = sequence_logprobs(policy, roll.input_ids[sl], roll.attention_mask[sl], n_tok,
+                                      cfg.temperature, cfg.bf16, return_entropy=True)
+        loss = A.policy_gradient_loss(logp, roll.mask[sl], adv[sl].to(device), cfg.token_mean) / cfg.grad_accum
+        if not torch.isfinite(loss):
+            opt.zero_grad(set_to_none=True)
+            raise NonFiniteError(f"non-finite loss at step {state.step + 1}")
+        loss.backward()
+        loss_total += float(loss.detach())
+        entropy_sum += float(A.masked_sum(ent, roll.mask[sl]))
+    params = [p for p in policy.parameters() if p.grad is not None]
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if not math.isfinite(grad_norm):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"non-finite gradient norm at step {state.step + 1}")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    policy.eval()
+    if cfg.anchor == "ema" and anchor is not None:
+        merge.ema_(anchor.parameters(), policy.parameters(), cfg.mu)
+    state.step += 1
+    t1 = time.perf_counter()
+    n_tokens = float(roll.mask.sum())
+    step_time = t1 - t0
+    return {
+        "step": state.step,
+        "charts/reward_mean": float(rewards.mean()),
+        "charts/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        "charts/kl_mean": float(seq_kl.mean()),
+        "charts/reward_kl_regularised": float(total.mean()),
+        "charts/advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "charts/entropy": entropy_sum / max(n_tokens, 1.0),
+        "charts/completion_length": float(roll.lengths.mean()),
+        "charts/lr": opt.param_groups[0]["lr"],
+        "charts/tokens_per_s": n_tokens / step_time,
+        "charts/samples_per_s": n_rows / step_time,
+        "charts/step_time_s": step_time,
+        "time/generate_s": t_gen - t0,
+        "time/reward_s": t_rew - t_gen,
+        "time/anchor_s": t_ref - t_rew,
+        "time/update_s": t1 - t_ref,
+        "losses/policy": loss_total,
+        "losses/grad_norm": grad_norm,
+        "samples/first": roll.prompts[0] + roll.completions[0],
+    }
+
+
+def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompts: list[str], *,
+           method: str, anchor_kind: str, seed: int, resume: bool, desc: str = "") -> RunResult:
+    """T steps of RL starting from ``policy``'s current weights; trains ``policy`` in place.
+
+    ``run_dir`` receives ``metrics.jsonl``, ``checkpoints/`` and, when the run is complete,
+    ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    done = run_dir / "done.json"
+    weights = run_dir / "weights.safetensors"
+    if resume and done.is_file() and weights.is_file():
+        load_model(policy, str(weights))
+        return RunResult(weights, json.loads(done.read_text())["steps"], json.loads(done.read_text()).get("last", {}))
+
+    # The anchor starts as a frozen copy of the initial weights (SFT anchor or EMA start point).
+    anchor = copy.deepcopy(policy).eval()
+    for p in anchor.parameters():
+        p.requires_grad_(False)
+    opt = _make_optimizer(cfg, policy)
+    ckpt_root = run_dir / "checkpoints"
+    state = (load_checkpoint(ckpt_root, policy, anchor, opt) if resume else None) or LoopState()
+    log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines,
+                     run_dir / "tensorboard" if cfg.tensorboard else None)
+    sub_cfg = copy.copy(cfg)
+    sub_cfg.anchor = anchor_kind
+    last: dict = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc or method, disable=not cfg.progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        while state.step < cfg.steps:
+            batch = prompt_batch(prompts, cfg.batch_size, seed, state.step * cfg.batch_size)
+            try:
+                last = rl_step(sub_cfg, policy, anchor, tokenizer, reward_fn, batch, state, opt, method, seed)
+            except NonFiniteError as e:
+                ckpt = save_checkpoint(ckpt_root, state, policy, anchor, opt)
+                raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
+            log.write(last)
+            state.metrics_lines = log.lines
+            bar.update(1)
+            bar.set_postfix(reward=f"{last['charts/reward_mean']:.3f}", kl=f"{last['charts/kl_mean']:.2f}")
+            end = state.step == cfg.steps
+            if end or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or StopFlag.requested:
+                save_checkpoint(ckpt_root, state, policy, anchor, opt)
+            if StopFlag.requested and not end:
+                raise RunInterrupted(f"stopped by {StopFlag.requested} after step {state.step} of {desc or method}; "
+                                     f"checkpoint saved — rerun the same command with --resume to continue")
+    finally:
+        bar.close()
+        log.close()
+    atomic_write(weights, lambda tmp: save_model(policy, tmp))
+    atomic_write_json(done, {"steps": state.step, "last": {k: v for k, v in last.items() if k != "samples/first"}})
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished weights supersede the checkpoints
+    return RunResult(weights, state.step, last)
+
+
+# ------------------------------------------------------------------------------------------ output folder
+
+
+def config_identity(cfg: AlignConfig) -> dict:
+    """The settings that determine the result (run-control flags such as --resume excluded)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_CONTROL_KEYS}
+
+
+def prepare_out_dir(cfg: AlignConfig) -> Path:
+    """Create or validate the output folder: refuse to clobber a finished run or to resume other settings."""
+    import yaml
+
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    cfg_file = out / "config.yaml"
+    finished = (out / "summary.json").is_file() or (out / "final" / "config.json").is_file()
+    has_run = cfg_file.is_file()
+    if cfg.overwrite and out.exists():
+        if cfg.resume:
+            raise UserError("--resume and --overwrite contradict each other")
+        shutil.rmtree(out)
+    elif cfg.resume:
+        if not has_run:
+            raise UserError(f"--resume: {out} holds no run to resume (no config.yaml)")
+        try:
+            saved = yaml.safe_load(cfg_file.read_text()) or {}
+        except yaml.YAMLError:
+            raise UserError(f"--resume: {cfg_file} is damaged") from None
+        mine = config_identity(cfg)
+        diff = sorted(k for k in set(mine) | set(saved) if k not in RUN_CONTROL_KEYS and saved.get(k) != mine.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} → {mine.get(k)!r}" for k in diff[:3])
+            raise UserError(f"--resume: {out} was made with other settings ({shown}); use the same settings "
+                            f"or another --out")
+    elif finished:
+        raise UserError(f"{out} holds a finished run; pass --overwrite to replace it or choose another --out")
+    elif has_run:
+        raise UserError(f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to replace it")
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty and holds no warprl run; choose an empty or new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    if not cfg.resume:
+        atomic_write_text(cfg_file, to_yaml(cfg))
+    return out
+
+
+# ------------------------------------------------------------------------------------ REINFORCE / RLOO
+
+
+def align_single(cfg: AlignConfig, reward_fn=None) -> dict:
+    """`warprl align --method reinforce|rloo`: one run into ``cfg.out``; returns the summary."""
+    from warprl.data import load_prompts
+    from warprl.models import load_policy, pick_device, save_model
+    from warprl.reward import load_reward
+
+    out = prepare_out_dir(cfg)
+    device = pick_device(cfg.device)
+    policy, tok = load_policy(cfg.policy, device=device)
+    reward_fn = reward_fn or load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+    prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
+    t0 = time.perf_counter()
+    with graceful_stop():
+        result = run_rl(cfg, out, policy, tok, reward_fn, prompts, method=cfg.method, anchor_kind=cfg.anchor,
+                        seed=derive_seed(cfg.seed, "run", 0), resume=cfg.resume, desc=cfg.method)
+    save_model(policy, tok, out / "final")
+    summary = {"method": cfg.method, "out": str(out), "final": str(out / "final"), "steps": result.steps,
+               "train_seconds": round(time.perf_counter() - t0, 2),
+               **{k: v for k, v in result.last_metrics.items() if k.startswith(("charts/reward", "charts/kl"))}}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,54 @@
+"""Shared fixtures: tiny random models and tokenizers built on the spot (no hub, no ../shared)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ("good great bad awful movie film plot actor story the a and was is it this I love hate boring fun "
+         "wonderful terrible scene end music cast").split()
+
+
+def make_word_tokenizer(extra_specials: bool = True):
+    """A word-level fast tokenizer over WORDS with an EOS/pad token; decode joins words with spaces."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<eos>": 1, "<unk>": 2}
+    for w in WORDS:
+        vocab.setdefault(w, len(vocab))
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<eos>", pad_token="<eos>", unk_token="<unk>")
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory):
+    """A 2-layer random LlamaForCausalLM + word tokenizer saved as an HF folder."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_word_tokenizer()
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
+                      tie_word_embeddings=True)
+    model = LlamaForCausalLM(cfg)
+    path = tmp_path_factory.mktemp("tiny_policy")
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def count_word_reward(word: str = "good"):
+    """A toy reward on text: how often ``word`` appears in the completion."""
+
+    def reward(prompts, completions):
+        return [float(c.split().count(word)) for c in completions]
+
+    return reward

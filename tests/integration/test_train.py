@@ -1,0 +1,116 @@
+"""The RL loop on a tiny random policy: it learns a toy reward, checkpoints, resumes bit-identically."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import warprl.train as T
+from tests.conftest import count_word_reward
+from warprl.config import AlignConfig
+from warprl.errors import UserError
+from warprl.models import load_policy
+from warprl.train import NonFiniteError, prompt_batch, run_rl
+
+PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
+
+
+def tensor_reward(fn):
+    return lambda prompts, completions: torch.tensor(fn(prompts, completions), dtype=torch.float32)
+
+
+def tiny_cfg(**kw) -> AlignConfig:
+    base = dict(steps=40, batch_size=4, k=4, lr=3e-2, beta=0.0, max_new_tokens=8, bf16=False, progress=False,
+                checkpoint_every=5)
+    base.update(kw)
+    return AlignConfig(**base)
+
+
+@pytest.mark.parametrize("method", ["reinforce", "rloo"])
+def test_policy_learns_a_toy_reward(tiny_policy_dir, tmp_path, method):
+    policy, tok = load_policy(str(tiny_policy_dir))
+    reward = tensor_reward(count_word_reward("good"))
+    run_rl(tiny_cfg(method=method), tmp_path, policy, tok, reward, PROMPTS, method=method, anchor_kind="sft",
+           seed=0, resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 40
+    first = sum(r["charts/reward_mean"] for r in rows[:5]) / 5
+    last = sum(r["charts/reward_mean"] for r in rows[-5:]) / 5
+    assert last > first + 1.0, (first, last)
+    for key in ("charts/kl_mean", "losses/policy", "losses/grad_norm", "charts/entropy", "charts/tokens_per_s"):
+        assert key in rows[0]
+    assert (tmp_path / "weights.safetensors").is_file() and (tmp_path / "done.json").is_file()
+
+
+def test_kl_penalty_keeps_policy_closer(tiny_policy_dir, tmp_path):
+    """With a large β the final KL to the SFT anchor is smaller than without the penalty."""
+    kls = {}
+    for beta in (0.0, 1.0):
+        policy, tok = load_policy(str(tiny_policy_dir))
+        out = tmp_path / f"b{beta}"
+        run_rl(tiny_cfg(steps=25, beta=beta), out, policy, tok, tensor_reward(count_word_reward("good")),
+               PROMPTS, method="rloo", anchor_kind="sft", seed=0, resume=False)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        kls[beta] = sum(r["charts/kl_mean"] for r in rows[-5:]) / 5
+    assert kls[1.0] < kls[0.0]
+
+
+def test_resume_is_bit_identical(tiny_policy_dir, tmp_path):
+    cfg = tiny_cfg(steps=6, checkpoint_every=2, anchor="ema", mu=0.1)
+    reward = tensor_reward(count_word_reward("good"))
+    policy, tok = load_policy(str(tiny_policy_dir))
+    run_rl(cfg, tmp_path / "full", policy, tok, reward, PROMPTS, method="rloo", anchor_kind="ema", seed=3,
+           resume=False)
+    # A second run dies during step 5, after its checkpoint at step 4, and is resumed.
+    policy, tok = load_policy(str(tiny_policy_dir))
+    part2 = tmp_path / "part2"
+
+    calls = {"n": 0}
+    real_step = T.rl_step
+
+    def dying_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt  # dies during step 5, after the checkpoint at step 4
+        return real_step(*a, **k)
+
+    T.rl_step = dying_step
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_rl(cfg, part2, policy, tok, reward, PROMPTS, method="rloo", anchor_kind="ema", seed=3, resume=False)
+    finally:
+        T.rl_step = real_step
+    assert json.loads((part2 / "checkpoints" / "latest.json").read_text())["step"] == 4
+    policy, tok = load_policy(str(tiny_policy_dir))
+    run_rl(cfg, part2, policy, tok, reward, PROMPTS, method="rloo", anchor_kind="ema", seed=3, resume=True)
+    a = load_file(str(tmp_path / "full" / "weights.safetensors"))
+    b = load_file(str(part2 / "weights.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    resumed_rows = (part2 / "metrics.jsonl").read_text().splitlines()
+    assert len(resumed_rows) == 6
+    def strip(r):
+        return {k: v for k, v in json.loads(r).items() if not k.startswith(("time/", "charts/tokens_per_s",
+                                                                                         "charts/samples_per_s", "charts/step_time"))}
+    assert [strip(r) for r in full_rows] == [strip(r) for r in resumed_rows]
+
+
+def test_non_finite_reward_stops_before_the_update(tiny_policy_dir, tmp_path):
+    policy, tok = load_policy(str(tiny_policy_dir))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    def nan_reward(p, c):
+        return torch.full((len(c),), float("nan"))
+    with pytest.raises(NonFiniteError, match="non-finite reward at step 1"):
+        run_rl(tiny_cfg(steps=3), tmp_path, policy, tok, nan_reward, PROMPTS, method="rloo", anchor_kind="sft",
+               seed=0, resume=False)
+    assert isinstance(NonFiniteError("x"), UserError)
+    assert all(torch.equal(before[k], v) for k, v in policy.state_dict().items())
+    assert (tmp_path / "checkpoints" / "latest.json").is_file()
+
+
+def test_prompt_batches_cover_each_epoch_once():
+    prompts = [str(i) for i in range(10)]
+    first_epoch = prompt_batch(prompts, 10, seed=1, position=0)
+    assert sorted(first_epoch) == prompts
+    assert prompt_batch(prompts, 4, seed=1, position=8) == first_epoch[8:] + prompt_batch(prompts, 2, 1, 10)

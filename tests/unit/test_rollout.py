@@ -1,0 +1,61 @@
+"""Rollout log-probs: taken at the sampling temperature, equal to a separate forward pass, masks right."""
+
+import pytest
+import torch
+
+from warprl import algorithms as A
+from warprl.models import load_policy
+from warprl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
+
+PROMPTS = ["the movie was", "I love this film and the plot", "boring"]  # different lengths → left padding
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 1.8])
+def test_rollout_logprobs_match_a_separate_forward_pass(tiny_policy_dir, temperature):
+    model, tok = load_policy(str(tiny_policy_dir))
+    roll = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=12, temperature=temperature), k=2,
+                  generator_seed=0)
+    assert roll.input_ids.shape[0] == 6 and roll.prompts[0] == roll.prompts[1] == PROMPTS[0]
+    with torch.no_grad():
+        lp = sequence_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_ids.shape[1], temperature)
+    torch.testing.assert_close(lp * roll.mask, roll.logprobs, atol=1e-4, rtol=1e-4)
+
+
+def test_logprobs_use_the_temperature(tiny_policy_dir):
+    model, tok = load_policy(str(tiny_policy_dir))
+    roll = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=8, temperature=0.5), generator_seed=1)
+    with torch.no_grad():
+        at_one = sequence_logprobs(model, roll.input_ids, roll.attention_mask, roll.completion_ids.shape[1], 1.0)
+    assert not torch.allclose(at_one * roll.mask, roll.logprobs, atol=1e-3)
+
+
+def test_kl_of_policy_against_itself_is_zero(tiny_policy_dir):
+    model, tok = load_policy(str(tiny_policy_dir))
+    roll = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=10, temperature=0.9), k=2, generator_seed=2)
+    ref = anchor_logprobs(model, roll, 0.9)
+    for est in ("k1", "k3"):
+        kl = A.sequence_kl(roll.logprobs, ref, roll.mask, est)
+        assert kl.abs().max() < 1e-4
+
+
+def test_tokens_after_eos_are_masked_and_not_decoded(tiny_policy_dir):
+    model, tok = load_policy(str(tiny_policy_dir))
+    # Make EOS very likely so that some rows stop early.
+    with torch.no_grad():
+        model.lm_head.weight[tok.eos_token_id] += 0.5 * model.lm_head.weight.abs().max()
+    roll = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=10), k=4, generator_seed=3)
+    eos = tok.eos_token_id
+    for ids, m, text in zip(roll.completion_ids, roll.mask, roll.completions, strict=True):
+        hits = (ids == eos).nonzero()
+        if len(hits):
+            first = int(hits[0])
+            assert m[: first + 1].eq(1).all() and m[first + 1 :].eq(0).all()
+            assert "<eos>" not in text
+    assert (roll.logprobs[roll.mask == 0] == 0).all()
+
+
+def test_sampling_is_reproducible_with_a_seed(tiny_policy_dir):
+    model, tok = load_policy(str(tiny_policy_dir))
+    a = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=6), generator_seed=5)
+    b = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=6), generator_seed=5)
+    assert torch.equal(a.completion_ids, b.completion_ids) and a.completions == b.completions
