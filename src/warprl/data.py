@@ -147,6 +147,8 @@ def clean_text(text: str) -> str:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file")
     try:
         if path.suffix == ".parquet":
             return pd.read_parquet(path)
