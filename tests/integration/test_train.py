@@ -56,8 +56,9 @@ def test_kl_penalty_keeps_policy_closer(tiny_policy_dir, tmp_path):
     assert kls[1.0] < kls[0.0]
 
 
-def test_resume_is_bit_identical(tiny_policy_dir, tmp_path):
-    cfg = tiny_cfg(steps=6, checkpoint_every=2, anchor="ema", mu=0.1)
+@pytest.mark.parametrize("bf16", [False, True])
+def test_resume_is_bit_identical(tiny_policy_dir, tmp_path, bf16):
+    cfg = tiny_cfg(steps=6, checkpoint_every=2, anchor="ema", mu=0.1, bf16=bf16)
     reward = tensor_reward(count_word_reward("good"))
     policy, tok = load_policy(str(tiny_policy_dir))
     run_rl(cfg, tmp_path / "full", policy, tok, reward, PROMPTS, method="rloo", anchor_kind="ema", seed=3,
@@ -114,3 +115,16 @@ def test_prompt_batches_cover_each_epoch_once():
     first_epoch = prompt_batch(prompts, 10, seed=1, position=0)
     assert sorted(first_epoch) == prompts
     assert prompt_batch(prompts, 4, seed=1, position=8) == first_epoch[8:] + prompt_batch(prompts, 2, 1, 10)
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_first_step_kl_is_exactly_zero_and_bf16_learns(tiny_policy_dir, tmp_path, bf16):
+    """Before the first update policy == anchor: the KL uses the same forward path for both, so it is 0."""
+    policy, tok = load_policy(str(tiny_policy_dir))
+    run_rl(tiny_cfg(bf16=bf16, steps=30), tmp_path, policy, tok, tensor_reward(count_word_reward("good")),
+           PROMPTS, method="rloo", anchor_kind="sft", seed=0, resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["charts/kl_mean"] == 0.0
+    assert rows[1]["charts/kl_mean"] != 0.0
+    assert sum(r["charts/reward_mean"] for r in rows[-5:]) / 5 > sum(r["charts/reward_mean"] for r in rows[:5]) / 5 + 1
+    assert next(iter(load_file(str(tmp_path / "weights.safetensors")).values())).dtype == torch.float32
