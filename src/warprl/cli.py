@@ -118,6 +118,120 @@ def cmd_align(args) -> int:
     return EXIT_OK
 
 
+def _without_samples(obj):
+    """A copy of a result for --json without the per-sample lists (they stay in the files)."""
+    if isinstance(obj, dict):
+        return {k: _without_samples(v) for k, v in obj.items() if k != "samples"}
+    if isinstance(obj, list):
+        return [_without_samples(v) for v in obj]
+    return obj
+
+
+def cmd_evaluate(args) -> int:
+    from warprl.evaluate import METRIC_KEYS, run_evaluate
+
+    cfg: C.EvalConfig = C.config_from_args(C.EvalConfig, args)
+    result = run_evaluate(cfg, progress=sys.stderr.isatty())
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    rows = [{"metric": k, "value": f"{result[k]:.4f}"} for k in METRIC_KEYS]
+    print(f"{cfg.policy} vs SFT {cfg.sft}: {result['n_prompts']} held-out prompts × {cfg.samples_per_prompt} "
+          f"samples, reward {cfg.reward}, judge {cfg.judge}\n")
+    print(_table(rows, ["metric", "value"]))
+    for smp in result["samples"][:3]:
+        print(f"\n  {smp['prompt']} ⟶{smp['completion']}\n    (reward {smp['reward']:.2f}, judge {smp['judge']:+.2f})")
+    return EXIT_OK
+
+
+def cmd_pareto(args) -> int:
+    from warprl.report import run_pareto
+
+    cfg: C.ParetoConfig = C.config_from_args(C.ParetoConfig, args)
+    summary = run_pareto(cfg)
+    if args.json:
+        _print_json(_without_samples(summary))
+        return EXIT_OK
+    main = summary["series"][0]
+    rows = [{"eta": f"{p['eta']:g}", "reward": f"{p['reward_mean']:.3f}", "KL": f"{p['kl_mean']:.2f}",
+             "judge>0.05": f"{p['judge_positive_rate']:.0%}", "distinct_2": f"{p['distinct_2']:.2f}",
+             "loops": f"{p['repetition_rate']:.0%}"} for p in main["points"]]
+    print(main["name"])
+    print(_table(rows, ["eta", "reward", "KL", "judge>0.05", "distinct_2", "loops"]))
+    for c in summary["comparisons"]:
+        if c["matched"]:
+            print(f"\n{c['a']} vs {c['b']}: above at {c['a_above']} of {c['matched']} matched KL values "
+                  f"(mean Δreward {c['mean_delta']:+.3f})")
+    print(f"\nreport: {summary['report']}\nplot:   {summary['plot']}")
+    return EXIT_OK
+
+
+def cmd_quickstart(args) -> int:
+    from warprl.quickstart import print_summary, run_quickstart
+
+    cfg: C.QuickstartConfig = C.config_from_args(C.QuickstartConfig, args)
+    summary = run_quickstart(cfg)
+    print_summary(summary)
+    if args.json:
+        _print_json(summary)
+    return EXIT_OK
+
+
+def cmd_reward_train(args) -> int:
+    from warprl.reward import train_reward_model
+
+    cfg: C.RewardTrainConfig = C.config_from_args(C.RewardTrainConfig, args)
+    metrics = train_reward_model(cfg)
+    if args.json:
+        _print_json(metrics)
+        return EXIT_OK
+    v = metrics["val"]
+    print(f"{metrics['mode']} {metrics['backbone']} ({metrics['pooling']} pooling), {metrics['train_reviews']} "
+          f"training reviews, {metrics['train_seconds']:.0f} s")
+    print(f"validation: pairwise accuracy {v['accuracy']:.2%} over {v['n_pairs']} pairs (all-pairs {v['auc']:.2%}), "
+          f"mean margin {v['margin_mean']:.3f}")
+    print(f"saved: {metrics['out']} (metrics.json beside the model)" +
+          (f"; head: {metrics['export_head']}" if metrics.get("export_head") else ""))
+    return EXIT_OK
+
+
+def cmd_reward_eval(args) -> int:
+    from warprl.reward import eval_reward
+
+    if args.limit < 1 or args.batch_size < 1:
+        raise UserError(f"--limit and --batch-size must be >= 1, got {args.limit} and {args.batch_size}")
+    if not 0.0 < args.val_fraction < 1.0:
+        raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    result = eval_reward(args.model, args.data, limit=args.limit, split=args.split, val_fraction=args.val_fraction,
+                         seed=args.seed, device=args.device, batch_size=args.batch_size, bf16=args.bf16,
+                         progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    print(f"{result['model']} on {result['n_pairs']} pairs from {result['data']} (split {result['split']}):")
+    print(f"  pairwise accuracy {result['accuracy']:.2%} (all-pairs {result['auc']:.2%}), "
+          f"mean margin {result['margin_mean']:.4f}")
+    print(f"  chosen   reward {result['chosen_mean']:+.4f} ± {result['chosen_std']:.4f}")
+    print(f"  rejected reward {result['rejected_mean']:+.4f} ± {result['rejected_std']:.4f}")
+    return EXIT_OK
+
+
+def cmd_reward_score(args) -> int:
+    from warprl.reward import load_reward
+
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
+    fn = load_reward(args.model, device=args.device, batch_size=args.batch_size, bf16=args.bf16)
+    scores = fn.score_texts(args.text).tolist()
+    if args.json:
+        _print_json({"model": args.model, "scores": [{"text": t, "reward": s} for t, s in
+                                                     zip(args.text, scores, strict=True)]})
+        return EXIT_OK
+    for t, s in zip(args.text, scores, strict=True):
+        print(f"{s:+.4f}\t{t}")
+    return EXIT_OK
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 Handler = Callable[[argparse.Namespace], int]
@@ -153,9 +267,38 @@ def build_parser() -> argparse.ArgumentParser:
     ins.add_argument("--seed", type=int, default=0)
 
     # reward (warprl.reward) ------------------------------------------------------------------ reward-cli
+    reward_p = sub.add_parser("reward", help="train, evaluate and query reward models")
+    reward_sub = reward_p.add_subparsers(dest="reward_command", metavar="SUBCOMMAND", parser_class=_Parser)
+    _sub(reward_sub, "train", "Bradley–Terry training of a reward model on (positive, negative) review pairs",
+         cmd_reward_train, C.RewardTrainConfig)
+    for name, help_text, handler in (
+            ("eval", "pairwise accuracy, margin and reward moments on preference pairs", cmd_reward_eval),
+            ("score", "the reward of each TEXT", cmd_reward_score)):
+        rp = _sub(reward_sub, name, help_text, handler)
+        rp.add_argument("--model", default="imdb-sentiment",
+                        help="imdb-sentiment, vader, an RM folder (warprl reward train --out) or a hub id")
+        rp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+        rp.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
+        rp.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")
+        if name == "score":
+            rp.add_argument("text", nargs="+", metavar="TEXT", help="text to score (the whole text is judged)")
+            continue
+        rp.add_argument("--data", required=True, help="labelled reviews: parquet/jsonl/csv file or folder, "
+                        "aclImdb/ folder, or hub dataset id")
+        rp.add_argument("--limit", type=int, default=1000, help="pairs to evaluate (N)")
+        rp.add_argument("--split", choices=("all", "val"), default="all",
+                        help="all reviews, or only the validation reviews `reward train` held out")
+        rp.add_argument("--val-fraction", type=float, default=0.1, help="with --split val: as in reward train")
+        rp.add_argument("--seed", type=int, default=0, help="pairing seed (and split seed, as in reward train)")
     # align (warprl.train / warprl.warp) --------------------------------------------------------- align-cli
     _sub(sub, "align", "fine-tune a policy with REINFORCE, RLOO or WARP on r − β·KL", cmd_align, C.AlignConfig)
     # evaluate, pareto, quickstart (warprl.evaluate / warprl.report) ------------------------- evaluate-cli
+    _sub(sub, "evaluate", "reward, KL to the SFT policy, judge, diversity and loops on held-out prompts",
+         cmd_evaluate, C.EvalConfig)
+    _sub(sub, "pareto", "η sweep between the SFT and an aligned policy: reward–KL plot and report.md",
+         cmd_pareto, C.ParetoConfig)
+    _sub(sub, "quickstart", "the whole pipeline offline in minutes: WARP, evaluation, Pareto report (make demo)",
+         cmd_quickstart, C.QuickstartConfig)
     return parser
 
 

@@ -60,6 +60,9 @@ class RewardTrainConfig:
     backbone: str = setting("minilm-l6", "encoder: alias, HF folder or hub id")
     out: str = setting("runs/reward", "output folder (an HF model folder)")
     freeze_backbone: bool = setting(False, "train only the head on cached pooled embeddings")
+    pooling: str = setting("auto", "what the head reads: native (the model's own head, e.g. BERT's [CLS] pooler) or "
+                           "mean (masked mean, L2-normalised); auto = mean with --freeze-backbone, else native",
+                           choices=("auto", "native", "mean"))
     max_length: int = setting(256, "maximum tokens per review")
     batch_size: int = setting(16, "pairs per optimisation step")
     lr: float = setting(3e-5, "learning rate (use ~1e-2 with --freeze-backbone)")
@@ -68,11 +71,17 @@ class RewardTrainConfig:
     warmup_ratio: float = setting(0.05, "share of steps with linear warmup")
     weight_decay: float = setting(0.0, "AdamW weight decay")
     center_rewards: float = setting(0.0, "penalty coefficient on the squared mean reward (TRL's center_rewards_coefficient)")
+    max_grad_norm: float = setting(1.0, "gradient clipping in full fine-tuning (0 = off)")
+    disable_dropout: bool = setting(True, "no dropout in full fine-tuning (TRL's RewardConfig default; 2x faster on a CPU)")
+    init_head: str = setting("", "start the head from a bare head folder, e.g. the embedded imdb-sentiment "
+                             "(linear probe, then fine-tune: LP-FT); needs mean pooling")
     val_fraction: float = setting(0.1, "share of reviews held out for validation")
     val_pairs: int = setting(1000, "validation pairs evaluated at the end")
     seed: int = setting(0, "random seed")
     bf16: bool = setting(True, "bf16 autocast (fp32 master weights)")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    cache_embeddings: bool = setting(True, "with --freeze-backbone keep the embeddings on disk (in WARPRL_CACHE)")
+    export_head: str = setting("", "with --freeze-backbone also write the bare head (head.safetensors + config.json) here")
     overwrite: bool = setting(False, "replace an existing model in --out")
     progress: bool = setting(True, "show progress bars")
 
@@ -87,6 +96,8 @@ class RewardTrainConfig:
         _unit_interval("warmup_ratio", self.warmup_ratio)
         _non_negative("weight_decay", self.weight_decay)
         _non_negative("center_rewards", self.center_rewards)
+        _non_negative("max_grad_norm", self.max_grad_norm)
+        _positive("val_pairs", self.val_pairs)
         if not 0.0 < self.val_fraction < 1.0:
             raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -197,6 +208,91 @@ class EvalConfig:
         _positive("batch_size", self.batch_size)
         _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
         parse_prompt_tokens(self.prompt_tokens)
+
+
+@dataclass
+class ParetoConfig:
+    """`warprl pareto`: sweep θ_η = (1−η)·θ_sft + η·θ_final, evaluate each point, plot reward against KL."""
+
+    sft: str = setting("smollm2-135m", "SFT policy θ_sft (η = 0)")
+    final: str = setting("", "aligned policy θ_final (η = 1): output folder of `warprl align` or an HF folder")
+    baseline: list[str] = setting([], "output folder of another `warprl align` run to plot as its own series (repeat)")
+    sweep_baselines: bool = setting(False, "sweep η for every baseline as well (a curve per run, not one point)")
+    eta_steps: int = setting(10, "η grid 0, 1/N, …, 1 (N = 10: steps of 0.1)")
+    include_slerp: bool = setting(True, "also evaluate the last WARP SLERP (final_slerp/) when the run has one")
+    out: str = setting("runs/pareto", "output folder: report.md, pareto.png, pareto.json, results.md")
+    reward: str = setting("imdb-sentiment", "reward model or alias")
+    judge: str = setting("vader", "independent judge reward (never trained on)")
+    prompts: str = setting("builtin", "held-out prompts: builtin, data file/folder, .txt or hub id")
+    prompt_tokens: str = setting("8", "prompt length in policy tokens: N or a range such as 5-15")
+    n_prompts: int = setting(100, "held-out prompts per point (capped by what exists)")
+    samples_per_prompt: int = setting(1, "completions per prompt")
+    max_new_tokens: int = setting(24, "maximum completion tokens")
+    temperature: float = setting(1.0, "sampling temperature")
+    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = setting(0, "top-k sampling (0 = off)")
+    batch_size: int = setting(16, "prompts per generation batch")
+    seed: int = setting(1234, "random seed (the same for every point)")
+    samples_shown: int = setting(2, "sample generations per point in report.md")
+    readme: str = setting("", "also put the results into this README between <!-- results:start/end --> markers")
+    bf16: bool = setting(True, "bf16 autocast")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    progress: bool = setting(True, "show progress bars")
+
+    def validate(self) -> None:
+        if not self.final:
+            raise UserError("pareto needs --final DIR (an output folder of `warprl align` or an HF model folder)")
+        _positive("eta_steps", self.eta_steps)
+        _positive("n_prompts", self.n_prompts)
+        _positive("samples_per_prompt", self.samples_per_prompt)
+        _positive("batch_size", self.batch_size)
+        _non_negative("samples_shown", self.samples_shown)
+        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+        parse_prompt_tokens(self.prompt_tokens)
+
+
+@dataclass
+class QuickstartConfig:
+    """`warprl quickstart` (`make demo`): WARP on the embedded defaults, evaluation before/after, Pareto sweep.
+
+    The defaults are sized for a 2-core CPU in under 10 minutes (see benchmarks/bench_quickstart.py).
+    """
+
+    out: str = setting("runs/quickstart", "output folder: final/, report.md, pareto.png, summary.json")
+    policy: str = setting("smollm2-135m", "SFT policy")
+    reward: str = setting("imdb-sentiment", "reward model or alias")
+    judge: str = setting("vader", "independent judge reward (never trained on)")
+    prompts: str = setting("builtin", "training prompts and held-out evaluation prompts")
+    iterations: int = setting(2, "WARP iterations I")
+    runs: int = setting(2, "WARP runs M per iteration")
+    steps: int = setting(25, "RL steps T per run")
+    batch_size: int = setting(8, "prompts per RL step")
+    k: int = setting(2, "samples per prompt (RLOO)")
+    lr: float = setting(5e-5, "learning rate (small policies need more than the mission's 1e-5 to move in minutes)")
+    beta: float = setting(0.05, "KL coefficient β")
+    mu: float = setting(0.01, "EMA anchor rate μ")
+    eta: float = setting(0.5, "WARP LITI step η")
+    max_new_tokens: int = setting(24, "completion tokens, in training and evaluation")
+    n_prompts: int = setting(32, "held-out prompts per evaluation")
+    samples_per_prompt: int = setting(2, "completions per held-out prompt")
+    eta_steps: int = setting(10, "Pareto η grid 0, 1/N, …, 1")
+    seed: int = setting(0, "random seed of the WARP run (evaluation always uses seed 1234)")
+    readme: str = setting("", "also put the results into this README between <!-- results:start/end --> markers")
+    bf16: bool = setting(True, "bf16 autocast with fp32 master weights")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    overwrite: bool = setting(False, "replace --out even if it holds something other than a previous quickstart")
+    progress: bool = setting(True, "show progress bars")
+
+    def validate(self) -> None:
+        for name in ("iterations", "runs", "steps", "batch_size", "max_new_tokens", "n_prompts",
+                     "samples_per_prompt", "eta_steps", "lr"):
+            _positive(name, getattr(self, name))
+        if self.k < 2:
+            raise UserError(f"quickstart uses RLOO inside WARP: --k must be >= 2, got {self.k}")
+        _non_negative("beta", self.beta)
+        if not 0.0 < self.mu <= 1.0:
+            raise UserError(f"--mu must be in (0, 1], got {self.mu}")
+        _unit_interval("eta", self.eta)
 
 
 # ---------------------------------------------------------------------------------------------- validators

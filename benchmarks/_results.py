@@ -1,0 +1,66 @@
+"""Shared by the benchmark scripts: write one ``## title`` section of benchmarks/RESULTS.md.
+
+Each benchmark owns its section; rerunning a benchmark replaces its section and leaves the others alone.
+The file is rewritten atomically (temp file + rename) under a lock, so two benchmarks finishing at the same
+moment cannot lose each other's sections.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import re
+import tempfile
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# Benchmark results\n\nWritten by the scripts in benchmarks/ (one section each); rerun a script to refresh its section.\n"
+
+
+def machine() -> str:
+    """One line describing where the numbers were measured."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores {cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads")
+
+
+def _split(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """(preamble, [(title, body)]) of a Markdown file cut at its ``## `` headings."""
+    parts = re.split(r"^## (.+)$", text, flags=re.MULTILINE)
+    preamble, rest = parts[0], parts[1:]
+    return preamble, [(rest[i].strip(), rest[i + 1]) for i in range(0, len(rest), 2)]
+
+
+def write_section(title: str, markdown: str, path: Path = RESULTS) -> Path:
+    """Replace the section ``## title`` of RESULTS.md with ``markdown`` (or append it)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(path.parent, os.O_RDONLY)  # lock the folder: no stray lock file left behind
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        text = path.read_text(encoding="utf-8") if path.exists() else HEADER
+        preamble, sections = _split(text)
+        body = "\n\n" + markdown.strip() + "\n\n"
+        for i, (t, _) in enumerate(sections):
+            if t == title:
+                sections[i] = (title, body)
+                break
+        else:
+            sections.append((title, body))
+        out = preamble.rstrip("\n") + "\n\n" + "".join(f"## {t}{b}" for t, b in sections)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(out.rstrip("\n") + "\n")
+        os.replace(tmp, path)
+    finally:
+        os.close(lock)  # closing releases the lock
+    return path
