@@ -1,0 +1,406 @@
+"""WARP (Ramé et al., 2024): iterated, merged RL runs with an EMA anchor.
+
+    θ_init ← θ_sft
+    for i in 1..I:
+        for m in 1..M:                     # independent runs: own seed and prompt order (executor)
+            θ_m ← T steps of RL on r − β·KL(π_θm ‖ π_ema) starting from θ_init, EMA anchor (train.run_rl)
+        θ_slerp ← SLERP(θ_init, {θ_m}, λ)  # spherical merge of the task vectors θ_m − θ_init
+        θ_init  ← (1−η)·θ_init + η·θ_slerp # LITI
+    output θ_init (final/) and the last θ_slerp (final_slerp/)
+
+Every weight set of the loop lives in a safetensors file and merges stream tensor by tensor
+(:func:`warprl.merge.merge_files`), so the driver never holds more than one model: the sequential executor
+trains the M runs one after the other in a single model instance; the Ray executor runs them as tasks, each
+worker holding its own one.
+
+Output folder::
+
+    DIR/config.yaml                     resolved settings (a resume must match them)
+    DIR/sft.safetensors                 θ_sft, the first θ_init
+    DIR/iter_<i>/run_<m>/               one RL run (metrics.jsonl, checkpoints/, weights.safetensors, done.json)
+    DIR/iter_<i>/slerp.safetensors      merge of the M runs
+    DIR/iter_<i>/init.safetensors       θ_init after LITI (the next iteration's start)
+    DIR/iter_<i>/iteration.json         the iteration's metrics row; written last = the iteration is done
+    DIR/metrics.jsonl                   one row per finished iteration
+    DIR/final/, DIR/final_slerp/        HF folders of the final θ_init and the last θ_slerp
+    DIR/summary.json
+
+Resume reads the state from disk: finished runs (done.json), merges (their files) and iterations
+(iteration.json) are skipped; an unfinished run continues from its checkpoint. Every file is written to a
+temporary name and renamed, so a kill at any moment leaves either the old state or the new one, never half
+a file. With fixed seeds on a CPU the resumed result is bit-identical to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_model, save_model
+
+from warprl import merge
+from warprl.config import AlignConfig
+from warprl.errors import UserError
+from warprl.io import atomic_write, atomic_write_json, atomic_write_text, recover_dir
+from warprl.train import (
+    RunInterrupted,
+    StopFlag,
+    derive_seed,
+    graceful_stop,
+    prepare_out_dir,
+    run_rl,
+)
+
+RESUME_HINT = "rerun the same command with --resume to continue"
+
+
+# ------------------------------------------------------------------------------------------------- layout
+
+
+def iter_dir(out: Path, i: int) -> Path:
+    return out / f"iter_{i}"
+
+
+def run_dir(out: Path, i: int, m: int) -> Path:
+    return iter_dir(out, i) / f"run_{m}"
+
+
+def init_path(out: Path, i: int) -> Path:
+    """θ_init at the *start* of iteration ``i``: θ_sft for i = 1, else the previous iteration's LITI."""
+    return out / "sft.safetensors" if i == 1 else iter_dir(out, i - 1) / "init.safetensors"
+
+
+def run_seed(seed: int, i: int, m: int) -> int:
+    return derive_seed(seed, "iter", i, "run", m)
+
+
+def run_finished(path: Path) -> bool:
+    # Same test as train.run_rl: done.json is written after weights.safetensors.
+    return (path / "done.json").is_file() and (path / "weights.safetensors").is_file()
+
+
+def _remove_stale_temp_files(folder: Path) -> None:
+    """Leftovers of writes that a SIGKILL interrupted: io.atomic_write/atomic_dir and merge_files name their
+    temporaries ``.NAME.*.tmp`` (and ``….tmp.tmp``); the finished files never start with a dot."""
+    if not folder.is_dir():
+        return
+    for p in folder.glob(".*.tmp*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------- one run
+
+
+@dataclass(frozen=True)
+class RunJob:
+    """Everything a run needs besides the model, reward and prompts (picklable: it travels to Ray workers)."""
+
+    iteration: int
+    run: int
+    run_dir: str
+    init_path: str
+    seed: int
+    desc: str
+
+
+def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: list[str]) -> None:
+    """θ_m ← θ_init, then T steps of RL with an EMA anchor; run_rl writes the run folder."""
+    load_model(policy, job.init_path)  # the anchor is copied from these weights inside run_rl
+    # resume=True is always right here: prepare_out_dir validated the WARP folder once, so anything already
+    # in a run folder was made with these settings (and a Ray task retried after a crash continues).
+    run_rl(cfg, Path(job.run_dir), policy, tok, reward_fn, prompts, method=cfg.inner, anchor_kind="ema",
+           seed=job.seed, resume=True, desc=job.desc)
+
+
+def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], threads: int, device: str) -> str:
+    """A Ray task: one run in a worker process, which loads its own policy (and reward unless given)."""
+    from transformers.utils import logging as hf_logging
+
+    from warprl.models import load_policy
+
+    hf_logging.disable_progress_bar()  # Ray forwards worker output to the driver: keep it to errors
+    # Ray starts workers with OMP_NUM_THREADS=1; the driver's thread count fixes the float reduction order
+    # of CPU kernels, so matching it makes a Ray run bit-identical to the same run in the driver.
+    torch.set_num_threads(threads)
+    policy, tok = load_policy(cfg.policy, device=device)
+    if reward_fn is None:
+        from warprl.reward import load_reward
+
+        reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+    with graceful_stop():  # Ray's cancel() interrupts the task via SIGINT: checkpoint, then stop
+        train_run(cfg, job, policy, tok, reward_fn, prompts)
+    return job.run_dir
+
+
+# ------------------------------------------------------------------------------------------- executors
+
+
+class SequentialExecutor:
+    """The M runs one after another in the driver, in one model instance (one policy + optimiser at a time)."""
+
+    def __init__(self, cfg: AlignConfig, policy, tok, reward_fn, prompts: list[str]):
+        self.cfg, self.policy, self.tok, self.reward_fn, self.prompts = cfg, policy, tok, reward_fn, prompts
+
+    def run(self, jobs: list[RunJob]) -> None:
+        for job in jobs:
+            _check_stop(f"before run {job.run} of iteration {job.iteration}")
+            train_run(self.cfg, job, self.policy, self.tok, self.reward_fn, self.prompts)
+            gc.collect()  # the run's anchor copy and optimiser state go before the next run starts
+            if self.policy.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def close(self) -> None:
+        pass
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise UserError("--executor ray needs: pip install 'warprl[ray]'") from None
+    return ray
+
+
+class RayExecutor:
+    """The M runs of an iteration as parallel Ray tasks; the driver waits, then merges from the files.
+
+    Workers read θ_init and write their run folders through the file system, so on a multi-node cluster
+    --out must be on storage shared by all nodes.
+    """
+
+    def __init__(self, cfg: AlignConfig, device: torch.device, reward_fn, prompts: list[str]):
+        ray = import_ray()
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            if cfg.ray_address:
+                try:
+                    ray.init(address=cfg.ray_address, logging_level="WARNING")
+                except (ConnectionError, RuntimeError, ValueError) as e:
+                    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                    raise UserError(f"cannot join the Ray cluster at --ray-address {cfg.ray_address}: {first}") from None
+            else:
+                ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING")
+                self.started = True
+        # Workers print nothing but errors: M interleaved progress bars are unreadable. --progress is a
+        # run-control setting, so this does not change the result.
+        self.cfg = dataclasses.replace(cfg, progress=False)
+        self.show = cfg.progress
+        self.device = "cuda" if device.type == "cuda" else "cpu"  # a worker sees only its own GPU
+        self.reward_fn, self.prompts = reward_fn, prompts
+        self.threads = torch.get_num_threads()
+        # One CPU per task so that M runs can share a node; a GPU each when training on CUDA.
+        self.task = ray.remote(_ray_run_task).options(num_cpus=1, num_gpus=1 if self.device == "cuda" else 0)
+
+    def run(self, jobs: list[RunJob]) -> None:
+        ray = self.ray
+        refs = {self.task.remote(self.cfg, job, self.reward_fn, self.prompts, self.threads, self.device): job
+                for job in jobs}
+        pending = list(refs)
+        try:
+            while pending:
+                done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
+                for ref in done:
+                    self._get(ref)
+                    if self.show:
+                        job = refs[ref]
+                        print(f"WARP: finished run {job.run} of iteration {job.iteration}", file=sys.stderr)
+                _check_stop("while the runs were training")
+        except BaseException:
+            # Non-forced cancel raises SIGINT in the task: run_rl checkpoints after its current step.
+            for ref in pending:
+                ray.cancel(ref)
+            for ref in pending:
+                try:
+                    ray.get(ref, timeout=120)
+                except Exception:  # cancelled or interrupted: its checkpoint is what counts
+                    pass
+            raise
+
+    def _get(self, ref) -> None:
+        try:
+            self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:
+            cause = getattr(e, "cause", None)
+            if isinstance(cause, UserError):
+                raise type(cause)(str(cause)) from None  # one clean line, not the worker's traceback
+            raise
+
+    def close(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _check_stop(where: str) -> None:
+    if StopFlag.requested:
+        raise RunInterrupted(f"stopped by {StopFlag.requested} {where}; finished runs and merges are kept — "
+                             f"{RESUME_HINT}")
+
+
+# ----------------------------------------------------------------------------------------------- merges
+
+
+def _open_for_streaming(path: str | Path):
+    """safe_open that reads with pread: with the default mmap every page read stays in this process's RSS
+    until the file is closed, i.e. all M + 1 models by the end of the pass (safetensors >= 0.8)."""
+    try:
+        return safe_open(str(path), framework="pt", backend="pread")
+    except TypeError:  # older safetensors: no backend argument
+        return safe_open(str(path), framework="pt")
+
+
+def task_vector_stats(init: str | Path, paths: list[str | Path]) -> dict[str, float | None]:
+    """One streaming pass: the norms of the task vectors θ_m − θ_init and the mean pairwise angle (degrees).
+
+    Equals :func:`warprl.merge.task_vector_angle_files` for two runs, without reading the files once per pair.
+    The angle is None where undefined (one run, or a zero task vector): JSON has no NaN.
+    """
+    m = len(paths)
+    gram = [[0.0] * m for _ in range(m)]
+    with ExitStack() as stack:
+        fi = stack.enter_context(_open_for_streaming(init))
+        fs = [stack.enter_context(_open_for_streaming(p)) for p in paths]
+        for k in fi.keys():
+            base = fi.get_tensor(k)
+            if not base.is_floating_point():
+                continue
+            cdt = torch.float64 if base.dtype == torch.float64 else torch.float32
+            base = base.to(cdt)
+            deltas = [(f.get_tensor(k).to(cdt) - base).reshape(-1) for f in fs]
+            for a in range(m):
+                for b in range(a, m):
+                    gram[a][b] += float(torch.dot(deltas[a], deltas[b]))
+    norms = [math.sqrt(gram[a][a]) for a in range(m)]
+    angles = [math.degrees(math.acos(min(1.0, max(-1.0, gram[a][b] / (norms[a] * norms[b])))))
+              for a in range(m) for b in range(a + 1, m) if norms[a] * norms[b] > 0]
+    defined = m > 1 and len(angles) == m * (m - 1) // 2
+    return {"charts/task_vector_angle_deg": sum(angles) / len(angles) if defined else None,
+            "charts/task_vector_norm_mean": sum(norms) / m}
+
+
+def write_merge(out_file: Path, init: Path, paths: list[Path], op: str, **kw) -> float:
+    """merge_files into ``out_file`` through a temp file + fsync + rename; returns the seconds it took."""
+    t0 = time.perf_counter()
+    atomic_write(out_file, lambda tmp: merge.merge_files(init, paths, tmp, op, **kw))
+    return time.perf_counter() - t0
+
+
+def _last_row(metrics_file: Path) -> dict:
+    lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+    return json.loads(lines[-1]) if lines else {}
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
+    """SLERP of the M runs, LITI towards θ_init, and the iteration's metrics row (skipping what exists)."""
+    idir = iter_dir(out, i)
+    init = init_path(out, i)
+    runs = [run_dir(out, i, m) / "weights.safetensors" for m in range(1, cfg.runs + 1)]
+    slerp_file, next_init = idir / "slerp.safetensors", idir / "init.safetensors"
+    seconds = {"time/slerp_s": 0.0, "time/liti_s": 0.0}
+    if not slerp_file.is_file():
+        # λ weighs two runs; with more, the iterated SLERP uses 1/m weights (merge.slerp's rule).
+        lam = cfg.lam if cfg.runs == 2 else None
+        seconds["time/slerp_s"] = write_merge(slerp_file, init, runs, cfg.merge, lam=lam)
+    if not next_init.is_file():
+        seconds["time/liti_s"] = write_merge(next_init, init, [slerp_file], "liti", eta=cfg.eta)
+    last = [_last_row(run_dir(out, i, m) / "metrics.jsonl") for m in range(1, cfg.runs + 1)]
+    row = {"iteration": i, "step": i * cfg.steps, **task_vector_stats(init, runs)}
+    for key in ("charts/reward_mean", "charts/kl_mean", "charts/reward_kl_regularised"):
+        row[key] = _mean([r[key] for r in last if key in r])
+    row.update({k: round(v, 3) for k, v in seconds.items()})
+    row["time/merge_s"] = round(seconds["time/slerp_s"] + seconds["time/liti_s"], 3)
+    return row
+
+
+# ------------------------------------------------------------------------------------------- the driver
+
+
+def align_warp(cfg: AlignConfig, reward_fn=None) -> dict:
+    """`warprl align --method warp`: I iterations of M runs, SLERP and LITI; returns the summary.
+
+    ``reward_fn(prompts, completions) -> Tensor[B]`` overrides ``cfg.reward`` (library use, tests). With
+    the Ray executor it is pickled to the workers; without it each worker loads ``cfg.reward`` itself.
+    """
+    from warprl.data import load_prompts
+    from warprl.models import load_policy, pick_device
+    from warprl.models import save_model as save_hf
+
+    out = prepare_out_dir(cfg)
+    device = pick_device(cfg.device)
+    # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
+    policy, tok = load_policy(cfg.policy, device="cpu" if cfg.executor == "ray" else device)
+    prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
+    if cfg.executor == "ray":
+        executor = RayExecutor(cfg, device, reward_fn, prompts)  # before graceful_stop: Ray sets handlers too
+    else:
+        if reward_fn is None:
+            from warprl.reward import load_reward
+
+            reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+        executor = SequentialExecutor(cfg, policy, tok, reward_fn, prompts)
+
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    try:
+        with graceful_stop():
+            for folder in (out / "final", out / "final_slerp"):
+                recover_dir(folder)  # a kill between atomic_dir's two renames left the old copy aside
+            _remove_stale_temp_files(out)
+            sft = init_path(out, 1)
+            if not sft.is_file():
+                atomic_write(sft, lambda tmp: save_model(policy, tmp))
+            for i in range(1, cfg.iterations + 1):
+                done_file = iter_dir(out, i) / "iteration.json"
+                if done_file.is_file():
+                    rows.append(json.loads(done_file.read_text()))
+                    continue
+                _remove_stale_temp_files(iter_dir(out, i))
+                jobs = [RunJob(i, m, str(run_dir(out, i, m)), str(init_path(out, i)), run_seed(cfg.seed, i, m),
+                               f"iter {i}/{cfg.iterations} run {m}/{cfg.runs}")
+                        for m in range(1, cfg.runs + 1) if not run_finished(run_dir(out, i, m))]
+                t_runs = time.perf_counter()
+                executor.run(jobs)
+                runs_s = time.perf_counter() - t_runs
+                _check_stop(f"after the runs of iteration {i}")
+                row = {**merge_iteration(cfg, out, i), "time/runs_s": round(runs_s, 3)}
+                # iteration.json is the iteration's commit point; metrics.jsonl is rebuilt from all of them.
+                atomic_write_json(done_file, row)
+                rows.append(row)
+                atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+                _check_stop(f"after iteration {i}")
+            last = iter_dir(out, cfg.iterations)
+            # final_slerp first: final/ marks the folder as finished (prepare_out_dir).
+            load_model(policy, str(last / "slerp.safetensors"))
+            save_hf(policy, tok, out / "final_slerp")
+            load_model(policy, str(last / "init.safetensors"))
+            save_hf(policy, tok, out / "final")
+    finally:
+        executor.close()
+
+    summary = {
+        "method": "warp", "inner": cfg.inner, "executor": cfg.executor, "out": str(out),
+        "final": str(out / "final"), "final_slerp": str(out / "final_slerp"), "sft": cfg.policy,
+        "iterations": cfg.iterations, "runs": cfg.runs, "steps_per_run": cfg.steps,
+        "train_seconds": round(time.perf_counter() - t0, 2),
+        **{k: v for k, v in rows[-1].items() if k.startswith("charts/")},
+    }
+    atomic_write_json(out / "summary.json", summary)
+    return summary

@@ -1,0 +1,295 @@
+"""WARP end to end on a tiny random Llama: layout, the iteration maths, resume after kills, Ray, the CLI.
+
+One uninterrupted run (module fixture) is the reference; every interrupted-then-resumed variant must end
+with bit-identical weights (torch.equal on every tensor), which is what fixed seeds on a CPU promise.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import warprl.train as T
+from tests.conftest import count_word_reward
+from warprl import merge
+from warprl.cli import main
+from warprl.config import AlignConfig
+from warprl.errors import UserError
+from warprl.train import RunInterrupted
+from warprl.warp import align_warp
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
+# I=2, M=2, T=3; a large lr and μ so that three steps move the weights and the EMA visibly.
+TINY = dict(method="warp", iterations=2, runs=2, steps=3, batch_size=2, k=2, max_new_tokens=6, bf16=False,
+            lr=3e-2, beta=0.1, mu=0.1, lam=0.5, eta=0.5, checkpoint_every=2, progress=False)
+
+
+def tensor_reward(fn):
+    return lambda prompts, completions: torch.tensor(fn(prompts, completions), dtype=torch.float32)
+
+
+# A closure, not a module-level function: cloudpickle ships it to Ray workers by value (they cannot import
+# this test module).
+toy_reward = tensor_reward(count_word_reward("good"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Two torch threads on two shared cores spin against every other process (8× slower here under load);
+    # one thread is as fast on this tiny model and gives the same results.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_policy_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("warp")
+    prompts = root / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    return {"policy": str(tiny_policy_dir), "prompts": str(prompts), "root": root}
+
+
+def make_cfg(setup, out, **kw) -> AlignConfig:
+    return AlignConfig(**{**TINY, "policy": setup["policy"], "prompts": setup["prompts"], "out": str(out), **kw})
+
+
+def cli_flags(setup, out) -> list[str]:
+    flags = ["align", "--policy", setup["policy"], "--prompts", setup["prompts"], "--out", str(out)]
+    for key, value in TINY.items():
+        name = "--" + key.replace("_", "-")
+        flags += ([name if value else "--no-" + name[2:]] if isinstance(value, bool) else [name, str(value)])
+    return flags
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    out = setup["root"] / "reference"
+    summary = align_warp(make_cfg(setup, out), reward_fn=toy_reward)
+    return out, summary
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    sa, sb = load_file(str(a)), load_file(str(b))
+    assert sa.keys() == sb.keys()
+    different = [k for k in sa if not torch.equal(sa[k], sb[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def assert_same_result(out: Path, ref: Path) -> None:
+    for name in ("iter_1/init.safetensors", "iter_2/slerp.safetensors", "iter_2/init.safetensors"):
+        assert_same_weights(out / name, ref / name)
+    assert_same_weights(out / "final" / "model.safetensors", ref / "final" / "model.safetensors")
+    def angles(folder):
+        return [json.loads(x)["charts/task_vector_angle_deg"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+    assert angles(out) == angles(ref)
+
+
+# ----------------------------------------------------------------------------------------------- results
+
+
+def test_layout_and_final_folders_load_with_transformers(reference):
+    from transformers import AutoModelForCausalLM
+
+    out, summary = reference
+    for name in ("config.yaml", "sft.safetensors", "metrics.jsonl", "summary.json", "final/config.json",
+                 "final_slerp/config.json"):
+        assert (out / name).is_file(), name
+    for i in (1, 2):
+        for name in ("slerp.safetensors", "init.safetensors", "iteration.json"):
+            assert (out / f"iter_{i}" / name).is_file()
+        for m in (1, 2):
+            run = out / f"iter_{i}" / f"run_{m}"
+            assert (run / "done.json").is_file() and (run / "weights.safetensors").is_file()
+            assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert not list(out.rglob("*.tmp")) and not list(out.rglob("checkpoints"))
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for r in rows:
+        assert 0.0 < r["charts/task_vector_angle_deg"] < 180.0 and r["charts/task_vector_norm_mean"] > 0.0
+        for key in ("charts/reward_mean", "charts/kl_mean", "time/merge_s"):
+            assert key in r
+    assert summary["final"] == str(out / "final") and json.loads((out / "summary.json").read_text()) == summary
+
+    for folder, weights in (("final", "iter_2/init.safetensors"), ("final_slerp", "iter_2/slerp.safetensors")):
+        model = AutoModelForCausalLM.from_pretrained(out / folder)
+        state = model.state_dict()
+        expected = load_file(str(out / weights))
+        assert all(torch.equal(state[k], v) for k, v in expected.items())
+        assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+
+
+def test_iterations_follow_slerp_then_liti(reference, tiny_policy_dir):
+    """θ_init ← liti(θ_init, slerp(θ_init, {θ_m}, λ), η) per iteration, recomputed by hand from the runs."""
+    from transformers import AutoModelForCausalLM
+
+    out, _ = reference
+    sft_model = AutoModelForCausalLM.from_pretrained(tiny_policy_dir)
+    init = load_file(str(out / "sft.safetensors"))
+    assert all(torch.equal(v, sft_model.state_dict()[k]) for k, v in init.items())
+    for i in (1, 2):
+        runs = [load_file(str(out / f"iter_{i}" / f"run_{m}" / "weights.safetensors")) for m in (1, 2)]
+        assert any(not torch.equal(runs[0][k], runs[1][k]) for k in init)  # own seeds → different runs
+        slerped = merge.slerp(init, runs, lam=TINY["lam"])
+        init = merge.liti(init, slerped, eta=TINY["eta"])
+        for name, sd in (("slerp", slerped), ("init", init)):
+            saved = load_file(str(out / f"iter_{i}" / f"{name}.safetensors"))
+            assert all(torch.equal(saved[k], sd[k]) for k in sd), (i, name)
+
+
+# ------------------------------------------------------------------------------------------------ resume
+
+
+def test_resume_after_a_crash_inside_run_2_of_iteration_1(setup, reference, monkeypatch):
+    out = setup["root"] / "crash_run"
+    real_step, calls = T.rl_step, {"n": 0}
+
+    def dying_step(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 6:  # run 2, step 3 of iteration 1 (its checkpoint is from step 2)
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(T, "rl_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        align_warp(make_cfg(setup, out), reward_fn=toy_reward)
+    monkeypatch.setattr(T, "rl_step", real_step)
+    assert (out / "iter_1" / "run_1" / "done.json").is_file()
+    assert json.loads((out / "iter_1" / "run_2" / "checkpoints" / "latest.json").read_text())["step"] == 2
+    align_warp(make_cfg(setup, out, resume=True), reward_fn=toy_reward)
+    assert_same_result(out, reference[0])
+
+
+@pytest.mark.parametrize("failing_write", [1, 4], ids=["iter1-slerp", "iter2-liti"])
+def test_resume_after_a_crash_during_a_merge(setup, reference, monkeypatch, failing_write):
+    out = setup["root"] / f"crash_merge_{failing_write}"
+    real_save, calls = merge.save_file, {"n": 0}
+
+    def dying_save(tensors, path, metadata=None):
+        calls["n"] += 1
+        if calls["n"] == failing_write:
+            Path(path).write_bytes(b"half a file")
+            raise KeyboardInterrupt
+        return real_save(tensors, path, metadata=metadata)
+
+    monkeypatch.setattr(merge, "save_file", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        align_warp(make_cfg(setup, out), reward_fn=toy_reward)
+    monkeypatch.setattr(merge, "save_file", real_save)
+    target = out / ("iter_1/slerp.safetensors" if failing_write == 1 else "iter_2/init.safetensors")
+    assert not target.exists() and not list(out.rglob("*.tmp*"))
+    align_warp(make_cfg(setup, out, resume=True), reward_fn=toy_reward)
+    assert_same_result(out, reference[0])
+
+
+KILLER = """
+import os, signal, sys
+import torch
+sys.path.insert(0, {repo!r})
+import warprl.train as T
+from warprl import merge
+from warprl.config import AlignConfig
+from tests.integration.test_warp import toy_reward
+
+where = {where!r}
+if where == "step":
+    real_step, calls = T.rl_step, [0]
+    def step(*a, **k):
+        calls[0] += 1
+        if calls[0] == 8:  # iteration 2, run 1, step 2 (before its first checkpoint)
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(*a, **k)
+    T.rl_step = step
+else:
+    def save(tensors, path, metadata=None):  # iteration 1's slerp: half written when the kill comes
+        open(path, "wb").write(b"half a file")
+        os.kill(os.getpid(), signal.SIGKILL)
+    merge.save_file = save
+from warprl.warp import align_warp
+align_warp(AlignConfig(**{cfg!r}), reward_fn=toy_reward)
+"""
+
+
+@pytest.mark.parametrize("where", ["step", "merge"])
+def test_resume_after_sigkill(setup, reference, where):
+    """A real SIGKILL (no cleanup runs) in a training step or in the middle of writing a merge."""
+    out = setup["root"] / f"sigkill_{where}"
+    cfg = {**TINY, "policy": setup["policy"], "prompts": setup["prompts"], "out": str(out)}
+    script = KILLER.format(repo=str(REPO), where=where, cfg=cfg)
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    if where == "merge":
+        assert list(out.glob("iter_1/.slerp.safetensors.*.tmp*"))  # what a kill leaves behind…
+        assert not (out / "iter_1" / "slerp.safetensors").exists()
+    align_warp(make_cfg(setup, out, resume=True), reward_fn=toy_reward)
+    assert not list(out.rglob(".*.tmp*"))  # …is cleaned up by the resume
+    assert_same_result(out, reference[0])
+
+
+def test_resume_with_other_settings_is_refused(setup, reference):
+    out, _ = reference
+    with pytest.raises(UserError, match="other settings.*eta"):
+        align_warp(make_cfg(setup, out, resume=True, eta=0.3), reward_fn=toy_reward)
+
+
+# ------------------------------------------------------------------------------------------ CLI, signals
+
+
+def test_cli_sigterm_then_resume(setup, reference, monkeypatch, capsys):
+    """SIGTERM at the end of run 1 → exit 2 with a resume hint; `--resume` finishes identically; changed
+    settings on resume → exit 2."""
+    fake = types.ModuleType("warprl.reward")
+    fake.load_reward = lambda spec, device=None, bf16=True: toy_reward
+    monkeypatch.setitem(sys.modules, "warprl.reward", fake)
+    out = setup["root"] / "cli"
+    real_step, calls = T.rl_step, {"n": 0}
+
+    def step_then_sigterm(*a, **k):
+        metrics = real_step(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 3:  # the last step of run 1: the run finishes, WARP stops before run 2
+            os.kill(os.getpid(), signal.SIGTERM)
+        return metrics
+
+    monkeypatch.setattr(T, "rl_step", step_then_sigterm)
+    assert main(cli_flags(setup, out)) == 2
+    last_line = capsys.readouterr().err.strip().splitlines()[-1]  # (above it: transformers' load bars)
+    assert last_line.startswith("error: stopped by SIGTERM") and "--resume" in last_line
+    assert isinstance(RunInterrupted("x"), UserError)
+    assert (out / "iter_1" / "run_1" / "done.json").is_file() and not (out / "iter_1" / "run_2").exists()
+    monkeypatch.setattr(T, "rl_step", real_step)
+
+    assert main(cli_flags(setup, out) + ["--resume", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["final"] == str(out / "final")
+    assert_same_result(out, reference[0])
+
+    assert main(cli_flags(setup, out) + ["--resume", "--eta", "0.3"]) == 2
+    assert "other settings" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------------------------------- Ray
+
+
+def test_ray_executor_equals_sequential(setup, reference):
+    pytest.importorskip("ray", reason="the Ray executor needs the ray extra: pip install 'warprl[ray]'")
+    out = setup["root"] / "ray"
+    align_warp(make_cfg(setup, out, executor="ray"), reward_fn=toy_reward)
+    # Bit-identical: the workers use the driver's torch thread count, so every kernel reduces in the same order.
+    assert_same_result(out, reference[0])
+    for i in (1, 2):
+        for m in (1, 2):
+            run = f"iter_{i}/run_{m}/weights.safetensors"
+            assert_same_weights(out / run, reference[0] / run)
