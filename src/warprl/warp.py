@@ -46,7 +46,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import load_model, save_model
 
 from warprl import merge
@@ -254,15 +253,6 @@ def _check_stop(where: str) -> None:
 # ----------------------------------------------------------------------------------------------- merges
 
 
-def _open_for_streaming(path: str | Path):
-    """safe_open that reads with pread: with the default mmap every page read stays in this process's RSS
-    until the file is closed, i.e. all M + 1 models by the end of the pass (safetensors >= 0.8)."""
-    try:
-        return safe_open(str(path), framework="pt", backend="pread")
-    except TypeError:  # older safetensors: no backend argument
-        return safe_open(str(path), framework="pt")
-
-
 def task_vector_stats(init: str | Path, paths: list[str | Path]) -> dict[str, float | None]:
     """One streaming pass: the norms of the task vectors θ_m − θ_init and the mean pairwise angle (degrees).
 
@@ -272,8 +262,8 @@ def task_vector_stats(init: str | Path, paths: list[str | Path]) -> dict[str, fl
     m = len(paths)
     gram = [[0.0] * m for _ in range(m)]
     with ExitStack() as stack:
-        fi = stack.enter_context(_open_for_streaming(init))
-        fs = [stack.enter_context(_open_for_streaming(p)) for p in paths]
+        fi = stack.enter_context(merge.open_streaming(init))
+        fs = [stack.enter_context(merge.open_streaming(p)) for p in paths]
         for k in fi.keys():
             base = fi.get_tensor(k)
             if not base.is_floating_point():
