@@ -1,0 +1,80 @@
+"""Time `warprl quickstart` (what `make demo` runs) end to end and record its before/after numbers.
+
+    .venv/bin/python benchmarks/bench_quickstart.py [--out runs/quickstart] [--readme README.md]
+
+Runs the console command in a fresh process (imports, model loading and everything included), then writes the
+section "Quickstart (make demo)" of benchmarks/RESULTS.md: wall time against the 10-minute budget, the time
+of each phase, the before/after table, the η sweep and a few generations before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BUDGET_S = 600
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/quickstart")
+    ap.add_argument("--readme", default="", help="passed to `warprl quickstart --readme`")
+    args = ap.parse_args()
+    warprl = ROOT / ".venv" / "bin" / "warprl"
+    cmd = [str(warprl) if warprl.exists() else "warprl", "quickstart", "--out", args.out]
+    if args.readme:
+        cmd += ["--readme", args.readme]
+    print("running:", " ".join(cmd), file=sys.stderr)
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "TOKENIZERS_PARALLELISM": "false"})
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        print(f"quickstart failed with exit code {proc.returncode}", file=sys.stderr)
+        return proc.returncode
+    out = ROOT / args.out
+    s = json.loads((out / "summary.json").read_text())
+    q, sec = s["quickstart"], s["seconds"]
+    b, a = s["before"], s["after"]
+    verdict = "within" if wall <= BUDGET_S else "OVER"
+    lines = [
+        f"`{' '.join(['warprl'] + cmd[1:])}` on {machine()}, measured {time.strftime('%Y-%m-%d %H:%M')}.", "",
+        f"**Wall time {wall:.0f} s ({wall / 60:.1f} min), {verdict} the {BUDGET_S // 60}-minute budget** — "
+        f"load {sec['load_s']:.0f} s, evaluation before {sec['eval_before_s']:.0f} s, WARP {sec['warp_s']:.0f} s "
+        f"({q['iterations']} × {q['runs']} × {q['steps']} RLOO steps of {q['batch_size']} prompts × {q['k']}, "
+        f"lr {q['lr']}, β {q['beta']}, μ {q['mu']}, LITI η {q['eta']}, ≤ {q['max_new_tokens']} tokens, "
+        f"bf16 {q['bf16']}), Pareto sweep {sec['pareto_s']:.0f} s ({q['eta_steps'] + 1} points + last SLERP, "
+        f"{q['n_prompts']} held-out prompts × {q['samples_per_prompt']} samples each).", "",
+        (out / "before_after.md").read_text().strip(), "",
+        f"Reward {b['reward_mean']:.3f} → {a['reward_mean']:.3f} ({a['reward_mean'] - b['reward_mean']:+.3f}) at KL "
+        f"{a['kl_mean']:.2f}; judge positive rate {b['judge_positive_rate']:.0%} → {a['judge_positive_rate']:.0%}; "
+        f"distinct-2 {b['distinct_2']:.2f} → {a['distinct_2']:.2f} (target ≥ 0.5).", "",
+        "η sweep (θ_η = (1−η)·θ_sft + η·θ_final):", "",
+        "| η | reward | KL | judge > 0.05 | distinct-2 | loops |", "|---:|---:|---:|---:|---:|---:|",
+    ]
+    for p in s["sweep"]:
+        lines.append(f"| {p['eta']:g} | {p['reward_mean']:.3f} | {p['kl_mean']:.2f} | {p['judge_positive_rate']:.0%} "
+                     f"| {p['distinct_2']:.2f} | {p['repetition_rate']:.0%} |")
+    pareto = json.loads((out / "pareto.json").read_text())
+    sweep = pareto["series"][0]["points"]
+    first, last = sweep[0]["samples"], sweep[-1]["samples"]
+    lines += ["", "Generations for the same held-out prompts and seed, before → after:", ""]
+    for i in range(0, min(len(first), 8), 2):  # one sample per prompt (samples of a prompt are adjacent)
+        lines.append(f"- *{first[i]['prompt']}* → {' '.join(first[i]['completion'].split())!r} → "
+                     f"{' '.join(last[i]['completion'].split())!r}")
+    lines += ["", f"Rerun: `.venv/bin/python benchmarks/bench_quickstart.py` (report: `{args.out}/report.md`)."]
+    path = write_section("Quickstart (make demo)", "\n".join(lines))
+    print(f"wall {wall:.0f} s; section written to {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
