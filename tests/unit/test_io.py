@@ -1,0 +1,56 @@
+"""Atomic writes: the result appears whole or not at all, with ordinary permissions."""
+
+import os
+import stat
+
+import pytest
+
+from warprl.io import atomic_dir, atomic_write_json, atomic_write_text, recover_dir
+
+
+def test_atomic_text_replaces_and_leaves_no_temp(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write_text(p, "one")
+    atomic_write_text(p, "two")
+    assert p.read_text() == "two"
+    assert [x.name for x in tmp_path.iterdir()] == ["a.txt"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+
+
+def test_failed_write_keeps_the_old_file(tmp_path):
+    p = tmp_path / "a.json"
+    atomic_write_json(p, {"x": 1})
+
+    def boom(tmp):
+        raise RuntimeError("disk full")
+
+    from warprl.io import atomic_write
+
+    with pytest.raises(RuntimeError):
+        atomic_write(p, boom)
+    assert p.read_text().strip().startswith("{") and '"x": 1' in p.read_text()
+    assert [x.name for x in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_atomic_dir_swaps_whole_folders(tmp_path):
+    out = tmp_path / "model"
+    atomic_dir(out, lambda d: (d / "w.txt").write_text("v1"))
+    with pytest.raises(RuntimeError):
+        atomic_dir(out, lambda d: ((d / "w.txt").write_text("half"), (_ for _ in ()).throw(RuntimeError("x"))))
+    assert (out / "w.txt").read_text() == "v1"
+    atomic_dir(out, lambda d: (d / "w.txt").write_text("v2"))
+    assert (out / "w.txt").read_text() == "v2"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["model"]
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+
+
+def test_recover_dir_restores_the_old_folder(tmp_path):
+    old = tmp_path / ".model.old"
+    old.mkdir()
+    (old / "w.txt").write_text("v1")
+    recover_dir(tmp_path / "model")
+    assert (tmp_path / "model" / "w.txt").read_text() == "v1"
