@@ -269,6 +269,7 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     n_rows, n_tok = roll.input_ids.shape[0], roll.completion_ids.shape[1]
     micro = n_rows // cfg.grad_accum
     roll.ref_logprobs = anchor_logprobs(anchor.compute, roll, cfg.temperature, micro_batch=micro)
+    t_anchor = time.perf_counter()
 
     # log π for the KL comes from the same full forward pass as log π_anchor (not from the incremental
     # decoding of generate), so identical weights give exactly zero KL. Without accumulation that forward
@@ -293,7 +294,6 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         adv = A.reinforce_advantages(total, baseline)
     if cfg.whiten_advantages:
         adv = A.whiten(adv)
-    t_ref = time.perf_counter()
 
     # Update: micro-batches keep whole prompt groups together (batch_size % grad_accum == 0).
     for group in opt.param_groups:
@@ -349,8 +349,8 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         "charts/step_time_s": step_time,
         "time/generate_s": t_gen - t0,
         "time/reward_s": t_rew - t_gen,
-        "time/kl_s": t_ref - t_rew,
-        "time/update_s": t1 - t_ref,
+        "time/anchor_s": t_anchor - t_rew,
+        "time/update_s": t1 - t_anchor,  # policy forward (+ no-grad pass with accumulation), backward, AdamW
         "losses/policy": loss_total,
         "losses/grad_norm": grad_norm,
         "samples/first": roll.prompts[0] + roll.completions[0],
