@@ -6,7 +6,7 @@ Each configuration runs in a fresh child process, because ``ru_maxrss`` is a lif
 sequential WARP with M = 2 and M = 4 (one model instance, runs one after another, merges streamed from
 safetensors files), and with ``--ray`` the Ray executor for M = 2 (each worker holds its own run; the
 driver's figure then excludes them: Ray's processes are reported as the peak of their summed RSS, sampled
-every 0.2 s, and as ``ru_maxrss`` of reaped children). ``ru_maxrss`` also counts the pages of mmapped
+every 0.2 s, and as ``ru_maxrss`` of reaped children). ``ru_maxrss`` would also count the pages of mmapped
 safetensors files a merge has read (clean page cache, droppable by the kernel), so the driver's peak
 *anonymous* RSS is sampled as well. A cheap reward keeps the figures about WARP: the ``vader`` alias when
 warprl.reward provides it, else a word count (chosen once, the same for every row). Writes the
@@ -164,7 +164,7 @@ def main() -> None:
         f"Command: `{command.strip()}`",
         "",
         f"SmolLM2-135M (fp32 master weights, 0.54 GB), I={args.iterations}, T={args.steps} steps per run, "
-        f"batch 2 × k 2, 8 new tokens, bf16 autocast, reward: {rows[0]['reward']}. Peak resident memory "
+        f"batch 2 × k 2, 8 new tokens, bf16 compute copy, reward: {rows[0]['reward']}. Peak resident memory "
         "(`ru_maxrss`); each row is a fresh process.",
         "",
         "| executor | M | driver peak RSS (`ru_maxrss`) | driver peak anonymous RSS (sampled) | "
@@ -183,8 +183,8 @@ def main() -> None:
                   f"{(hi['driver_peak'] - lo['driver_peak']) / GiB:+.2f} GiB, peak anonymous RSS "
                   f"{(hi['driver_anon_peak'] - lo['driver_anon_peak']) / GiB:+.2f} GiB. One policy + EMA anchor + "
                   "AdamW state at a time; merges stream tensor by tensor from safetensors files, so what "
-                  "grows with M is one tensor per run plus, in `ru_maxrss`, the pages of the M + 1 files "
-                  "`merge_files` reads through mmap (page cache, dropped under memory pressure)."]
+                  "grows with M is one tensor per run in flight (`merge.open_streaming` reads with pread, so "
+                  "the files a merge has read do not stay resident)."]
     for r in rows:
         if "equals_sequential" in r:
             lines += ["", f"Ray M={r['M']} final weights bit-identical to sequential: "
