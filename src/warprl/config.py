@@ -182,16 +182,14 @@ class AlignConfig:
 
 
 @dataclass
-class EvalConfig:
-    """`warprl evaluate`: reward, KL to the SFT policy, judge and diversity on held-out prompts."""
+class EvalSettings:
+    """How held-out completions are sampled and scored; shared by `evaluate` and `pareto`."""
 
-    policy: str = setting("smollm2-135m", "policy to evaluate")
-    sft: str = setting("smollm2-135m", "reference (SFT) policy for the KL and NLL")
     reward: str = setting("imdb-sentiment", "reward model or alias")
     judge: str = setting("vader", "independent judge reward (never trained on)")
     prompts: str = setting("builtin", "held-out prompts: builtin, data file/folder, .txt or hub id")
     prompt_tokens: str = setting("8", "prompt length in policy tokens: N or a range such as 5-15")
-    n_prompts: int = setting(100, "held-out prompts to evaluate (capped by what exists)")
+    n_prompts: int = setting(100, "held-out prompts per evaluation (capped by what exists)")
     samples_per_prompt: int = setting(1, "completions per prompt")
     max_new_tokens: int = setting(24, "maximum completion tokens")
     temperature: float = setting(1.0, "sampling temperature")
@@ -199,7 +197,7 @@ class EvalConfig:
     top_k: int = setting(0, "top-k sampling (0 = off)")
     batch_size: int = setting(16, "prompts per generation batch")
     seed: int = setting(1234, "random seed (the same for every policy compared)")
-    bf16: bool = setting(True, "bf16 autocast")
+    bf16: bool = setting(True, "evaluate bf16 copies of the models (weights cast once)")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
 
     def validate(self) -> None:
@@ -211,7 +209,15 @@ class EvalConfig:
 
 
 @dataclass
-class ParetoConfig:
+class EvalConfig(EvalSettings):
+    """`warprl evaluate`: reward, KL to the SFT policy, judge and diversity on held-out prompts."""
+
+    policy: str = setting("smollm2-135m", "policy to evaluate")
+    sft: str = setting("smollm2-135m", "reference (SFT) policy for the KL and NLL")
+
+
+@dataclass
+class ParetoConfig(EvalSettings):
     """`warprl pareto`: sweep θ_η = (1−η)·θ_sft + η·θ_final, evaluate each point, plot reward against KL."""
 
     sft: str = setting("smollm2-135m", "SFT policy θ_sft (η = 0)")
@@ -221,34 +227,16 @@ class ParetoConfig:
     eta_steps: int = setting(10, "η grid 0, 1/N, …, 1 (N = 10: steps of 0.1)")
     include_slerp: bool = setting(True, "also evaluate the last WARP SLERP (final_slerp/) when the run has one")
     out: str = setting("runs/pareto", "output folder: report.md, pareto.png, pareto.json, results.md")
-    reward: str = setting("imdb-sentiment", "reward model or alias")
-    judge: str = setting("vader", "independent judge reward (never trained on)")
-    prompts: str = setting("builtin", "held-out prompts: builtin, data file/folder, .txt or hub id")
-    prompt_tokens: str = setting("8", "prompt length in policy tokens: N or a range such as 5-15")
-    n_prompts: int = setting(100, "held-out prompts per point (capped by what exists)")
-    samples_per_prompt: int = setting(1, "completions per prompt")
-    max_new_tokens: int = setting(24, "maximum completion tokens")
-    temperature: float = setting(1.0, "sampling temperature")
-    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
-    top_k: int = setting(0, "top-k sampling (0 = off)")
-    batch_size: int = setting(16, "prompts per generation batch")
-    seed: int = setting(1234, "random seed (the same for every point)")
     samples_shown: int = setting(2, "sample generations per point in report.md")
     readme: str = setting("", "also put the results into this README between <!-- results:start/end --> markers")
-    bf16: bool = setting(True, "bf16 autocast")
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
     progress: bool = setting(True, "show progress bars")
 
     def validate(self) -> None:
         if not self.final:
             raise UserError("pareto needs --final DIR (an output folder of `warprl align` or an HF model folder)")
+        super().validate()
         _positive("eta_steps", self.eta_steps)
-        _positive("n_prompts", self.n_prompts)
-        _positive("samples_per_prompt", self.samples_per_prompt)
-        _positive("batch_size", self.batch_size)
         _non_negative("samples_shown", self.samples_shown)
-        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
-        parse_prompt_tokens(self.prompt_tokens)
 
 
 @dataclass
