@@ -145,8 +145,8 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     folder, name = str(gguf_path.parent), gguf_path.name
     print(f"converting {gguf_path.name} to a cached safetensors folder once (~20 s on 2 cores)…", file=sys.stderr)
     try:
-        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False)
     except Exception as e:  # gguf raises ValueError/struct.error/OSError on damaged files
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
         raise UserError(f"cannot read GGUF file {gguf_path}: {first}") from None
@@ -196,9 +196,14 @@ def _load_error(spec: str, location: str, err: Exception) -> UserError:
     return UserError(f"cannot load model '{spec}' from {location}: {first}")
 
 
+# Weights only from safetensors (a pickled pytorch_model.bin is refused, never unpickled) and never a
+# repository's own Python code: explicit False also stops transformers from asking "run custom code? [y/N]".
+SAFE_LOAD = {"use_safetensors": True, "trust_remote_code": False}
+
+
 def _from_folder(loader, spec: str, location: str, dtype: torch.dtype, **kw):
     try:
-        return loader.from_pretrained(location, dtype=dtype, local_files_only=True, **kw)
+        return loader.from_pretrained(location, dtype=dtype, local_files_only=True, **SAFE_LOAD, **kw)
     except UserError:
         raise
     except Exception as e:  # a truncated safetensors file, a broken config, …: one line, not a traceback
@@ -209,7 +214,7 @@ def _tokenizer(spec: str, location: str, local: bool = True):
     from transformers import AutoTokenizer
 
     try:
-        return AutoTokenizer.from_pretrained(location, local_files_only=local)
+        return AutoTokenizer.from_pretrained(location, local_files_only=local, trust_remote_code=False)
     except Exception as e:
         if not local:
             raise _hub_error(spec, "policy", e) from None
@@ -226,7 +231,7 @@ def load_policy(spec: str, device: str | torch.device = "cpu", dtype: torch.dtyp
         location = str(convert_gguf(location))
     if resolved.kind == "hub":
         try:
-            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
+            model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **SAFE_LOAD)
         except Exception as e:
             raise _hub_error(spec, "policy", e) from None
         tok = _tokenizer(spec, location, local=False)
@@ -255,7 +260,7 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", dtype: torch.dty
     kw = {"num_labels": 1} if sequence_classification else {}
     if resolved.kind == "hub":
         try:
-            model = loader.from_pretrained(resolved.location, dtype=dtype, **kw)
+            model = loader.from_pretrained(resolved.location, dtype=dtype, **SAFE_LOAD, **kw)
         except Exception as e:
             raise _hub_error(spec, "encoder", e) from None
         tok = _tokenizer(spec, resolved.location, local=False)

@@ -430,8 +430,12 @@ def config_identity(cfg: AlignConfig) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if k not in RUN_CONTROL_KEYS}
 
 
-def prepare_out_dir(cfg: AlignConfig) -> Path:
-    """Create or validate the output folder: refuse to clobber a finished run or to resume other settings."""
+def check_out_dir(cfg: AlignConfig) -> Path:
+    """Refuse to clobber a finished run or to resume other settings, without touching the folder.
+
+    Callers check first, load the policy, reward and prompts, and only then call :func:`prepare_out_dir`,
+    so that a bad input never deletes (``--overwrite``) or starts (``config.yaml``) a run.
+    """
     import yaml
 
     out = Path(cfg.out)
@@ -443,7 +447,6 @@ def prepare_out_dir(cfg: AlignConfig) -> Path:
     if cfg.overwrite and out.exists():
         if cfg.resume:
             raise UserError("--resume and --overwrite contradict each other")
-        shutil.rmtree(out)
     elif cfg.resume:
         if not has_run:
             raise UserError(f"--resume: {out} holds no run to resume (no config.yaml)")
@@ -463,9 +466,18 @@ def prepare_out_dir(cfg: AlignConfig) -> Path:
         raise UserError(f"{out} holds an unfinished run; pass --resume to continue it or --overwrite to replace it")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty and holds no warprl run; choose an empty or new folder")
+    return out
+
+
+def prepare_out_dir(cfg: AlignConfig) -> Path:
+    """Create or validate the output folder (:func:`check_out_dir`), replace it with ``--overwrite``, and write
+    ``config.yaml`` for a new run."""
+    out = check_out_dir(cfg)
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.resume:
-        atomic_write_text(cfg_file, to_yaml(cfg))
+        atomic_write_text(out / "config.yaml", to_yaml(cfg))
     return out
 
 
@@ -478,11 +490,12 @@ def align_single(cfg: AlignConfig, reward_fn=None) -> dict:
     from warprl.models import load_policy, pick_device, save_model
     from warprl.reward import load_reward
 
-    out = prepare_out_dir(cfg)
+    check_out_dir(cfg)  # refuse early, but touch the folder only once every input has loaded
     device = pick_device(cfg.device)
     policy, tok = load_policy(cfg.policy, device=device)
     reward_fn = reward_fn or load_reward(cfg.reward, device=device, bf16=cfg.bf16)
     prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
+    out = prepare_out_dir(cfg)
     t0 = time.perf_counter()
     with graceful_stop():
         result = run_rl(cfg, out, policy, tok, reward_fn, prompts, method=cfg.method, anchor_kind=cfg.anchor,

@@ -55,6 +55,7 @@ from warprl.io import atomic_write, atomic_write_json, atomic_write_text, recove
 from warprl.train import (
     RunInterrupted,
     StopFlag,
+    check_out_dir,
     derive_seed,
     graceful_stop,
     prepare_out_dir,
@@ -91,10 +92,11 @@ def run_finished(path: Path) -> bool:
 
 def _remove_stale_temp_files(folder: Path) -> None:
     """Leftovers of writes that a SIGKILL interrupted: io.atomic_write/atomic_dir and merge_files name their
-    temporaries ``.NAME.*.tmp`` (and ``….tmp.tmp``); the finished files never start with a dot."""
+    temporaries ``.NAME.*.tmp`` (and ``….tmp.tmp``), safetensors its own ``.tmpXXXXXX`` beside the target;
+    the finished files never start with a dot."""
     if not folder.is_dir():
         return
-    for p in folder.glob(".*.tmp*"):
+    for p in [*folder.glob(".*.tmp*"), *folder.glob(".tmp*")]:
         if p.is_dir():
             shutil.rmtree(p, ignore_errors=True)
         else:
@@ -333,7 +335,7 @@ def align_warp(cfg: AlignConfig, reward_fn=None) -> dict:
     from warprl.models import load_policy, pick_device
     from warprl.models import save_model as save_hf
 
-    out = prepare_out_dir(cfg)
+    check_out_dir(cfg)  # refuse early, but touch the folder only once every input has loaded
     device = pick_device(cfg.device)
     # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
     policy, tok = load_policy(cfg.policy, device="cpu" if cfg.executor == "ray" else device)
@@ -350,6 +352,7 @@ def align_warp(cfg: AlignConfig, reward_fn=None) -> dict:
     t0 = time.perf_counter()
     rows: list[dict] = []
     try:
+        out = prepare_out_dir(cfg)
         with graceful_stop():
             for folder in (out / "final", out / "final_slerp"):
                 recover_dir(folder)  # a kill between atomic_dir's two renames left the old copy aside
@@ -363,6 +366,12 @@ def align_warp(cfg: AlignConfig, reward_fn=None) -> dict:
                     rows.append(json.loads(done_file.read_text()))
                     continue
                 _remove_stale_temp_files(iter_dir(out, i))
+                for m in range(1, cfg.runs + 1):
+                    run = run_dir(out, i, m)
+                    _remove_stale_temp_files(run)
+                    _remove_stale_temp_files(run / "checkpoints")
+                    if run_finished(run):  # a kill can land between done.json and removing the checkpoints
+                        shutil.rmtree(run / "checkpoints", ignore_errors=True)
                 jobs = [RunJob(i, m, str(run_dir(out, i, m)), str(init_path(out, i)), run_seed(cfg.seed, i, m),
                                f"iter {i}/{cfg.iterations} run {m}/{cfg.runs}")
                         for m in range(1, cfg.runs + 1) if not run_finished(run_dir(out, i, m))]
