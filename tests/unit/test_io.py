@@ -54,3 +54,18 @@ def test_recover_dir_restores_the_old_folder(tmp_path):
     (old / "w.txt").write_text("v1")
     recover_dir(tmp_path / "model")
     assert (tmp_path / "model" / "w.txt").read_text() == "v1"
+
+
+def test_safetensors_results_get_ordinary_permissions(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from warprl.io import atomic_write
+
+    mask = os.umask(0)
+    os.umask(mask)
+    p = tmp_path / "w.safetensors"
+    atomic_write(p, lambda tmp: save_file({"x": torch.zeros(2)}, tmp))
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
+    atomic_dir(tmp_path / "m", lambda d: save_file({"x": torch.zeros(2)}, str(d / "model.safetensors")))
+    assert stat.S_IMODE((tmp_path / "m" / "model.safetensors").stat().st_mode) == 0o666 & ~mask
