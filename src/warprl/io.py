@@ -92,3 +92,20 @@ def recover_dir(path: str | os.PathLike) -> None:
     old = path.with_name(f".{path.name}.old")
     if old.exists() and not path.exists():
         os.replace(old, path)
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> None:
+    """Delete what writes interrupted by a SIGKILL left behind in ``folder``.
+
+    The writers here name their temporaries ``.NAME.*.tmp`` (and ``….tmp.tmp``), safetensors its own
+    ``.tmpXXXXXX`` beside the target; finished files never start with a dot. For SmolLM2 one such leftover is
+    a whole model (~540 MB), so a resume removes them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for p in [*folder.glob(".*.tmp*"), *folder.glob(".tmp*")]:
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from warprl import algorithms as A
 from warprl import merge
 from warprl.config import RUN_CONTROL_KEYS, AlignConfig, to_dict, to_yaml
 from warprl.errors import UserError
-from warprl.io import atomic_write, atomic_write_json, atomic_write_text
+from warprl.io import atomic_write, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from warprl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
 
 
@@ -367,6 +367,9 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
     ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temp_files(folder)
     done = run_dir / "done.json"
     weights = run_dir / "weights.safetensors"
     if resume and done.is_file() and weights.is_file():

@@ -51,7 +51,7 @@ from safetensors.torch import load_model, save_model
 from warprl import merge
 from warprl.config import AlignConfig
 from warprl.errors import UserError
-from warprl.io import atomic_write, atomic_write_json, atomic_write_text, recover_dir
+from warprl.io import atomic_write, atomic_write_json, atomic_write_text, recover_dir, remove_stale_temp_files
 from warprl.train import (
     RunInterrupted,
     StopFlag,
@@ -88,19 +88,6 @@ def run_seed(seed: int, i: int, m: int) -> int:
 def run_finished(path: Path) -> bool:
     # Same test as train.run_rl: done.json is written after weights.safetensors.
     return (path / "done.json").is_file() and (path / "weights.safetensors").is_file()
-
-
-def _remove_stale_temp_files(folder: Path) -> None:
-    """Leftovers of writes that a SIGKILL interrupted: io.atomic_write/atomic_dir and merge_files name their
-    temporaries ``.NAME.*.tmp`` (and ``….tmp.tmp``), safetensors its own ``.tmpXXXXXX`` beside the target;
-    the finished files never start with a dot."""
-    if not folder.is_dir():
-        return
-    for p in [*folder.glob(".*.tmp*"), *folder.glob(".tmp*")]:
-        if p.is_dir():
-            shutil.rmtree(p, ignore_errors=True)
-        else:
-            p.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -356,7 +343,7 @@ def align_warp(cfg: AlignConfig, reward_fn=None) -> dict:
         with graceful_stop():
             for folder in (out / "final", out / "final_slerp"):
                 recover_dir(folder)  # a kill between atomic_dir's two renames left the old copy aside
-            _remove_stale_temp_files(out)
+            remove_stale_temp_files(out)
             sft = init_path(out, 1)
             if not sft.is_file():
                 atomic_write(sft, lambda tmp: save_model(policy, tmp))
@@ -365,11 +352,9 @@ def align_warp(cfg: AlignConfig, reward_fn=None) -> dict:
                 if done_file.is_file():
                     rows.append(json.loads(done_file.read_text()))
                     continue
-                _remove_stale_temp_files(iter_dir(out, i))
+                remove_stale_temp_files(iter_dir(out, i))
                 for m in range(1, cfg.runs + 1):
                     run = run_dir(out, i, m)
-                    _remove_stale_temp_files(run)
-                    _remove_stale_temp_files(run / "checkpoints")
                     if run_finished(run):  # a kill can land between done.json and removing the checkpoints
                         shutil.rmtree(run / "checkpoints", ignore_errors=True)
                 jobs = [RunJob(i, m, str(run_dir(out, i, m)), str(init_path(out, i)), run_seed(cfg.seed, i, m),

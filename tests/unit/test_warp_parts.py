@@ -10,6 +10,7 @@ from torch import nn
 
 from warprl import merge, warp
 from warprl.errors import UserError
+from warprl.io import remove_stale_temp_files
 
 
 class TiedLM(nn.Module):
@@ -86,7 +87,7 @@ def test_stale_temp_files_are_removed_and_results_kept(tmp_path):
     (tmp_path / ".final.xyz.tmp").mkdir()
     (tmp_path / "slerp.safetensors").write_text("kept")
     (tmp_path / "run_1").mkdir()
-    warp._remove_stale_temp_files(tmp_path)
+    remove_stale_temp_files(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run_1", "slerp.safetensors"]
 
 
