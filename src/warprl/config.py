@@ -18,7 +18,7 @@ from typing import Any, get_args, get_origin
 
 import yaml
 
-from warprl.errors import UserError
+from warprl.errors import UserError, first_line
 
 
 def setting(default: Any, doc: str, choices: tuple | None = None) -> Any:
@@ -390,7 +390,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"config file {p} is not valid YAML: {first}") from None
     if data is None:
         return {}

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from warprl.config import parse_prompt_tokens
-from warprl.errors import UserError
+from warprl.errors import UserError, first_line
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
@@ -162,7 +162,7 @@ def _read_table(path: Path) -> pd.DataFrame:
             except ValueError:
                 return pd.read_json(path, lines=True)
     except Exception as e:  # pyarrow / pandas parser errors vary by format
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = first_line(e, 160)
         raise UserError(f"cannot read {path}: {first}") from None
     raise UserError(f"unsupported data file {path} (use {', '.join(TABLE_SUFFIXES)})")
 
@@ -195,7 +195,7 @@ def _read_hub(dataset_id: str, split: str) -> pd.DataFrame:
 
         ds = datasets.load_dataset(dataset_id, split=split)
     except Exception as e:
-        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        first = first_line(e, 160)
         raise UserError(f"cannot load dataset '{dataset_id}' from the hub (offline or unknown id: {first}); "
                         f"pass a local parquet/jsonl/csv file or folder, or use --prompts builtin") from None
     return ds.to_pandas()

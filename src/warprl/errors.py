@@ -6,3 +6,9 @@ The CLI maps it to exit code 2 and prints its message on one line; anything else
 
 class UserError(Exception):
     """Bad input or a refused operation; the message names the problem in one line."""
+
+
+def first_line(err: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (its type name if the message is empty), for one-line errors."""
+    text = str(err).strip()
+    return text.splitlines()[0][:limit] if text else type(err).__name__

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from warprl.errors import UserError
+from warprl.errors import UserError, first_line
 from warprl.io import atomic_dir, atomic_write_text
 
 
@@ -112,7 +112,7 @@ def resolve(spec: str, kind: str) -> Resolved:
 
 def _hub_error(spec: str, kind: str, err: Exception) -> UserError:
     offline = ", ".join(n for n, a in ALIASES.items() if a.kind == kind) or ", ".join(ALIASES)
-    reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    reason = first_line(err)
     return UserError(f"cannot load '{spec}' from the model hub (offline or unknown id: {reason}); "
                      f"offline aliases: {offline}, or pass a local folder")
 
@@ -148,7 +148,7 @@ def convert_gguf(gguf_path: str | Path) -> Path:
         tok = AutoTokenizer.from_pretrained(folder, gguf_file=name, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32, trust_remote_code=False)
     except Exception as e:  # gguf raises ValueError/struct.error/OSError on damaged files
-        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"cannot read GGUF file {gguf_path}: {first}") from None
     # save_pretrained refuses a GGUF-loaded model ("not serializable"): rebuild a plain one from its weights.
     config = model.config
@@ -192,7 +192,7 @@ def disable_dropout(model: nn.Module) -> nn.Module:
 
 
 def _load_error(spec: str, location: str, err: Exception) -> UserError:
-    first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+    first = first_line(err)
     return UserError(f"cannot load model '{spec}' from {location}: {first}")
 
 

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from warprl import algorithms as A
 from warprl import merge
 from warprl.config import RUN_CONTROL_KEYS, AlignConfig, to_dict, to_yaml
-from warprl.errors import UserError
+from warprl.errors import UserError, first_line
 from warprl.io import atomic_write, atomic_write_json, atomic_write_text, remove_stale_temp_files
 from warprl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
 
@@ -162,7 +162,7 @@ def load_checkpoint(ckpt_root: Path, policy, anchor, opt) -> LoopState | None:
                         json.loads((folder / "optimizer.json").read_text()))
         return LoopState(**json.loads((folder / "state.json").read_text()))
     except (OSError, KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"cannot resume from {ckpt_root}: damaged checkpoint ({str(e).splitlines()[0][:120]})") from None
+        raise UserError(f"cannot resume from {ckpt_root}: damaged checkpoint ({first_line(e, 120)})") from None
 
 
 # -------------------------------------------------------------------------------------------- metrics

@@ -50,7 +50,7 @@ from safetensors.torch import load_model, save_model
 
 from warprl import merge
 from warprl.config import AlignConfig
-from warprl.errors import UserError
+from warprl.errors import UserError, first_line
 from warprl.io import atomic_write, atomic_write_json, atomic_write_text, recover_dir, remove_stale_temp_files
 from warprl.train import (
     RunInterrupted,
@@ -179,7 +179,7 @@ class RayExecutor:
                 try:
                     ray.init(address=cfg.ray_address, logging_level="WARNING")
                 except (ConnectionError, RuntimeError, ValueError) as e:
-                    first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                    first = first_line(e)
                     raise UserError(f"cannot join the Ray cluster at --ray-address {cfg.ray_address}: {first}") from None
             else:
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING")

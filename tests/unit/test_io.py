@@ -69,3 +69,4 @@ def test_safetensors_results_get_ordinary_permissions(tmp_path):
     assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask
     atomic_dir(tmp_path / "m", lambda d: save_file({"x": torch.zeros(2)}, str(d / "model.safetensors")))
     assert stat.S_IMODE((tmp_path / "m" / "model.safetensors").stat().st_mode) == 0o666 & ~mask
+
