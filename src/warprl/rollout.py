@@ -69,11 +69,15 @@ def tokenize_prompts(tokenizer, prompts: list[str], device: torch.device) -> dic
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
 
 
-def _gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log softmax(logits / T) at ``tokens``, in fp32, without keeping a [B, T, V] log-softmax around."""
-    logits = logits.float() / temperature
-    picked = torch.gather(logits, -1, tokens.unsqueeze(-1)).squeeze(-1)
-    return picked - torch.logsumexp(logits, dim=-1)
+def _gather_logprobs(logits: torch.Tensor, tokens: torch.Tensor,
+                     temperature: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """log softmax(logits / T) at ``tokens`` in fp32, without keeping a [B, T, V] log-softmax around.
+
+    Returns (log-probs, the scaled logits, their log-normaliser) so that callers can reuse the last two.
+    """
+    scaled = logits.float() / temperature
+    lse = torch.logsumexp(scaled, dim=-1)
+    return torch.gather(scaled, -1, tokens.unsqueeze(-1)).squeeze(-1) - lse, scaled, lse
 
 
 @torch.no_grad()
@@ -103,7 +107,7 @@ def sample(model, tokenizer, prompts: list[str], cfg: SamplingConfig, k: int = 1
     completion_ids = out.sequences[:, prompt_len:]
     # The raw logits of each step (before temperature and truncation): log-probs at the sampling temperature.
     logits = torch.stack(out.logits, dim=1)[:, : completion_ids.shape[1]]
-    logprobs = _gather_logprobs(logits, completion_ids, cfg.temperature)
+    logprobs = _gather_logprobs(logits, completion_ids, cfg.temperature)[0]
     mask = completion_mask(completion_ids, tokenizer.eos_token_id).to(logprobs.dtype)
     logprobs = logprobs * mask
     attention_mask = torch.cat([enc["attention_mask"], mask.long()], dim=1)
@@ -125,9 +129,8 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         out = model(input_ids=input_ids, attention_mask=attention_mask,
                     position_ids=position_ids_from_mask(attention_mask), use_cache=False)
     # logits at position t predict token t+1: the completion's predictions start one before it.
-    scaled = out.logits[:, -n_completion - 1 : -1].float() / temperature
-    lse = torch.logsumexp(scaled, dim=-1)
-    logp = torch.gather(scaled, -1, input_ids[:, -n_completion:].unsqueeze(-1)).squeeze(-1) - lse
+    logp, scaled, lse = _gather_logprobs(out.logits[:, -n_completion - 1 : -1], input_ids[:, -n_completion:],
+                                         temperature)
     if not return_entropy:
         return logp
     with torch.no_grad():  # reuses the log-normaliser: H = lse − Σ p·z
