@@ -44,14 +44,12 @@ def eval_settings(cfg) -> EvalConfig:
 
 def model_folder(spec: str) -> Path:
     """The HF folder of a local model spec: an HF folder or a `warprl align` output folder (its ``final/``)."""
-    p = Path(spec).expanduser()
-    if (p / "final" / "config.json").is_file():
-        return p / "final"
-    if (p / "config.json").is_file():
-        return p
-    if p.exists():
-        raise UserError(f"{p} holds no model: expected an HF folder (config.json) or a run folder with final/")
-    raise UserError(f"model folder not found: {p}")
+    from warprl.models import resolve
+
+    resolved = resolve(spec, "policy")  # the same rules as every other model spec, and the same errors
+    if resolved.kind != "folder" or resolved.alias:
+        raise UserError(f"{spec}: the η sweep streams safetensors weights: give an HF folder or a run folder")
+    return Path(resolved.location)
 
 
 def weight_files(folder: Path) -> list[Path]:
