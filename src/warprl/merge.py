@@ -26,15 +26,18 @@ from safetensors.torch import save_file
 
 __all__ = [
     "StateDict",
+    "angle_degrees",
     "ema",
     "ema_",
     "interpolate",
     "lerp",
     "liti",
     "merge_files",
+    "open_streaming",
     "slerp",
     "task_vector_angle",
     "task_vector_angle_files",
+    "task_vector_gram_files",
 ]
 
 StateDict = Mapping[str, torch.Tensor]
@@ -230,7 +233,8 @@ def _angle_terms(init: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[
     return float(torch.dot(da, db)), float(torch.dot(da, da)), float(torch.dot(db, db))
 
 
-def _angle_degrees(dot: float, na2: float, nb2: float) -> float:
+def angle_degrees(dot: float, na2: float, nb2: float) -> float:
+    """Angle in degrees from a dot product and two squared norms; NaN when a vector is zero."""
     denom = math.sqrt(na2) * math.sqrt(nb2)
     if denom == 0.0:
         return math.nan  # a zero task vector has no direction
@@ -387,7 +391,7 @@ def task_vector_angle(init_sd: StateDict, sd_a: StateDict, sd_b: StateDict) -> f
         if v.is_floating_point():
             d, a2, b2 = _angle_terms(v, sd_a[k], sd_b[k])
             dot, na2, nb2 = dot + d, na2 + a2, nb2 + b2
-    return _angle_degrees(dot, na2, nb2)
+    return angle_degrees(dot, na2, nb2)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -496,6 +500,36 @@ def merge_files(
         raise
 
 
+def task_vector_gram_files(
+    init_path: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    device: str | torch.device = "cpu",
+) -> list[list[float]]:
+    """Gram matrix ⟨δ_a, δ_b⟩ of the task vectors δ_m = θ_m − θ_init over all float tensors, in one streaming
+    pass (one tensor per file in memory): norms and every pairwise angle of M runs without M² reads."""
+    with contextlib.ExitStack() as stack:
+        fi = stack.enter_context(open_streaming(init_path, str(device)))
+        fs = [stack.enter_context(open_streaming(p, str(device))) for p in paths]
+        _check_structure(str(init_path), _file_shapes(fi), [(str(p), _file_shapes(f)) for p, f in zip(paths, fs, strict=True)])
+        m = len(fs)
+        gram = [[0.0] * m for _ in range(m)]
+        for k in fi.keys():
+            v = fi.get_tensor(k)
+            if not v.is_floating_point():
+                continue
+            cdt = _compute_dtype(v.dtype)
+            base = v.to(cdt)
+            deltas = [(f.get_tensor(k).to(device=v.device, dtype=cdt) - base).reshape(-1) for f in fs]
+            for i in range(m):
+                for j in range(i, m):
+                    gram[i][j] += float(torch.dot(deltas[i], deltas[j]))
+    for i in range(m):
+        for j in range(i):
+            gram[i][j] = gram[j][i]
+    return gram
+
+
 def task_vector_angle_files(
     init_path: str | os.PathLike[str],
     path_a: str | os.PathLike[str],
@@ -504,20 +538,5 @@ def task_vector_angle_files(
     device: str | torch.device = "cpu",
 ) -> float:
     """Streaming :func:`task_vector_angle` over safetensors files (one tensor per file in memory)."""
-    with (
-        open_streaming(init_path, str(device)) as fi,
-        open_streaming(path_a, str(device)) as fa,
-        open_streaming(path_b, str(device)) as fb,
-    ):
-        _check_structure(
-            str(init_path),
-            _file_shapes(fi),
-            [(str(path_a), _file_shapes(fa)), (str(path_b), _file_shapes(fb))],
-        )
-        dot = na2 = nb2 = 0.0
-        for k in fi.keys():
-            v = fi.get_tensor(k)
-            if v.is_floating_point():
-                d, a2, b2 = _angle_terms(v, fa.get_tensor(k), fb.get_tensor(k))
-                dot, na2, nb2 = dot + d, na2 + a2, nb2 + b2
-    return _angle_degrees(dot, na2, nb2)
+    gram = task_vector_gram_files(init_path, [path_a, path_b], device=device)
+    return angle_degrees(gram[0][1], gram[0][0], gram[1][1])

@@ -41,7 +41,6 @@ import os
 import shutil
 import sys
 import time
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -243,32 +242,16 @@ def _check_stop(where: str) -> None:
 
 
 def task_vector_stats(init: str | Path, paths: list[str | Path]) -> dict[str, float | None]:
-    """One streaming pass: the norms of the task vectors θ_m − θ_init and the mean pairwise angle (degrees).
+    """The norms of the task vectors θ_m − θ_init and their mean pairwise angle (degrees), in one streaming pass.
 
-    Equals :func:`warprl.merge.task_vector_angle_files` for two runs, without reading the files once per pair.
     The angle is None where undefined (one run, or a zero task vector): JSON has no NaN.
     """
     m = len(paths)
-    gram = [[0.0] * m for _ in range(m)]
-    with ExitStack() as stack:
-        fi = stack.enter_context(merge.open_streaming(init))
-        fs = [stack.enter_context(merge.open_streaming(p)) for p in paths]
-        for k in fi.keys():
-            base = fi.get_tensor(k)
-            if not base.is_floating_point():
-                continue
-            cdt = torch.float64 if base.dtype == torch.float64 else torch.float32
-            base = base.to(cdt)
-            deltas = [(f.get_tensor(k).to(cdt) - base).reshape(-1) for f in fs]
-            for a in range(m):
-                for b in range(a, m):
-                    gram[a][b] += float(torch.dot(deltas[a], deltas[b]))
-    norms = [math.sqrt(gram[a][a]) for a in range(m)]
-    angles = [math.degrees(math.acos(min(1.0, max(-1.0, gram[a][b] / (norms[a] * norms[b])))))
-              for a in range(m) for b in range(a + 1, m) if norms[a] * norms[b] > 0]
-    defined = m > 1 and len(angles) == m * (m - 1) // 2
+    gram = merge.task_vector_gram_files(init, paths)
+    angles = [merge.angle_degrees(gram[a][b], gram[a][a], gram[b][b]) for a in range(m) for b in range(a + 1, m)]
+    defined = m > 1 and not any(math.isnan(x) for x in angles)
     return {"charts/task_vector_angle_deg": sum(angles) / len(angles) if defined else None,
-            "charts/task_vector_norm_mean": sum(norms) / m}
+            "charts/task_vector_norm_mean": sum(math.sqrt(gram[a][a]) for a in range(m)) / m}
 
 
 def write_merge(out_file: Path, init: Path, paths: list[Path], op: str, **kw) -> float:

@@ -19,6 +19,7 @@ from warprl.merge import (
     slerp,
     task_vector_angle,
     task_vector_angle_files,
+    task_vector_gram_files,
 )
 
 T = torch.tensor
@@ -371,3 +372,15 @@ def test_task_vector_angle_files(model_files) -> None:
     got = task_vector_angle_files(init_path, paths[0], paths[1])
     assert got == pytest.approx(task_vector_angle(init, sds[0], sds[1]), abs=1e-9)
     assert 0.0 < got < 180.0
+
+
+def test_task_vector_gram_files(model_files) -> None:
+    """Every ⟨δ_a, δ_b⟩ of three runs in one pass equals the hand sum over the float tensors (fp32 math)."""
+    init_path, paths, init, sds = model_files
+    gram = task_vector_gram_files(init_path, paths)
+    for a in range(3):
+        for b in range(3):
+            want = sum(float(torch.dot((sds[a][k].float() - init[k].float()).reshape(-1),
+                                       (sds[b][k].float() - init[k].float()).reshape(-1)))
+                       for k in init if init[k].is_floating_point())
+            assert gram[a][b] == pytest.approx(want, rel=1e-6)
