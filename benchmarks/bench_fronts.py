@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def train_warp(warp_dir: Path) -> None:
+    from warprl.commands.align import run_align as align_warp
+    from warprl.commands.quickstart import align_config
     from warprl.config import QuickstartConfig
-    from warprl.quickstart import align_config
-    from warprl.warp import align_warp
 
     align_warp(align_config(QuickstartConfig(out=str(warp_dir))))
 
@@ -44,9 +44,9 @@ def main() -> int:
     ap.add_argument("--samples-per-prompt", type=int, default=2)
     args = ap.parse_args()
 
+    from warprl.commands.align import run_align as align_single
     from warprl.config import AlignConfig, ParetoConfig
-    from warprl.report import comparison_markdown, run_pareto
-    from warprl.train import align_single
+    from warprl.eval.pareto import comparison_markdown, run_pareto
 
     warp_dir, out = ROOT / args.warp_dir, ROOT / args.out
     if not (warp_dir / "final" / "config.json").is_file():

@@ -24,7 +24,7 @@ from warprl.config import AlignConfig
 from warprl.data import builtin_prompts
 from warprl.models import convert_gguf, load_policy, resolve
 from warprl.reward import load_reward
-from warprl.train import run_rl
+from warprl.rl.loop import run_rl
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:

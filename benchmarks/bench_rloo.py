@@ -16,9 +16,9 @@ from pathlib import Path
 
 from _results import machine, write_section
 
+from warprl.commands.align import run_align as align_single
 from warprl.config import AlignConfig, EvalConfig
-from warprl.evaluate import run_evaluate
-from warprl.train import align_single
+from warprl.eval.evaluate import run_evaluate
 
 KEYS = [("reward_mean", "reward", "{:.3f}"), ("kl_mean", "KL to SFT", "{:.2f}"),
         ("judge_positive_rate", "judge > 0.05", "{:.0%}"), ("distinct_2", "distinct-2", "{:.2f}"),

@@ -82,8 +82,8 @@ class Sampler(threading.Thread):
 
 def child(args) -> None:
     """One WARP run; prints a JSON line with its peak memory figures."""
+    from warprl.commands.align import run_align as align_warp
     from warprl.config import AlignConfig
-    from warprl.warp import align_warp
 
     spec = args.reward
     reward_fn = None if spec == "vader" else word_count_reward  # vader: align_warp (or each worker) loads it

@@ -54,7 +54,7 @@ def cmd_models(args) -> int:
 
 def cmd_generate(args) -> int:
     from warprl.models import load_policy, pick_device
-    from warprl.rollout import SamplingConfig, sample
+    from warprl.rl.rollout import SamplingConfig, sample
 
     cfg: C.GenerateConfig = C.config_from_args(C.GenerateConfig, args)
     if not cfg.prompt:
@@ -102,15 +102,10 @@ def cmd_data_inspect(args) -> int:
 
 
 def cmd_align(args) -> int:
+    from warprl.commands.align import run_align
+
     cfg: C.AlignConfig = C.config_from_args(C.AlignConfig, args)
-    if cfg.method == "warp":
-        from warprl.warp import align_warp
-
-        summary = align_warp(cfg)
-    else:
-        from warprl.train import align_single
-
-        summary = align_single(cfg)
+    summary = run_align(cfg)
     if args.json:
         _print_json(summary)
     else:
@@ -128,7 +123,7 @@ def _without_samples(obj):
 
 
 def cmd_evaluate(args) -> int:
-    from warprl.evaluate import METRIC_KEYS, run_evaluate
+    from warprl.eval.evaluate import METRIC_KEYS, run_evaluate
 
     cfg: C.EvalConfig = C.config_from_args(C.EvalConfig, args)
     result = run_evaluate(cfg, progress=sys.stderr.isatty())
@@ -145,7 +140,7 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_pareto(args) -> int:
-    from warprl.report import run_pareto
+    from warprl.eval.pareto import run_pareto
 
     cfg: C.ParetoConfig = C.config_from_args(C.ParetoConfig, args)
     summary = run_pareto(cfg)
@@ -167,7 +162,7 @@ def cmd_pareto(args) -> int:
 
 
 def cmd_quickstart(args) -> int:
-    from warprl.quickstart import print_summary, run_quickstart
+    from warprl.commands.quickstart import print_summary, run_quickstart
 
     cfg: C.QuickstartConfig = C.config_from_args(C.QuickstartConfig, args)
     summary = run_quickstart(cfg)

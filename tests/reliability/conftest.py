@@ -186,7 +186,7 @@ def finished_run(rel_root, tiny_policy_dir, rel_prompts) -> Path:
 
 def interrupted_run(out: Path, argv: list[str]) -> Path:
     """Run ``argv`` in-process and SIGTERM it during its first step: it saves a checkpoint and exits 2."""
-    import warprl.train as T
+    import warprl.rl.loop as T
     from warprl.cli import main
 
     real_step = T.rl_step

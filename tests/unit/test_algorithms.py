@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from warprl.algorithms import (
+from warprl.rl.algorithms import (
     completion_mask,
     entropy_from_logits,
     kl_per_token,

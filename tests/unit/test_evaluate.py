@@ -9,10 +9,10 @@ import torch
 from safetensors.torch import save_model
 
 from warprl import config as C
-from warprl import report as R
 from warprl.config import EvalConfig, build_config, read_yaml
 from warprl.errors import UserError
-from warprl.evaluate import METRIC_KEYS, SampleSet, evaluate_policy, judge_positive_rate, summarise
+from warprl.eval import pareto as R
+from warprl.eval.evaluate import METRIC_KEYS, SampleSet, evaluate_policy, judge_positive_rate, summarise
 from warprl.models import load_policy
 
 PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and"]

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from warprl import algorithms as A
 from warprl.models import load_policy
-from warprl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
+from warprl.rl import algorithms as A
+from warprl.rl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
 
 PROMPTS = ["the movie was", "I love this film and the plot", "boring"]  # different lengths → left padding
 
@@ -67,7 +67,7 @@ def test_entropy_matches_the_pure_function(tiny_policy_dir):
     n = roll.completion_ids.shape[1]
     with torch.no_grad():
         _, ent = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 0.8, return_entropy=True)
-        from warprl.rollout import position_ids_from_mask
+        from warprl.rl.rollout import position_ids_from_mask
 
         logits = model(input_ids=roll.input_ids, attention_mask=roll.attention_mask,
                        position_ids=position_ids_from_mask(roll.attention_mask)).logits[:, -n - 1 : -1]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from warprl.textmetrics import (
+from warprl.eval.textmetrics import (
     distinct_n,
     has_repeated_loop,
     mean_length_words,

@@ -8,9 +8,10 @@ import torch
 from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
-from warprl import merge, warp
+from warprl import merge
 from warprl.errors import UserError
 from warprl.io import remove_stale_temp_files
+from warprl.rl import warp
 
 
 class TiedLM(nn.Module):

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from warprl.errors import UserError
 
-ASSETS = Path(__file__).resolve().parent / "assets"
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
 EMBEDDED: dict[str, Path] = {"imdb-sentiment": ASSETS / "imdb-sentiment"}
 META_FILE = "warprl_reward.json"  # beside a saved RM folder: pooling, max_length, stats, provenance
 HEAD_FILE = "head.safetensors"  # a bare head on a named frozen backbone (the embedded imdb-sentiment)
@@ -207,7 +207,7 @@ class RewardModel(nn.Module):
 
     def features(self, batch: dict[str, torch.Tensor], bf16: bool = False) -> torch.Tensor:
         """What the head reads, in fp32: the pooled embedding [B, H]."""
-        from warprl.rollout import autocast
+        from warprl.precision import autocast
 
         if self.pooling == "mean":
             with autocast(self.device, bf16):

@@ -23,8 +23,9 @@ import yaml
 from warprl import merge
 from warprl.config import EvalConfig, ParetoConfig, to_dict
 from warprl.errors import UserError
-from warprl.evaluate import METRIC_KEYS, compute_copy, eval_prompts, evaluate_policy, load_scorers
+from warprl.eval.evaluate import METRIC_KEYS, eval_prompts, evaluate_policy, load_scorers
 from warprl.io import atomic_write, atomic_write_json, atomic_write_text
+from warprl.precision import compute_copy
 
 README_START, README_END = "<!-- results:start -->", "<!-- results:end -->"
 

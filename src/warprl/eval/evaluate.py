@@ -30,17 +30,17 @@ the same random stream (common random numbers: their difference is less noisy th
 
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 
 import torch
 
-from warprl import algorithms as A
-from warprl import textmetrics as tm
 from warprl.config import EvalConfig
-from warprl.rollout import SamplingConfig, anchor_logprobs, sample
-from warprl.train import derive_seed
+from warprl.eval import textmetrics as tm
+from warprl.precision import compute_copy
+from warprl.rl import algorithms as A
+from warprl.rl.rollout import SamplingConfig, anchor_logprobs, sample
+from warprl.seeding import derive_seed
 
 JUDGE_POSITIVE_THRESHOLD = 0.05  # VADER: compound > 0.05 is "positive"
 
@@ -104,13 +104,6 @@ def summarise(s: SampleSet) -> dict[str, float]:
 
 
 # ------------------------------------------------------------------------------------------- sampling
-
-
-def compute_copy(model, bf16: bool):
-    """The model to sample and score with: a bf16 copy when ``bf16`` (unless it already is bf16), else itself."""
-    if not bf16 or next(model.parameters()).dtype == torch.bfloat16:
-        return model
-    return copy.deepcopy(model).to(torch.bfloat16)
 
 
 def _as_list(scores, n: int, what: str) -> list[float]:

@@ -8,12 +8,12 @@ padded, so position ids are rebuilt from the attention mask in every separate fo
 
 from __future__ import annotations
 
-from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 
-from warprl.algorithms import completion_mask
+from warprl.precision import autocast
+from warprl.rl.algorithms import completion_mask
 
 
 @dataclass
@@ -45,17 +45,6 @@ class Rollout:
     @property
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(-1)
-
-
-def autocast(device: torch.device, enabled: bool):
-    """bf16 autocast on CPU or CUDA; master weights stay fp32.
-
-    Fine for one forward pass; for generation on a CPU it is ~15x slower than a bf16 copy of the model,
-    because the fp32 weights are cast again at every new token (see ``train.MixedPrecision``).
-    """
-    if not enabled:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -11,16 +11,15 @@ model is loaded once and shared by training and evaluation.
 
 from __future__ import annotations
 
-import shutil
 import sys
 import time
 from pathlib import Path
 
+from warprl.commands import outdir
+from warprl.commands.align import run_align
 from warprl.config import AlignConfig, ParetoConfig, QuickstartConfig, to_dict
-from warprl.errors import UserError
-from warprl.evaluate import METRIC_KEYS
-from warprl.io import atomic_write_json, atomic_write_text
-from warprl.report import (
+from warprl.eval.evaluate import METRIC_KEYS
+from warprl.eval.pareto import (
     COLUMNS,
     Evaluator,
     check_readme,
@@ -29,37 +28,13 @@ from warprl.report import (
     update_readme,
     write_outputs,
 )
+from warprl.io import atomic_write_json, atomic_write_text
 
-MARKER = "quickstart"  # key in summary.json that marks a folder as a previous quickstart (safe to replace)
+MARKER = outdir.QUICKSTART.finished_key  # key in summary.json that marks a folder as a previous quickstart
 
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
-
-
-def prepare_dir(cfg: QuickstartConfig) -> tuple[Path, bool]:
-    """(folder, resume): a finished quickstart is replaced, an interrupted one continues (same settings),
-    anything else needs --overwrite."""
-    import json
-
-    out = Path(cfg.out)
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} exists and is not a folder")
-    if not out.is_dir() or not any(out.iterdir()):
-        return out, False
-    previous = False
-    if (out / "summary.json").is_file():
-        try:
-            previous = MARKER in json.loads((out / "summary.json").read_text())
-        except ValueError:
-            previous = False
-    if previous or cfg.overwrite:
-        shutil.rmtree(out)
-        return out, False
-    if (out / "config.yaml").is_file():
-        return out, True  # an interrupted quickstart: the WARP run resumes (it refuses other settings)
-    raise UserError(f"--out {out} is not empty and holds no previous quickstart; pass --overwrite to replace it "
-                    f"or choose another folder")
 
 
 def align_config(cfg: QuickstartConfig, resume: bool = False) -> AlignConfig:
@@ -92,12 +67,12 @@ def run_quickstart(cfg: QuickstartConfig, reward_fn=None, judge_fn=None) -> dict
 
     ``reward_fn`` / ``judge_fn`` replace loading ``cfg.reward`` / ``cfg.judge`` (library use, tests).
     """
-    from warprl.warp import align_warp
-
     t0 = time.perf_counter()
     if cfg.readme:
         check_readme(cfg.readme)
-    out, resume = prepare_dir(cfg)
+    # A finished quickstart is replaced, an interrupted one continues (the WARP run refuses other settings).
+    decision = outdir.check(cfg.out, outdir.QUICKSTART, overwrite=cfg.overwrite, what="quickstart")
+    resume = decision.resume
     pcfg = pareto_config(cfg)
     ecfg = eval_settings(pcfg)
     timings: dict[str, float] = {}
@@ -109,6 +84,7 @@ def run_quickstart(cfg: QuickstartConfig, reward_fn=None, judge_fn=None) -> dict
             raise ValueError("pass both reward_fn and judge_fn, or neither")
         scorers = (reward_fn, judge_fn)
     ev = Evaluator(cfg.policy, ecfg, cfg.reward, cfg.judge, cfg.progress, scorers=scorers)
+    out = outdir.prepare(decision)  # every input has loaded: now the folder may be replaced
     t = time.perf_counter()
     timings["load_s"] = t - t0
 
@@ -123,7 +99,7 @@ def run_quickstart(cfg: QuickstartConfig, reward_fn=None, judge_fn=None) -> dict
          f"of {cfg.batch_size} prompts × {cfg.k} samples")
     if resume:
         _say(f"      continuing the interrupted WARP run in {out}")
-    warp_summary = align_warp(align_config(cfg, resume), reward_fn=ev.reward_fn)
+    warp_summary = run_align(align_config(cfg, resume), reward_fn=ev.reward_fn)
     timings["warp_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

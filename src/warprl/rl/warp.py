@@ -51,15 +51,11 @@ from warprl import merge
 from warprl.config import AlignConfig
 from warprl.errors import UserError, first_line
 from warprl.io import atomic_write, atomic_write_json, atomic_write_text, recover_dir, remove_stale_temp_files
-from warprl.train import (
-    RunInterrupted,
-    StopFlag,
-    check_out_dir,
-    derive_seed,
-    graceful_stop,
-    prepare_out_dir,
-    run_rl,
-)
+from warprl.models import load_policy
+from warprl.models import save_model as save_hf
+from warprl.reward import load_reward
+from warprl.rl.loop import RunInterrupted, StopFlag, graceful_stop, run_rl
+from warprl.seeding import derive_seed
 
 RESUME_HINT = "rerun the same command with --resume to continue"
 
@@ -117,16 +113,12 @@ def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], 
     """A Ray task: one run in a worker process, which loads its own policy (and reward unless given)."""
     from transformers.utils import logging as hf_logging
 
-    from warprl.models import load_policy
-
     hf_logging.disable_progress_bar()  # Ray forwards worker output to the driver: keep it to errors
     # Ray starts workers with OMP_NUM_THREADS=1; the driver's thread count fixes the float reduction order
     # of CPU kernels, so matching it makes a Ray run bit-identical to the same run in the driver.
     torch.set_num_threads(threads)
     policy, tok = load_policy(cfg.policy, device=device)
     if reward_fn is None:
-        from warprl.reward import load_reward
-
         reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
     with graceful_stop():  # Ray's cancel() interrupts the task via SIGINT: checkpoint, then stop
         train_run(cfg, job, policy, tok, reward_fn, prompts)
@@ -295,79 +287,56 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
 # ------------------------------------------------------------------------------------------- the driver
 
 
-def align_warp(cfg: AlignConfig, reward_fn=None) -> dict:
-    """`warprl align --method warp`: I iterations of M runs, SLERP and LITI; returns the summary.
-
-    ``reward_fn(prompts, completions) -> Tensor[B]`` overrides ``cfg.reward`` (library use, tests). With
-    the Ray executor it is pickled to the workers; without it each worker loads ``cfg.reward`` itself.
-    """
-    from warprl.data import load_prompts
-    from warprl.models import load_policy, pick_device
-    from warprl.models import save_model as save_hf
-
-    check_out_dir(cfg)  # refuse early, but touch the folder only once every input has loaded
-    device = pick_device(cfg.device)
-    # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
-    policy, tok = load_policy(cfg.policy, device="cpu" if cfg.executor == "ray" else device)
-    prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
+def make_executor(cfg: AlignConfig, device: torch.device, policy, tok, reward_fn, prompts: list[str]):
+    """Where the M runs of an iteration execute. Ray's starts now (before any signal handler of ours: Ray sets
+    its own); with Ray ``reward_fn`` may be None (each worker loads ``cfg.reward``), sequentially it may not."""
     if cfg.executor == "ray":
-        executor = RayExecutor(cfg, device, reward_fn, prompts)  # before graceful_stop: Ray sets handlers too
-    else:
-        if reward_fn is None:
-            from warprl.reward import load_reward
+        return RayExecutor(cfg, device, reward_fn, prompts)
+    if reward_fn is None:
+        raise ValueError("the sequential executor needs a reward function")
+    return SequentialExecutor(cfg, policy, tok, reward_fn, prompts)
 
-            reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
-        executor = SequentialExecutor(cfg, policy, tok, reward_fn, prompts)
 
-    t0 = time.perf_counter()
+def run_warp(cfg: AlignConfig, out: Path, policy, tok, executor) -> list[dict]:
+    """I iterations of M runs, SLERP and LITI in ``out``; writes ``final/`` and ``final_slerp/``.
+
+    Returns the iterations' metrics rows. Everything already on disk (finished runs, merges, iterations) is
+    skipped, so calling it again on an interrupted folder resumes it. Call inside :func:`graceful_stop`.
+    """
     rows: list[dict] = []
-    try:
-        out = prepare_out_dir(cfg)
-        with graceful_stop():
-            for folder in (out / "final", out / "final_slerp"):
-                recover_dir(folder)  # a kill between atomic_dir's two renames left the old copy aside
-            remove_stale_temp_files(out)
-            sft = init_path(out, 1)
-            if not sft.is_file():
-                atomic_write(sft, lambda tmp: save_model(policy, tmp))
-            for i in range(1, cfg.iterations + 1):
-                done_file = iter_dir(out, i) / "iteration.json"
-                if done_file.is_file():
-                    rows.append(json.loads(done_file.read_text()))
-                    continue
-                remove_stale_temp_files(iter_dir(out, i))
-                for m in range(1, cfg.runs + 1):
-                    run = run_dir(out, i, m)
-                    if run_finished(run):  # a kill can land between done.json and removing the checkpoints
-                        shutil.rmtree(run / "checkpoints", ignore_errors=True)
-                jobs = [RunJob(i, m, str(run_dir(out, i, m)), str(init_path(out, i)), run_seed(cfg.seed, i, m),
-                               f"iter {i}/{cfg.iterations} run {m}/{cfg.runs}")
-                        for m in range(1, cfg.runs + 1) if not run_finished(run_dir(out, i, m))]
-                t_runs = time.perf_counter()
-                executor.run(jobs)
-                runs_s = time.perf_counter() - t_runs
-                _check_stop(f"after the runs of iteration {i}")
-                row = {**merge_iteration(cfg, out, i), "time/runs_s": round(runs_s, 3)}
-                # iteration.json is the iteration's commit point; metrics.jsonl is rebuilt from all of them.
-                atomic_write_json(done_file, row)
-                rows.append(row)
-                atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-                _check_stop(f"after iteration {i}")
-            last = iter_dir(out, cfg.iterations)
-            # final_slerp first: final/ marks the folder as finished (prepare_out_dir).
-            load_model(policy, str(last / "slerp.safetensors"))
-            save_hf(policy, tok, out / "final_slerp")
-            load_model(policy, str(last / "init.safetensors"))
-            save_hf(policy, tok, out / "final")
-    finally:
-        executor.close()
-
-    summary = {
-        "method": "warp", "inner": cfg.inner, "executor": cfg.executor, "out": str(out),
-        "final": str(out / "final"), "final_slerp": str(out / "final_slerp"), "sft": cfg.policy,
-        "iterations": cfg.iterations, "runs": cfg.runs, "steps_per_run": cfg.steps,
-        "train_seconds": round(time.perf_counter() - t0, 2),
-        **{k: v for k, v in rows[-1].items() if k.startswith("charts/")},
-    }
-    atomic_write_json(out / "summary.json", summary)
-    return summary
+    for folder in (out / "final", out / "final_slerp"):
+        recover_dir(folder)  # a kill between atomic_dir's two renames left the old copy aside
+    remove_stale_temp_files(out)
+    sft = init_path(out, 1)
+    if not sft.is_file():
+        atomic_write(sft, lambda tmp: save_model(policy, tmp))
+    for i in range(1, cfg.iterations + 1):
+        done_file = iter_dir(out, i) / "iteration.json"
+        if done_file.is_file():
+            rows.append(json.loads(done_file.read_text()))
+            continue
+        remove_stale_temp_files(iter_dir(out, i))
+        for m in range(1, cfg.runs + 1):
+            run = run_dir(out, i, m)
+            if run_finished(run):  # a kill can land between done.json and removing the checkpoints
+                shutil.rmtree(run / "checkpoints", ignore_errors=True)
+        jobs = [RunJob(i, m, str(run_dir(out, i, m)), str(init_path(out, i)), run_seed(cfg.seed, i, m),
+                       f"iter {i}/{cfg.iterations} run {m}/{cfg.runs}")
+                for m in range(1, cfg.runs + 1) if not run_finished(run_dir(out, i, m))]
+        t_runs = time.perf_counter()
+        executor.run(jobs)
+        runs_s = time.perf_counter() - t_runs
+        _check_stop(f"after the runs of iteration {i}")
+        row = {**merge_iteration(cfg, out, i), "time/runs_s": round(runs_s, 3)}
+        # iteration.json is the iteration's commit point; metrics.jsonl is rebuilt from all of them.
+        atomic_write_json(done_file, row)
+        rows.append(row)
+        atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+        _check_stop(f"after iteration {i}")
+    last = iter_dir(out, cfg.iterations)
+    # final_slerp first: final/ marks the folder as finished (the output-folder policy).
+    load_model(policy, str(last / "slerp.safetensors"))
+    save_hf(policy, tok, out / "final_slerp")
+    load_model(policy, str(last / "init.safetensors"))
+    save_hf(policy, tok, out / "final")
+    return rows

@@ -1,0 +1,68 @@
+"""`warprl align`: REINFORCE or RLOO (one run) or WARP (I × M runs, SLERP, LITI) into one output folder.
+
+The order matters for safety: the folder is checked first (read only), every input is loaded, and only then
+is the folder created, replaced (``--overwrite``) or given its ``config.yaml``, so a bad input never deletes
+or starts a run.
+"""
+
+from __future__ import annotations
+
+import time
+
+from warprl.commands import outdir
+from warprl.config import AlignConfig
+from warprl.data import load_prompts
+from warprl.io import atomic_write_json
+from warprl.models import load_policy, pick_device, save_model
+from warprl.reward import load_reward
+from warprl.rl.loop import graceful_stop, run_rl
+from warprl.rl.warp import make_executor, run_warp
+from warprl.seeding import derive_seed
+
+
+def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
+    """Run ``cfg`` into ``cfg.out`` and return the summary (also written to ``summary.json``).
+
+    ``reward_fn(prompts, completions) -> Tensor[B]`` overrides ``cfg.reward`` (library use, tests); with the
+    Ray executor it is pickled to the workers, and without it each worker loads ``cfg.reward`` itself.
+    """
+    decision = outdir.check(cfg.out, outdir.ALIGN, resume=cfg.resume, overwrite=cfg.overwrite, cfg=cfg)
+    device = pick_device(cfg.device)
+    warp = cfg.method == "warp"
+    ray = warp and cfg.executor == "ray"
+    # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
+    policy, tok = load_policy(cfg.policy, device="cpu" if ray else device)
+    prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
+    if reward_fn is None and not ray:
+        reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+    executor = make_executor(cfg, device, policy, tok, reward_fn, prompts) if warp else None
+
+    t0 = time.perf_counter()
+    try:
+        out = outdir.prepare(decision, cfg)
+        with graceful_stop():
+            if warp:
+                rows = run_warp(cfg, out, policy, tok, executor)
+            else:
+                result = run_rl(cfg, out, policy, tok, reward_fn, prompts, method=cfg.method,
+                                anchor_kind=cfg.anchor, seed=derive_seed(cfg.seed, "run", 0),
+                                resume=decision.resume, desc=cfg.method)
+                save_model(policy, tok, out / "final")
+    finally:
+        if executor is not None:
+            executor.close()
+
+    seconds = round(time.perf_counter() - t0, 2)
+    if warp:
+        summary = {
+            "method": "warp", "inner": cfg.inner, "executor": cfg.executor, "out": str(out),
+            "final": str(out / "final"), "final_slerp": str(out / "final_slerp"), "sft": cfg.policy,
+            "iterations": cfg.iterations, "runs": cfg.runs, "steps_per_run": cfg.steps, "train_seconds": seconds,
+            **{k: v for k, v in rows[-1].items() if k.startswith("charts/")},
+        }
+    else:
+        summary = {"method": cfg.method, "out": str(out), "final": str(out / "final"), "steps": result.steps,
+                   "train_seconds": seconds,
+                   **{k: v for k, v in result.last_metrics.items() if k.startswith(("charts/reward", "charts/kl"))}}
+    atomic_write_json(out / "summary.json", summary)
+    return summary

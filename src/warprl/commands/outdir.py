@@ -1,0 +1,138 @@
+"""The one output-folder policy of every command that writes a folder.
+
+A folder is in one of five states, and each command declares what it does with each (:class:`Policy`):
+
+    new        missing or empty                      → written from scratch
+    unfinished holds the command's ``config.yaml``   → refused unless ``--resume`` (settings must match) or
+                                                        ``--overwrite``; a quickstart continues it by itself
+    finished   holds one of the command's end files  → refused unless ``--overwrite``; a quickstart or a
+                                                        report command replaces its own finished output
+    not ours   anything else                         → refused unless ``--overwrite`` (or a report command
+                                                        that writes its files beside other things)
+    a file     not a folder                          → always refused
+
+``check`` only reads (so a bad input found later never deletes or starts anything); ``prepare`` acts on
+its decision once every input has loaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from warprl.config import RUN_CONTROL_KEYS, to_dict, to_yaml
+from warprl.errors import UserError
+from warprl.io import atomic_write_text
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a command does with each state of its output folder."""
+
+    finished: tuple[str, ...]  # any of these paths present: a finished output of this command
+    finished_key: str | None = None  # …and, when set, the first of them is a JSON object with this key
+    started: str | None = CONFIG_FILE  # written first by a resumable command: an unfinished output
+    replace_finished: bool = False  # replace a finished output without --overwrite
+    continue_unfinished: bool = False  # continue an unfinished output without --resume
+    beside_others: bool = False  # writes its own files into a folder that may hold other things
+
+
+ALIGN = Policy(finished=("summary.json", "final/config.json"))
+QUICKSTART = Policy(finished=("summary.json",), finished_key="quickstart", replace_finished=True, continue_unfinished=True)
+REWARD = Policy(finished=("metrics.json",), started=None)
+SFT = Policy(finished=("final/config.json",))
+REPORT = Policy(finished=("pareto.json",), started=None, replace_finished=True, beside_others=True)
+
+
+@dataclass(frozen=True)
+class Decision:
+    out: Path
+    action: str  # "new", "resume", "replace" or "beside"
+
+    @property
+    def resume(self) -> bool:
+        return self.action == "resume"
+
+
+def config_identity(cfg) -> dict[str, Any]:
+    """The settings that determine a result (run-control flags such as --resume excluded)."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in RUN_CONTROL_KEYS}
+
+
+def _settings_diff(saved_file: Path, cfg) -> list[str]:
+    try:
+        saved = yaml.safe_load(saved_file.read_text()) or {}
+    except (yaml.YAMLError, OSError, UnicodeDecodeError):
+        raise UserError(f"--resume: {saved_file} is damaged") from None
+    if not isinstance(saved, dict):
+        raise UserError(f"--resume: {saved_file} is damaged")
+    mine = config_identity(cfg)
+    diff = sorted(k for k in set(mine) | set(saved) if k not in RUN_CONTROL_KEYS and saved.get(k) != mine.get(k))
+    return [f"{k}: {saved.get(k)!r} → {mine.get(k)!r}" for k in diff]
+
+
+def _is_finished(out: Path, policy: Policy) -> bool:
+    if policy.finished_key is None:
+        return any((out / name).exists() for name in policy.finished)
+    try:
+        return policy.finished_key in json.loads((out / policy.finished[0]).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check(out: str | Path, policy: Policy, *, resume: bool = False, overwrite: bool = False, cfg=None,
+          what: str = "run") -> Decision:
+    """Decide what to do with ``out`` without touching it; refuse with a one-line UserError.
+
+    With ``resume`` the folder's ``config.yaml`` must match ``cfg`` (run-control settings excepted).
+    """
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite contradict each other")
+    empty = not out.is_dir() or not any(out.iterdir())
+    finished = not empty and _is_finished(out, policy)
+    started = not empty and policy.started is not None and (out / policy.started).is_file()
+    if resume:
+        if not started:
+            raise UserError(f"--resume: {out} holds no {what} to resume (no {policy.started or CONFIG_FILE})")
+        if cfg is not None:
+            diff = _settings_diff(out / policy.started, cfg)
+            if diff:
+                raise UserError(f"--resume: {out} was made with other settings ({', '.join(diff[:3])}); use the "
+                                f"same settings or another --out")
+        return Decision(out, "resume")
+    if empty:
+        return Decision(out, "new")
+    if overwrite or (finished and policy.replace_finished):
+        return Decision(out, "replace")
+    if finished:
+        raise UserError(f"{out} holds a finished {what}; pass --overwrite to replace it or choose another --out")
+    if started and policy.continue_unfinished:
+        return Decision(out, "resume")
+    if started:
+        raise UserError(f"{out} holds an unfinished {what}; pass --resume to continue it or --overwrite to "
+                        f"replace it")
+    if policy.beside_others:
+        return Decision(out, "beside")
+    raise UserError(f"--out {out} is not empty and holds no warprl {what}; choose an empty or new folder, or "
+                    f"pass --overwrite to replace it")
+
+
+def prepare(decision: Decision, cfg=None) -> Path:
+    """Act on a :func:`check` decision: replace, create, and write ``config.yaml`` for a new resumable output."""
+    out = decision.out
+    if decision.action == "replace":
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg is not None and decision.action in ("new", "replace"):
+        atomic_write_text(out / CONFIG_FILE, to_yaml(cfg))
+    return out

@@ -1,0 +1,57 @@
+"""Mixed precision: fp32 master weights with a bf16 compute copy; bf16 autocast for single forward passes."""
+
+from __future__ import annotations
+
+import copy
+from contextlib import nullcontext
+
+import torch
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast on CPU or CUDA; master weights stay fp32.
+
+    Fine for one forward pass; for generation on a CPU it is ~15x slower than a bf16 copy of the model,
+    because the fp32 weights are cast again at every new token (see :class:`MixedPrecision`).
+    """
+    if not enabled:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def compute_copy(model, bf16: bool):
+    """The model to sample and score with: a bf16 copy when ``bf16`` (unless it already is bf16), else itself."""
+    if not bf16 or next(model.parameters()).dtype == torch.bfloat16:
+        return model
+    return copy.deepcopy(model).to(torch.bfloat16)
+
+
+class MixedPrecision:
+    """fp32 master weights (optimiser, EMA, checkpoints) and, with bf16, a bf16 compute copy.
+
+    The compute copy samples, scores and back-propagates; its bf16 gradients are copied onto the fp32
+    masters, the optimiser steps there, and the copy is refreshed. Generating from a bf16 copy is ~15x faster
+    on a CPU than autocast (which re-casts every weight at every token), and using the same copy for the
+    policy's and the anchor's log-probs makes the KL of identical weights exactly zero.
+    """
+
+    def __init__(self, master: torch.nn.Module, bf16: bool, trainable: bool = True):
+        self.master = master
+        self.compute = copy.deepcopy(master).to(torch.bfloat16) if bf16 else master
+        for p in self.compute.parameters():
+            p.requires_grad_(trainable)
+        self.compute.eval()
+
+    def grads_to_master(self) -> None:
+        if self.compute is self.master:
+            return
+        for pm, pc in zip(self.master.parameters(), self.compute.parameters(), strict=True):
+            pm.grad = None if pc.grad is None else pc.grad.to(pm.dtype)
+            pc.grad = None
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Copy the masters into the compute copy (after an optimiser step, an EMA update or a load)."""
+        if self.compute is not self.master:
+            for pm, pc in zip(self.master.parameters(), self.compute.parameters(), strict=True):
+                pc.copy_(pm)

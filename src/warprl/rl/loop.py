@@ -1,0 +1,266 @@
+"""One RL run: T steps of REINFORCE or RLOO on R = r − β·KL(π ‖ π_anchor), with checkpoints and resume.
+
+The loop, per step:
+  prompts (seeded order) → sample k completions each (KV cache, bf16 autocast) → reward of the *text*
+  → anchor log-probs → R = r − β·Σ_t KL_t → advantages (RLOO leave-one-out or REINFORCE baseline)
+  → loss −A·Σ_t log π → AdamW step (fp32 master weights) → EMA anchor update (if ``anchor="ema"``).
+
+Every random choice of a step is seeded from (run seed, step), so a resumed run replays exactly what an
+uninterrupted run would have done: only weights, EMA, optimiser state and a few scalars are checkpointed.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_model, save_model
+from tqdm.auto import tqdm
+
+from warprl import merge
+from warprl.config import AlignConfig
+from warprl.errors import UserError
+from warprl.io import atomic_write, atomic_write_json, remove_stale_temp_files
+from warprl.precision import MixedPrecision
+from warprl.rl import algorithms as A
+from warprl.rl.checkpoint import LoopState, MetricsLog, load_checkpoint, save_checkpoint
+from warprl.rl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
+from warprl.seeding import derive_seed, prompt_batch
+
+
+class NonFiniteError(UserError):
+    """A non-finite reward, KL or loss: the run stops before the bad update and keeps the last good weights."""
+
+
+class RunInterrupted(UserError):
+    """SIGINT/SIGTERM: the run saved a checkpoint and stopped; ``--resume`` continues it."""
+
+
+# --------------------------------------------------------------------------------------------- signals
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM; the loop finishes the current step, checkpoints and stops."""
+
+    requested: str | None = None
+
+
+@contextmanager
+def graceful_stop():
+    previous = {}
+
+    def handler(signum, _frame):
+        StopFlag.requested = signal.Signals(signum).name
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread (e.g. inside a Ray worker): no handler, no harm
+            pass
+    StopFlag.requested = None
+    try:
+        yield
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+# ----------------------------------------------------------------------------------------------- the run
+
+
+@dataclass
+class RunResult:
+    weights: Path  # safetensors of the final policy
+    steps: int
+    last_metrics: dict = field(default_factory=dict)
+
+
+def _lr_at(cfg: AlignConfig, step: int) -> float:
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def _make_optimizer(cfg: AlignConfig, policy) -> torch.optim.Optimizer:
+    params = [p for p in policy.parameters() if p.requires_grad]
+    # The fused kernel is ~5x faster than foreach on a CPU (0.06 vs 0.32 s for SmolLM2-135M) and deterministic.
+    kw = {"fused": True}
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, **kw)
+    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
+
+
+def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, tokenizer, reward_fn,
+            prompts: list[str], state: LoopState, opt: torch.optim.Optimizer, method: str, seed: int) -> dict:
+    """One RL step on ``prompts``; returns its metrics. Raises NonFiniteError before any bad update."""
+    t0 = time.perf_counter()
+    torch.manual_seed(derive_seed(seed, "step", state.step))  # sampling randomness of this step
+    scfg = SamplingConfig(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+    model = policy.compute
+    roll = sample(model, tokenizer, prompts, scfg, k=cfg.k)
+    t_gen = time.perf_counter()
+    rewards = reward_fn(roll.prompts, roll.completions).to(torch.float32).cpu()
+    t_rew = time.perf_counter()
+    n_rows, n_tok = roll.input_ids.shape[0], roll.completion_ids.shape[1]
+    micro = n_rows // cfg.grad_accum
+    roll.ref_logprobs = anchor_logprobs(anchor.compute, roll, cfg.temperature, micro_batch=micro)
+    t_anchor = time.perf_counter()
+
+    # log π for the KL comes from the same full forward pass as log π_anchor (not from the incremental
+    # decoding of generate), so identical weights give exactly zero KL. Without accumulation that forward
+    # pass is the training one; with it, a no-grad pass first.
+    model.train()
+    if cfg.grad_accum == 1:
+        logp_grad, entropy = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n_tok,
+                                               cfg.temperature, return_entropy=True)
+        logp = logp_grad.detach() * roll.mask
+    else:
+        logp = anchor_logprobs(model, roll, cfg.temperature, micro_batch=micro)
+    seq_kl = A.sequence_kl(logp, roll.ref_logprobs, roll.mask, cfg.kl_estimator).cpu()
+    for name, value in (("reward", rewards), ("KL", seq_kl)):
+        if not torch.isfinite(value).all():
+            model.eval()
+            raise NonFiniteError(f"non-finite {name} at step {state.step + 1}")
+    total = A.kl_regularised_reward(rewards, seq_kl, cfg.beta)
+    if method == "rloo":
+        adv = A.rloo_advantages(total, cfg.k)
+    else:
+        baseline = state.baseline if cfg.baseline == "moving_average" else None
+        adv = A.reinforce_advantages(total, baseline)
+    if cfg.whiten_advantages:
+        adv = A.whiten(adv)
+
+    # Update: micro-batches keep whole prompt groups together (batch_size % grad_accum == 0).
+    for group in opt.param_groups:
+        group["lr"] = _lr_at(cfg, state.step)
+    opt.zero_grad(set_to_none=True)
+    loss_total, entropy_sum = 0.0, 0.0
+    device = roll.input_ids.device
+    for i in range(0, n_rows, micro):
+        sl = slice(i, i + micro)
+        if cfg.grad_accum > 1:
+            logp_grad, entropy = sequence_logprobs(model, roll.input_ids[sl], roll.attention_mask[sl], n_tok,
+                                                   cfg.temperature, return_entropy=True)
+        loss = A.policy_gradient_loss(logp_grad, roll.mask[sl], adv[sl].to(device), cfg.token_mean) / cfg.grad_accum
+        if not torch.isfinite(loss):
+            model.zero_grad(set_to_none=True)
+            model.eval()
+            raise NonFiniteError(f"non-finite loss at step {state.step + 1}")
+        loss.backward()
+        loss_total += float(loss.detach())
+        entropy_sum += float(A.masked_sum(entropy, roll.mask[sl]))
+    model.eval()
+    policy.grads_to_master()
+    params = [p for p in policy.master.parameters() if p.grad is not None]
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    if not math.isfinite(grad_norm):
+        opt.zero_grad(set_to_none=True)
+        raise NonFiniteError(f"non-finite gradient norm at step {state.step + 1}")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    policy.sync()
+    if cfg.anchor == "ema":
+        merge.ema_(anchor.master.parameters(), policy.master.parameters(), cfg.mu)
+        anchor.sync()
+    if method == "reinforce" and cfg.baseline == "moving_average":
+        state.baseline = A.update_baseline(state.baseline, total, cfg.baseline_decay)
+    state.step += 1
+    t1 = time.perf_counter()
+    n_tokens = float(roll.mask.sum())
+    step_time = t1 - t0
+    return {
+        "step": state.step,
+        "charts/reward_mean": float(rewards.mean()),
+        "charts/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        "charts/kl_mean": float(seq_kl.mean()),
+        "charts/reward_kl_regularised": float(total.mean()),
+        "charts/advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
+        "charts/entropy": entropy_sum / max(n_tokens, 1.0),
+        "charts/completion_length": float(roll.lengths.mean()),
+        "charts/lr": opt.param_groups[0]["lr"],
+        "charts/tokens_per_s": n_tokens / step_time,
+        "charts/samples_per_s": n_rows / step_time,
+        "charts/step_time_s": step_time,
+        "time/generate_s": t_gen - t0,
+        "time/reward_s": t_rew - t_gen,
+        "time/anchor_s": t_anchor - t_rew,
+        "time/update_s": t1 - t_anchor,  # policy forward (+ no-grad pass with accumulation), backward, AdamW
+        "losses/policy": loss_total,
+        "losses/grad_norm": grad_norm,
+        "samples/first": roll.prompts[0] + roll.completions[0],
+    }
+
+
+def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompts: list[str], *,
+           method: str, anchor_kind: str, seed: int, resume: bool, desc: str = "") -> RunResult:
+    """T steps of RL starting from ``policy``'s current weights; trains ``policy`` in place.
+
+    ``run_dir`` receives ``metrics.jsonl``, ``checkpoints/`` and, when the run is complete,
+    ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume).
+    """
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if resume:
+        for folder in (run_dir, run_dir / "checkpoints"):
+            remove_stale_temp_files(folder)
+    done = run_dir / "done.json"
+    weights = run_dir / "weights.safetensors"
+    if resume and done.is_file() and weights.is_file():
+        load_model(policy, str(weights))
+        return RunResult(weights, json.loads(done.read_text())["steps"], json.loads(done.read_text()).get("last", {}))
+
+    # The anchor starts as a frozen copy of the initial weights (SFT anchor or EMA start point).
+    anchor_master = copy.deepcopy(policy).eval()
+    for p in anchor_master.parameters():
+        p.requires_grad_(False)
+    opt = _make_optimizer(cfg, policy)
+    ckpt_root = run_dir / "checkpoints"
+    ema = anchor_master if anchor_kind == "ema" else None  # only an EMA anchor changes, so only it is saved
+    state = (load_checkpoint(ckpt_root, policy, ema, opt) if resume else None) or LoopState()
+    mp_policy = MixedPrecision(policy, cfg.bf16)
+    mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False)
+    if cfg.bf16 and ema is None:
+        mp_anchor.master = None  # a frozen anchor needs only its bf16 copy: free the fp32 one
+    del anchor_master
+    log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines,
+                     run_dir / "tensorboard" if cfg.tensorboard else None)
+    sub_cfg = copy.copy(cfg)
+    sub_cfg.anchor = anchor_kind
+    last: dict = {}
+    bar = tqdm(total=cfg.steps, initial=state.step, desc=desc or method, disable=not cfg.progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        while state.step < cfg.steps:
+            batch = prompt_batch(prompts, cfg.batch_size, seed, state.step * cfg.batch_size)
+            try:
+                last = rl_step(sub_cfg, mp_policy, mp_anchor, tokenizer, reward_fn, batch, state, opt, method, seed)
+            except NonFiniteError as e:
+                ckpt = save_checkpoint(ckpt_root, state, policy, ema, opt)
+                raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
+            log.write(last)
+            state.metrics_lines = log.lines
+            bar.update(1)
+            bar.set_postfix(reward=f"{last['charts/reward_mean']:.3f}", kl=f"{last['charts/kl_mean']:.2f}")
+            end = state.step == cfg.steps
+            if end or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or StopFlag.requested:
+                save_checkpoint(ckpt_root, state, policy, ema, opt)
+            if StopFlag.requested and not end:
+                raise RunInterrupted(f"stopped by {StopFlag.requested} after step {state.step} of {desc or method}; "
+                                     f"checkpoint saved — rerun the same command with --resume to continue")
+    finally:
+        bar.close()
+        log.close()
+    atomic_write(weights, lambda tmp: save_model(policy, tmp))
+    atomic_write_json(done, {"steps": state.step, "last": {k: v for k, v in last.items() if k != "samples/first"}})
+    shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished weights supersede the checkpoints
+    return RunResult(weights, state.step, last)
+
+
