@@ -14,6 +14,7 @@ import sys
 from collections.abc import Callable
 
 from warprl import config as C
+from warprl.commands.flags import add_arguments, config_from_args
 from warprl.errors import UserError
 
 EXIT_OK, EXIT_BUG, EXIT_BAD_INPUT = 0, 1, 2
@@ -56,7 +57,7 @@ def cmd_generate(args) -> int:
     from warprl.models import load_policy, pick_device
     from warprl.rl.rollout import SamplingConfig, sample
 
-    cfg: C.GenerateConfig = C.config_from_args(C.GenerateConfig, args)
+    cfg: C.GenerateConfig = config_from_args(C.GenerateConfig, args)
     if not cfg.prompt:
         raise UserError("generate needs at least one --prompt TEXT")
     if any(not p.strip() for p in cfg.prompt):
@@ -78,13 +79,13 @@ def cmd_generate(args) -> int:
 def cmd_data_inspect(args) -> int:
     from warprl import data
 
+    cfg: C.DataInspectConfig = config_from_args(C.DataInspectConfig, args)
     tok = None
-    if args.policy:
+    if cfg.policy:
         from warprl.models import load_policy
 
-        _, tok = load_policy(args.policy)
-    C.parse_prompt_tokens(args.prompt_tokens)
-    info = data.inspect(args.path, tokenizer=tok, n_tokens=args.prompt_tokens, seed=args.seed)
+        _, tok = load_policy(cfg.policy)
+    info = data.inspect(cfg.path, tokenizer=tok, n_tokens=cfg.prompt_tokens, seed=cfg.seed)
     if args.json:
         _print_json(info)
         return EXIT_OK
@@ -104,7 +105,7 @@ def cmd_data_inspect(args) -> int:
 def cmd_align(args) -> int:
     from warprl.commands.align import run_align
 
-    cfg: C.AlignConfig = C.config_from_args(C.AlignConfig, args)
+    cfg: C.AlignConfig = config_from_args(C.AlignConfig, args)
     summary = run_align(cfg)
     if args.json:
         _print_json(summary)
@@ -125,7 +126,7 @@ def _without_samples(obj):
 def cmd_evaluate(args) -> int:
     from warprl.eval.evaluate import METRIC_KEYS, run_evaluate
 
-    cfg: C.EvalConfig = C.config_from_args(C.EvalConfig, args)
+    cfg: C.EvalConfig = config_from_args(C.EvalConfig, args)
     result = run_evaluate(cfg, progress=sys.stderr.isatty())
     if args.json:
         _print_json(result)
@@ -142,7 +143,7 @@ def cmd_evaluate(args) -> int:
 def cmd_pareto(args) -> int:
     from warprl.eval.pareto import run_pareto
 
-    cfg: C.ParetoConfig = C.config_from_args(C.ParetoConfig, args)
+    cfg: C.ParetoConfig = config_from_args(C.ParetoConfig, args)
     summary = run_pareto(cfg)
     if args.json:
         _print_json(_without_samples(summary))
@@ -164,7 +165,7 @@ def cmd_pareto(args) -> int:
 def cmd_quickstart(args) -> int:
     from warprl.commands.quickstart import print_summary, run_quickstart
 
-    cfg: C.QuickstartConfig = C.config_from_args(C.QuickstartConfig, args)
+    cfg: C.QuickstartConfig = config_from_args(C.QuickstartConfig, args)
     summary = run_quickstart(cfg)
     print_summary(summary)
     if args.json:
@@ -175,7 +176,7 @@ def cmd_quickstart(args) -> int:
 def cmd_reward_train(args) -> int:
     from warprl.reward import train_reward_model
 
-    cfg: C.RewardTrainConfig = C.config_from_args(C.RewardTrainConfig, args)
+    cfg: C.RewardTrainConfig = config_from_args(C.RewardTrainConfig, args)
     metrics = train_reward_model(cfg)
     if args.json:
         _print_json(metrics)
@@ -237,10 +238,10 @@ def _sub(subparsers, name: str, help_text: str, handler: Handler, cfg_cls: type 
     p = subparsers.add_parser(name, help=help_text, description=help_text,
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     if cfg_cls is not None:
-        C.add_arguments(p, cfg_cls, exclude=exclude)
+        add_arguments(p, cfg_cls, exclude=exclude)
     if json_flag:
         p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
-    p.set_defaults(handler=handler)
+    p.set_defaults(handler=handler, config_class=cfg_cls)
     return p
 
 
@@ -255,11 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     data_p = sub.add_parser("data", help="inspect review data")
     data_sub = data_p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", parser_class=_Parser)
-    ins = _sub(data_sub, "inspect", "counts, label balance, example prompts and pairs", cmd_data_inspect)
-    ins.add_argument("path", help="parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id")
-    ins.add_argument("--policy", default="", help="tokenizer for example prompts (e.g. smollm2-135m)")
-    ins.add_argument("--prompt-tokens", default="8", help="prompt length in policy tokens: N or LO-HI")
-    ins.add_argument("--seed", type=int, default=0)
+    _sub(data_sub, "inspect", "counts, label balance, example prompts and pairs", cmd_data_inspect,
+         C.DataInspectConfig)
 
     # reward (warprl.reward) ------------------------------------------------------------------ reward-cli
     reward_p = sub.add_parser("reward", help="train, evaluate and query reward models")

@@ -1,29 +1,29 @@
 """Every setting as a dataclass field with a default and a one-line doc (cleanrl style).
 
 The same dataclass feeds three places: YAML files (``--config``), command-line flags (generated from the
-fields, so a new setting needs one line here and nothing in the CLI), and the ``config.yaml`` written into
-each output folder. Precedence: defaults < YAML < flags. Unknown keys and invalid values raise
-:class:`~warprl.errors.UserError` with a one-line message.
+fields by :mod:`warprl.commands.flags`, so a new setting needs one line here and nothing in the CLI), and the
+``config.yaml`` written into each output folder. Precedence: defaults < YAML < flags. Unknown keys and invalid
+values raise :class:`~warprl.errors.UserError` with a one-line message. This module neither parses argv nor
+reads files.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, get_origin
 
 import yaml
 
-from warprl.errors import UserError, first_line
+from warprl.errors import UserError
 
 
-def setting(default: Any, doc: str, choices: tuple | None = None) -> Any:
-    """A config field: its default, a one-line doc (becomes ``--help``), optional allowed values."""
-    meta = {"doc": doc, "choices": choices}
+def setting(default: Any, doc: str, choices: tuple | None = None, positional: bool = False) -> Any:
+    """A config field: its default, a one-line doc (becomes ``--help``), optional allowed values; a
+    ``positional`` field is given on the command line without a flag (``data inspect PATH``)."""
+    meta = {"doc": doc, "choices": choices, "positional": positional}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -33,23 +33,157 @@ def setting(default: Any, doc: str, choices: tuple | None = None) -> Any:
 RUN_CONTROL_KEYS = ("resume", "overwrite", "out", "executor", "ray_address", "progress", "tensorboard")
 
 
+# ------------------------------------------------------------------------------------------------ sections
+# Settings that several commands share are declared once, in a section; a command's dataclass inherits the
+# sections it needs (flat: YAML keys and flags stay one level deep) and may override a default.
+
+
 @dataclass
-class GenerateConfig:
+class SamplingSettings:
+    """How completions are sampled; log-probs are always taken at this temperature."""
+
+    max_new_tokens: int = setting(24, "maximum completion tokens")
+    temperature: float = setting(1.0, "sampling temperature (log-probs are taken at this temperature)")
+    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
+    top_k: int = setting(0, "top-k sampling (0 = off)")
+
+    def validate(self) -> None:
+        _positive("temperature", self.temperature)
+        if not 0.0 < self.top_p <= 1.0:
+            raise UserError(f"--top-p must be in (0, 1], got {self.top_p}")
+        _non_negative("top_k", self.top_k)
+        _positive("max_new_tokens", self.max_new_tokens)
+
+
+@dataclass
+class OptimSettings:
+    """The optimiser of an RL run."""
+
+    lr: float = setting(1e-5, "learning rate")
+    optimizer: str = setting("adamw", "optimiser", choices=("adam", "adamw"))
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    warmup_steps: int = setting(0, "linear learning-rate warmup steps")
+    max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
+
+    def validate(self) -> None:
+        _positive("lr", self.lr)
+        _non_negative("weight_decay", self.weight_decay)
+        _non_negative("warmup_steps", self.warmup_steps)
+        _non_negative("max_grad_norm", self.max_grad_norm)
+
+
+@dataclass
+class RLSettings:
+    """One RL run: T steps of REINFORCE or RLOO on r − β·KL."""
+
+    steps: int = setting(30, "RL steps T per run")
+    batch_size: int = setting(8, "prompts per step (mission: 64)")
+    k: int = setting(2, "samples per prompt (RLOO needs >= 2)")
+    grad_accum: int = setting(1, "micro-batches per step (memory, not maths: the step sees batch_size prompts)")
+    beta: float = setting(0.05, "KL coefficient β in r − β·KL")
+    kl_estimator: str = setting("k1", "per-token KL estimator", choices=("k1", "k3"))
+    anchor: str = setting("sft", "KL anchor for REINFORCE/RLOO (WARP always uses ema)", choices=("sft", "ema"))
+    mu: float = setting(0.01, "EMA rate μ: θ_ema ← (1−μ)·θ_ema + μ·θ after each step")
+    baseline: str = setting("moving_average", "REINFORCE baseline", choices=("moving_average", "none"))
+    baseline_decay: float = setting(0.9, "decay of the REINFORCE moving-average baseline")
+    whiten_advantages: bool = setting(False, "normalise advantages to mean 0, std 1 per batch")
+    token_mean: bool = setting(False, "average the loss over tokens instead of summing per sequence")
+    min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
+
+    def validate(self) -> None:
+        for name in ("steps", "batch_size", "k", "grad_accum"):
+            _positive(name, getattr(self, name))
+        if self.batch_size % self.grad_accum:
+            raise UserError(f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}")
+        _non_negative("beta", self.beta)
+        _check_mu(self.mu)
+        _unit_interval("baseline_decay", self.baseline_decay)
+        _non_negative("min_new_tokens", self.min_new_tokens)
+
+
+@dataclass
+class WarpSettings:
+    """WARP's outer loop: I iterations × M runs, SLERP of their task vectors, LITI."""
+
+    iterations: int = setting(2, "WARP iterations I")
+    runs: int = setting(2, "WARP independent runs M per iteration")
+    lam: float = setting(0.5, "WARP SLERP interpolation λ (two runs)")
+    eta: float = setting(0.5, "WARP LITI step η: θ_init ← (1−η)·θ_init + η·θ_slerp")
+    merge: str = setting("slerp", "WARP merge of the M runs", choices=("slerp", "lerp"))
+    executor: str = setting("sequential", "where WARP's M runs execute", choices=("sequential", "ray"))
+    ray_address: str = setting("", "Ray cluster to join (empty: start a local one)")
+
+    def validate(self) -> None:
+        _positive("iterations", self.iterations)
+        _positive("runs", self.runs)
+        _unit_interval("lam", self.lam)
+        _unit_interval("eta", self.eta)
+
+
+@dataclass
+class RunSettings:
+    """Where and how a command runs; none of these change a result but ``seed``."""
+
+    seed: int = setting(0, "random seed")
+    bf16: bool = setting(True, "bf16 compute copy with fp32 master weights")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+
+
+@dataclass
+class EvalSettings(SamplingSettings):
+    """How held-out completions are sampled and scored; shared by `evaluate`, `pareto` and `quickstart`."""
+
+    reward: str = setting("imdb-sentiment", "reward model or alias")
+    judge: str = setting("vader", "independent judge reward (never trained on)")
+    prompts: str = setting("builtin", "held-out prompts: builtin, data file/folder, .txt or hub id")
+    prompt_tokens: str = setting("8", "prompt length in policy tokens: N or a range such as 5-15")
+    n_prompts: int = setting(100, "held-out prompts per evaluation (capped by what exists)")
+    samples_per_prompt: int = setting(1, "completions per prompt")
+    batch_size: int = setting(16, "prompts per generation batch")
+    seed: int = setting(1234, "random seed (the same for every policy compared)")
+    bf16: bool = setting(True, "evaluate bf16 copies of the models (weights cast once)")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+
+    def validate(self) -> None:
+        SamplingSettings.validate(self)
+        _positive("n_prompts", self.n_prompts)
+        _positive("samples_per_prompt", self.samples_per_prompt)
+        _positive("batch_size", self.batch_size)
+        parse_prompt_tokens(self.prompt_tokens)
+
+
+# ------------------------------------------------------------------------------------------------ commands
+
+
+@dataclass
+class GenerateConfig(SamplingSettings):
     """`warprl generate`: sample continuations from a policy."""
 
     policy: str = setting("smollm2-135m", "policy: alias, HF folder, .gguf file or hub id")
     prompt: list[str] = setting([], "prompt text (repeat the flag for several)")
     num_samples: int = setting(1, "completions per prompt")
     max_new_tokens: int = setting(40, "maximum new tokens per completion")
-    temperature: float = setting(1.0, "sampling temperature")
-    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
-    top_k: int = setting(0, "top-k sampling (0 = off)")
     seed: int = setting(0, "random seed")
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
 
     def validate(self) -> None:
-        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
+        super().validate()
         _positive("num_samples", self.num_samples)
+
+
+@dataclass
+class DataInspectConfig:
+    """`warprl data inspect PATH`: counts, label balance, example prompts and pairs."""
+
+    path: str = setting("", "parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id", positional=True)
+    policy: str = setting("", "tokenizer for example prompts (e.g. smollm2-135m)")
+    prompt_tokens: str = setting("8", "prompt length in policy tokens: N or LO-HI")
+    seed: int = setting(0, "random seed of the example pairs and prompts")
+
+    def validate(self) -> None:
+        if not self.path:
+            raise UserError("data inspect needs PATH (a file, folder or hub dataset id)")
+        parse_prompt_tokens(self.prompt_tokens)
 
 
 @dataclass
@@ -103,7 +237,7 @@ class RewardTrainConfig:
 
 
 @dataclass
-class AlignConfig:
+class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, RunSettings):
     """`warprl align`: REINFORCE, RLOO or WARP on a KL-regularised reward r − β·KL."""
 
     method: str = setting("rloo", "RL method", choices=("reinforce", "rloo", "warp"))
@@ -112,37 +246,6 @@ class AlignConfig:
     reward: str = setting("imdb-sentiment", "reward: alias (imdb-sentiment, vader), RM folder or hub id")
     prompts: str = setting("builtin", "prompts: builtin, a data file/folder, a .txt (one per line) or hub id")
     prompt_tokens: str = setting("8", "prompt length in policy tokens: N, or a range such as 5-15")
-    steps: int = setting(30, "RL steps T per run")
-    batch_size: int = setting(8, "prompts per step (mission: 64)")
-    k: int = setting(2, "samples per prompt (RLOO needs >= 2)")
-    grad_accum: int = setting(1, "micro-batches per step (memory, not maths: the step sees batch_size prompts)")
-    beta: float = setting(0.05, "KL coefficient β in r − β·KL")
-    kl_estimator: str = setting("k1", "per-token KL estimator", choices=("k1", "k3"))
-    anchor: str = setting("sft", "KL anchor for REINFORCE/RLOO (WARP always uses ema)", choices=("sft", "ema"))
-    mu: float = setting(0.01, "EMA rate μ: θ_ema ← (1−μ)·θ_ema + μ·θ after each step")
-    baseline: str = setting("moving_average", "REINFORCE baseline", choices=("moving_average", "none"))
-    baseline_decay: float = setting(0.9, "decay of the REINFORCE moving-average baseline")
-    whiten_advantages: bool = setting(False, "normalise advantages to mean 0, std 1 per batch")
-    token_mean: bool = setting(False, "average the loss over tokens instead of summing per sequence")
-    lr: float = setting(1e-5, "learning rate")
-    optimizer: str = setting("adamw", "optimiser", choices=("adam", "adamw"))
-    weight_decay: float = setting(0.0, "AdamW weight decay")
-    warmup_steps: int = setting(0, "linear learning-rate warmup steps")
-    max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
-    max_new_tokens: int = setting(24, "maximum completion tokens")
-    min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
-    temperature: float = setting(1.0, "sampling temperature (log-probs are taken at this temperature)")
-    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
-    top_k: int = setting(0, "top-k sampling (0 = off)")
-    iterations: int = setting(2, "WARP iterations I")
-    runs: int = setting(2, "WARP independent runs M per iteration")
-    lam: float = setting(0.5, "WARP SLERP interpolation λ (two runs)")
-    eta: float = setting(0.5, "WARP LITI step η: θ_init ← (1−η)·θ_init + η·θ_slerp")
-    merge: str = setting("slerp", "WARP merge of the M runs", choices=("slerp", "lerp"))
-    executor: str = setting("sequential", "where WARP's M runs execute", choices=("sequential", "ray"))
-    ray_address: str = setting("", "Ray cluster to join (empty: start a local one)")
-    bf16: bool = setting(True, "bf16 autocast with fp32 master weights")
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
     seed: int = setting(0, "random seed (each run derives its own from it)")
     checkpoint_every: int = setting(10, "steps between checkpoints (0 = only at the end of a run)")
     out: str = setting("runs/align", "output folder")
@@ -152,59 +255,16 @@ class AlignConfig:
     tensorboard: bool = setting(False, "also log to TensorBoard (needs the tensorboard extra)")
 
     def validate(self) -> None:
-        _positive("steps", self.steps)
-        _positive("batch_size", self.batch_size)
-        _positive("k", self.k)
-        _positive("grad_accum", self.grad_accum)
-        if self.batch_size % self.grad_accum:
-            raise UserError(f"--batch-size {self.batch_size} is not divisible by --grad-accum {self.grad_accum}")
+        RLSettings.validate(self)
         uses_rloo = self.method == "rloo" or (self.method == "warp" and self.inner == "rloo")
         if uses_rloo and self.k < 2:
             raise UserError(f"RLOO needs --k >= 2 samples per prompt, got {self.k}")
-        _non_negative("beta", self.beta)
-        if not 0.0 < self.mu <= 1.0:
-            raise UserError(f"--mu must be in (0, 1], got {self.mu}")
-        _unit_interval("baseline_decay", self.baseline_decay)
-        _positive("lr", self.lr)
-        _non_negative("weight_decay", self.weight_decay)
-        _non_negative("warmup_steps", self.warmup_steps)
-        _non_negative("max_grad_norm", self.max_grad_norm)
-        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
-        _non_negative("min_new_tokens", self.min_new_tokens)
+        OptimSettings.validate(self)
+        SamplingSettings.validate(self)
         if self.min_new_tokens > self.max_new_tokens:
             raise UserError("--min-new-tokens is larger than --max-new-tokens")
-        _positive("iterations", self.iterations)
-        _positive("runs", self.runs)
-        _unit_interval("lam", self.lam)
-        _unit_interval("eta", self.eta)
+        WarpSettings.validate(self)
         _non_negative("checkpoint_every", self.checkpoint_every)
-        parse_prompt_tokens(self.prompt_tokens)
-
-
-@dataclass
-class EvalSettings:
-    """How held-out completions are sampled and scored; shared by `evaluate` and `pareto`."""
-
-    reward: str = setting("imdb-sentiment", "reward model or alias")
-    judge: str = setting("vader", "independent judge reward (never trained on)")
-    prompts: str = setting("builtin", "held-out prompts: builtin, data file/folder, .txt or hub id")
-    prompt_tokens: str = setting("8", "prompt length in policy tokens: N or a range such as 5-15")
-    n_prompts: int = setting(100, "held-out prompts per evaluation (capped by what exists)")
-    samples_per_prompt: int = setting(1, "completions per prompt")
-    max_new_tokens: int = setting(24, "maximum completion tokens")
-    temperature: float = setting(1.0, "sampling temperature")
-    top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
-    top_k: int = setting(0, "top-k sampling (0 = off)")
-    batch_size: int = setting(16, "prompts per generation batch")
-    seed: int = setting(1234, "random seed (the same for every policy compared)")
-    bf16: bool = setting(True, "evaluate bf16 copies of the models (weights cast once)")
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
-
-    def validate(self) -> None:
-        _positive("n_prompts", self.n_prompts)
-        _positive("samples_per_prompt", self.samples_per_prompt)
-        _positive("batch_size", self.batch_size)
-        _check_sampling(self.temperature, self.top_p, self.top_k, self.max_new_tokens)
         parse_prompt_tokens(self.prompt_tokens)
 
 
@@ -240,10 +300,11 @@ class ParetoConfig(EvalSettings):
 
 
 @dataclass
-class QuickstartConfig:
+class QuickstartConfig(WarpSettings, RunSettings):
     """`warprl quickstart` (`make demo`): WARP on the embedded defaults, evaluation before/after, Pareto sweep.
 
-    The defaults are sized for a 2-core CPU in under 10 minutes (see benchmarks/bench_quickstart.py).
+    The defaults are sized for a 2-core CPU in under 10 minutes (see benchmarks/bench_quickstart.py). The
+    WARP run is an `align` run (:func:`align_config`) and the evaluation a `pareto` sweep (:func:`pareto_config`).
     """
 
     out: str = setting("runs/quickstart", "output folder: final/, report.md, pareto.png, summary.json")
@@ -251,23 +312,18 @@ class QuickstartConfig:
     reward: str = setting("imdb-sentiment", "reward model or alias")
     judge: str = setting("vader", "independent judge reward (never trained on)")
     prompts: str = setting("builtin", "training prompts and held-out evaluation prompts")
-    iterations: int = setting(2, "WARP iterations I")
-    runs: int = setting(2, "WARP runs M per iteration")
     steps: int = setting(25, "RL steps T per run")
     batch_size: int = setting(8, "prompts per RL step")
     k: int = setting(2, "samples per prompt (RLOO)")
     lr: float = setting(5e-5, "learning rate (small policies need more than the mission's 1e-5 to move in minutes)")
     beta: float = setting(0.05, "KL coefficient β")
     mu: float = setting(0.01, "EMA anchor rate μ")
-    eta: float = setting(0.5, "WARP LITI step η")
     max_new_tokens: int = setting(24, "completion tokens, in training and evaluation")
     n_prompts: int = setting(32, "held-out prompts per evaluation")
     samples_per_prompt: int = setting(2, "completions per held-out prompt")
     eta_steps: int = setting(10, "Pareto η grid 0, 1/N, …, 1")
     seed: int = setting(0, "random seed of the WARP run (evaluation always uses seed 1234)")
     readme: str = setting("", "also put the results into this README between <!-- results:start/end --> markers")
-    bf16: bool = setting(True, "bf16 autocast with fp32 master weights")
-    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
     overwrite: bool = setting(False, "replace --out even if it holds something other than a previous quickstart")
     progress: bool = setting(True, "show progress bars")
 
@@ -278,9 +334,23 @@ class QuickstartConfig:
         if self.k < 2:
             raise UserError(f"quickstart uses RLOO inside WARP: --k must be >= 2, got {self.k}")
         _non_negative("beta", self.beta)
-        if not 0.0 < self.mu <= 1.0:
-            raise UserError(f"--mu must be in (0, 1], got {self.mu}")
-        _unit_interval("eta", self.eta)
+        _check_mu(self.mu)
+        WarpSettings.validate(self)
+
+
+def derive(cls: type, source, exclude: tuple[str, ...] = (), **overrides):
+    """A ``cls`` config from the settings ``source`` shares with it by name (but ``exclude``, which keep
+    ``cls``'s defaults), then ``overrides``; validated.
+
+    How one command hands its settings to another (quickstart → align and pareto, pareto → evaluate) without
+    copying fields by hand. ``exclude`` names the few settings whose meaning differs between the two (e.g.
+    quickstart's ``batch_size`` is prompts per RL step, pareto's is prompts per generation batch).
+    """
+    names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
+    values = {f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name in names}
+    cfg = cls(**{**values, **overrides})
+    cfg.validate()
+    return cfg
 
 
 # ---------------------------------------------------------------------------------------------- validators
@@ -301,12 +371,9 @@ def _unit_interval(name: str, value: float) -> None:
         raise UserError(f"--{_flag(name)} must be in [0, 1], got {value}")
 
 
-def _check_sampling(temperature: float, top_p: float, top_k: int, max_new_tokens: int) -> None:
-    _positive("temperature", temperature)
-    if not 0.0 < top_p <= 1.0:
-        raise UserError(f"--top-p must be in (0, 1], got {top_p}")
-    _non_negative("top_k", top_k)
-    _positive("max_new_tokens", max_new_tokens)
+def _check_mu(mu: float) -> None:
+    if not (isinstance(mu, int | float) and 0.0 < mu <= 1.0):
+        raise UserError(f"--mu must be in (0, 1], got {mu}")
 
 
 def parse_prompt_tokens(spec: str | int) -> tuple[int, int]:
@@ -322,39 +389,15 @@ def parse_prompt_tokens(spec: str | int) -> tuple[int, int]:
     return lo_i, hi_i
 
 
-# --------------------------------------------------------------------------------------- YAML and flags
+# ------------------------------------------------------------------------------------------ from values
 
 
 def _flag(name: str) -> str:
     return name.replace("_", "-")
 
 
-def _field_types(cls: type) -> dict[str, Any]:
+def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per field; defaults are suppressed so that only given flags override the YAML."""
-    types = _field_types(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in exclude:
-            continue
-        tp = types[f.name]
-        doc = f.metadata.get("doc", "")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": f"{doc} (default: {default!r})"}
-        if tp is bool:
-            kw["action"] = argparse.BooleanOptionalAction
-        elif get_origin(tp) is list:
-            kw.update(action="append", type=get_args(tp)[0], metavar=f.name.upper())
-        else:
-            kw.update(type=tp, metavar=f.name.upper())
-            if f.metadata.get("choices"):
-                kw["choices"] = f.metadata["choices"]
-                kw.pop("metavar")
-        parser.add_argument(f"--{_flag(f.name)}", **kw)
-    parser.add_argument("--config", dest="config_file", default=None, metavar="YAML",
-                        help="YAML file of settings; flags given on the command line override it")
 
 
 def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
@@ -383,26 +426,10 @@ def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
     raise UserError(f"{source}: '{name}' must be {expected}, got {value!r}")
 
 
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"config file not found: {p}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        first = first_line(e)
-        raise UserError(f"config file {p} is not valid YAML: {first}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise UserError(f"config file {p} must be a mapping of setting: value, got {type(data).__name__}")
-    return data
-
-
 def build_config(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
                  source: str = "config"):
     """Defaults < YAML values < flags; unknown keys and bad types are a UserError; then ``validate()``."""
-    types = _field_types(cls)
+    types = field_types(cls)
     values: dict[str, Any] = {}
     for key, value in (yaml_values or {}).items():
         name = str(key).replace("-", "_")
@@ -421,15 +448,6 @@ def build_config(cls: type, yaml_values: dict[str, Any] | None = None, flags: di
     cfg = cls(**values)
     cfg.validate()
     return cfg
-
-
-def config_from_args(cls: type, args: argparse.Namespace):
-    """Build ``cls`` from parsed CLI args produced by :func:`add_arguments`."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    flags = {k: v for k, v in vars(args).items() if k in names}
-    path = getattr(args, "config_file", None)
-    yaml_values = read_yaml(path) if path else {}
-    return build_config(cls, yaml_values, flags, source=str(path) if path else "config")
 
 
 def to_dict(cfg) -> dict[str, Any]:

@@ -2,17 +2,19 @@
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import pytest
 
 from warprl import config as C
+from warprl.commands import flags as F
 from warprl.errors import UserError
 
 
 def parse(cls, argv):
     p = argparse.ArgumentParser()
-    C.add_arguments(p, cls)
-    return C.config_from_args(cls, p.parse_args(argv))
+    F.add_arguments(p, cls)
+    return F.config_from_args(cls, p.parse_args(argv))
 
 
 def test_every_field_has_a_doc():
@@ -78,3 +80,31 @@ def test_parse_prompt_tokens():
     assert C.parse_prompt_tokens("5-15") == (5, 15)
     with pytest.raises(UserError):
         C.parse_prompt_tokens("x")
+
+
+# --------------------------------------------------------------------------------------- config files
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_config_file_loads_through_its_command(path):
+    """Each file names its command on line 1 and loads through that command's real parser."""
+    from warprl.cli import build_parser
+
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# command: warprl "), f"{path.name}: first line must be '# command: warprl …'"
+    command = first.removeprefix("# command: warprl ").split(" --")[0].split()
+    assert f"--config configs/{path.name}" in first
+    args = build_parser().parse_args([*command, "--config", str(path)])
+    cfg = F.config_from_args(args.config_class, args)
+    assert type(cfg) is args.config_class and cfg == F.config_from_args(args.config_class, args)
+
+
+def test_configs_named_in_the_readme_exist():
+    import re
+
+    named = set(re.findall(r"configs/([\w.-]+\.yaml)", README.read_text()))
+    assert named, "the README names no config file"
+    assert not sorted(n for n in named if not (CONFIG_DIR / n).is_file())

@@ -8,8 +8,7 @@ import pytest
 import torch
 from safetensors.torch import save_model
 
-from warprl import config as C
-from warprl.config import EvalConfig, build_config, read_yaml
+from warprl.config import EvalConfig
 from warprl.errors import UserError
 from warprl.eval import pareto as R
 from warprl.eval.evaluate import METRIC_KEYS, SampleSet, evaluate_policy, judge_positive_rate, summarise
@@ -185,30 +184,3 @@ def test_update_readme_without_markers_is_refused(tmp_path):
     with pytest.raises(UserError, match="markers"):
         R.check_readme(readme)
     assert readme.read_text() == "# no markers\n"
-
-
-# --------------------------------------------------------------------------------------- config files
-
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-COMMAND_CLASS = {"align": "AlignConfig", "reward train": "RewardTrainConfig", "evaluate": "EvalConfig",
-                 "pareto": "ParetoConfig", "quickstart": "QuickstartConfig"}
-
-
-def config_class(path: Path) -> type:
-    first = path.read_text().splitlines()[0]
-    assert first.startswith("# command: warprl "), f"{path.name}: first line must be '# command: warprl …'"
-    command = first.removeprefix("# command: warprl ").split(" --")[0].strip()
-    assert command in COMMAND_CLASS, f"{path.name}: unknown command {command!r}"
-    return getattr(C, COMMAND_CLASS[command])
-
-
-@pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)
-def test_every_config_file_loads(path):
-    cls = config_class(path)
-    assert f"--config configs/{path.name}" in path.read_text().splitlines()[0]
-    cfg = build_config(cls, read_yaml(path), source=str(path))
-    assert isinstance(cfg, cls)
-
-
-def test_configs_exist():
-    assert len(list(CONFIG_DIR.glob("*.yaml"))) >= 8

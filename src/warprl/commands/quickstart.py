@@ -17,7 +17,7 @@ from pathlib import Path
 
 from warprl.commands import outdir
 from warprl.commands.align import run_align
-from warprl.config import AlignConfig, ParetoConfig, QuickstartConfig, to_dict
+from warprl.config import AlignConfig, ParetoConfig, QuickstartConfig, derive, to_dict
 from warprl.eval.evaluate import METRIC_KEYS
 from warprl.eval.pareto import (
     COLUMNS,
@@ -38,18 +38,13 @@ def _say(msg: str) -> None:
 
 
 def align_config(cfg: QuickstartConfig, resume: bool = False) -> AlignConfig:
-    return AlignConfig(resume=resume, method="warp", inner="rloo", policy=cfg.policy, reward=cfg.reward, prompts=cfg.prompts,
-                       steps=cfg.steps, batch_size=cfg.batch_size, k=cfg.k, lr=cfg.lr, beta=cfg.beta, mu=cfg.mu,
-                       eta=cfg.eta, iterations=cfg.iterations, runs=cfg.runs, max_new_tokens=cfg.max_new_tokens,
-                       bf16=cfg.bf16, device=cfg.device, seed=cfg.seed, out=cfg.out,
-                       checkpoint_every=0, progress=cfg.progress)
+    """The WARP run: RLOO inside, checkpoints only at the end of each run; --overwrite was handled already."""
+    return derive(AlignConfig, cfg, method="warp", inner="rloo", checkpoint_every=0, resume=resume, overwrite=False)
 
 
 def pareto_config(cfg: QuickstartConfig) -> ParetoConfig:
-    return ParetoConfig(sft=cfg.policy, final=cfg.out, out=cfg.out, reward=cfg.reward, judge=cfg.judge,
-                        prompts=cfg.prompts, n_prompts=cfg.n_prompts, samples_per_prompt=cfg.samples_per_prompt,
-                        max_new_tokens=cfg.max_new_tokens, eta_steps=cfg.eta_steps, bf16=cfg.bf16,
-                        device=cfg.device, progress=cfg.progress)
+    """The η sweep from θ_sft (the policy) to the run's final/; evaluation keeps its own seed and batch size."""
+    return derive(ParetoConfig, cfg, exclude=("seed", "batch_size", "readme"), sft=cfg.policy, final=cfg.out)
 
 
 def before_after_table(before: dict, after: dict, slerp: dict | None = None) -> str:

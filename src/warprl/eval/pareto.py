@@ -14,14 +14,14 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 import yaml
 
 from warprl import merge
-from warprl.config import EvalConfig, ParetoConfig, to_dict
+from warprl.config import EvalConfig, EvalSettings, ParetoConfig, derive, to_dict
 from warprl.errors import UserError
 from warprl.eval.evaluate import METRIC_KEYS, eval_prompts, evaluate_policy, load_scorers
 from warprl.io import atomic_write, atomic_write_json, atomic_write_text
@@ -35,9 +35,9 @@ def eta_grid(steps: int) -> list[float]:
     return [round(i / steps, 6) for i in range(steps + 1)]
 
 
-def eval_settings(cfg) -> EvalConfig:
-    """The EvalConfig part of any config that repeats its field names (ParetoConfig, QuickstartConfig…)."""
-    return EvalConfig(**{f.name: getattr(cfg, f.name) for f in fields(EvalConfig) if hasattr(cfg, f.name)})
+def eval_settings(cfg: EvalSettings) -> EvalConfig:
+    """The evaluation settings of a pareto sweep (its shared EvalSettings section) as an EvalConfig."""
+    return derive(EvalConfig, cfg)
 
 
 # ------------------------------------------------------------------------------- streamed interpolation

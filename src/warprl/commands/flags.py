@@ -1,0 +1,81 @@
+"""Command-line flags and YAML files for every command, generated from its settings dataclass.
+
+One ``--flag`` per field (``--no-flag`` for booleans, repeatable for lists, positional where the field says
+so), a ``--config FILE.yaml`` whose keys are the same names, and the precedence defaults < YAML < flags.
+
+Why not transformers' ``HfArgumentParser`` (TRL's ``TrlParser``) or ``tyro``: both build flags from
+dataclasses too, but HfArgumentParser spells booleans ``--no_x``, turns bad YAML into ValueErrors with
+tracebacks and merges YAML with flags only through TrlParser's defaults trick; tyro is one more dependency
+with its own error format. Ours is ~100 lines, keeps the flag spellings users already have, and every
+mistake is a one-line :class:`~warprl.errors.UserError` (exit code 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+
+from warprl.config import build_config, field_types
+from warprl.errors import UserError, first_line
+
+
+def _flag(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field; defaults are suppressed so that only given flags override the YAML."""
+    types = field_types(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude:
+            continue
+        tp = types[f.name]
+        doc = f.metadata.get("doc", "")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS, "help": f"{doc} (default: {default!r})"}
+        if f.metadata.get("positional"):
+            nargs = "*" if get_origin(tp) is list else "?"
+            parser.add_argument(f.name, nargs=nargs, metavar=f.name.upper(), **kw)
+            continue
+        kw["dest"] = f.name
+        if tp is bool:
+            kw["action"] = argparse.BooleanOptionalAction
+        elif get_origin(tp) is list:
+            kw.update(action="append", type=get_args(tp)[0], metavar=f.name.upper())
+        else:
+            kw.update(type=tp, metavar=f.name.upper())
+            if f.metadata.get("choices"):
+                kw["choices"] = f.metadata["choices"]
+                kw.pop("metavar")
+        parser.add_argument(f"--{_flag(f.name)}", **kw)
+    parser.add_argument("--config", dest="config_file", default=None, metavar="YAML",
+                        help="YAML file of settings; flags given on the command line override it")
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file not found: {p}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        first = first_line(e)
+        raise UserError(f"config file {p} is not valid YAML: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config file {p} must be a mapping of setting: value, got {type(data).__name__}")
+    return data
+
+
+def config_from_args(cls: type, args: argparse.Namespace):
+    """Build ``cls`` from parsed CLI args produced by :func:`add_arguments`."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    path = getattr(args, "config_file", None)
+    yaml_values = read_yaml(path) if path else {}
+    return build_config(cls, yaml_values, flags, source=str(path) if path else "config")
