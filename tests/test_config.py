@@ -84,8 +84,8 @@ def test_parse_prompt_tokens():
 
 # --------------------------------------------------------------------------------------- config files
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-README = Path(__file__).resolve().parents[2] / "README.md"
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 @pytest.mark.parametrize("path", sorted(CONFIG_DIR.glob("*.yaml")), ids=lambda p: p.name)

@@ -129,3 +129,67 @@ def test_first_step_kl_is_exactly_zero_and_bf16_learns(tiny_policy_dir, tmp_path
     assert rows[1]["charts/kl_mean"] != 0.0
     assert sum(r["charts/reward_mean"] for r in rows[-5:]) / 5 > sum(r["charts/reward_mean"] for r in rows[:5]) / 5 + 1
     assert next(iter(load_file(str(tmp_path / "weights.safetensors")).values())).dtype == torch.float32
+
+
+def _first_step_gradient(tiny_policy_dir, grad_accum: int) -> tuple[list[torch.Tensor], dict]:
+    """The gradient the optimiser receives in step 1 (fp32, SFT anchor), and the step's metrics."""
+    import copy
+
+    from warprl.precision import MixedPrecision
+    from warprl.rl.checkpoint import LoopState
+
+    policy, tok = load_policy(str(tiny_policy_dir))
+    anchor = copy.deepcopy(policy).eval().requires_grad_(False)
+    cfg = tiny_cfg(beta=0.1, max_grad_norm=0.0, grad_accum=grad_accum)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    seen: list[torch.Tensor] = []
+    opt.step = lambda: seen.extend(p.grad.clone() for p in policy.parameters())  # record, do not update
+    metrics = T.rl_step(cfg, MixedPrecision(policy, False), MixedPrecision(anchor, False, trainable=False), tok,
+                        tensor_reward(count_word_reward("good")), PROMPTS[:4], LoopState(), opt, "rloo", seed=3)
+    return seen, metrics
+
+
+def test_grad_accum_gives_the_same_update_as_one_batch(tiny_policy_dir):
+    """Accumulating 2 or 4 micro-batches changes the summation order, not the gradient nor the metrics."""
+    one, m1 = _first_step_gradient(tiny_policy_dir, 1)
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in one))
+    assert norm > 1e-3  # a real gradient, so equality below means something
+    for accum in (2, 4):
+        acc, m = _first_step_gradient(tiny_policy_dir, accum)
+        assert len(acc) == len(one)
+        for a, b in zip(acc, one, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6 * float(norm), rtol=1e-4)
+        for key in ("charts/reward_mean", "charts/kl_mean", "losses/policy", "losses/grad_norm"):
+            assert m[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), (key, accum)
+
+
+def test_ema_anchor_follows_its_formula_and_is_the_kl_anchor(tiny_policy_dir, tmp_path):
+    """After a step θ_ema ← (1−μ)·θ_ema + μ·θ, and the next step's KL is measured against that anchor."""
+    import copy
+
+    from warprl.precision import MixedPrecision
+    from warprl.rl.checkpoint import LoopState
+
+    policy, tok = load_policy(str(tiny_policy_dir))
+    anchor = copy.deepcopy(policy).eval().requires_grad_(False)
+    theta0 = {k: v.clone() for k, v in policy.state_dict().items()}
+    cfg = tiny_cfg(mu=0.3, anchor="ema", beta=0.1)
+    opt = torch.optim.AdamW(policy.parameters(), lr=cfg.lr)
+    T.rl_step(cfg, MixedPrecision(policy, False), MixedPrecision(anchor, False, trainable=False), tok,
+              tensor_reward(count_word_reward("good")), PROMPTS[:4], LoopState(), opt, "rloo", seed=0)
+    theta1, ema = policy.state_dict(), anchor.state_dict()
+    assert max(float((theta1[k] - theta0[k]).abs().max()) for k in theta0) > 1e-3  # the step moved θ
+    for k in theta0:
+        torch.testing.assert_close(ema[k], 0.7 * theta0[k] + 0.3 * theta1[k], atol=1e-6, rtol=1e-6)
+
+    # With μ = 1 the EMA anchor after step 1 *is* θ_1, so step 2 (sampled from θ_1) has exactly zero KL;
+    # with the SFT anchor it does not: the KL term reads the EMA anchor, updated every step.
+    kl2 = {}
+    for kind in ("ema", "sft"):
+        policy, tok = load_policy(str(tiny_policy_dir))
+        out = tmp_path / f"mu1-{kind}"
+        run_rl(tiny_cfg(steps=2, mu=1.0, beta=0.1), out, policy, tok, tensor_reward(count_word_reward("good")),
+               PROMPTS, method="rloo", anchor_kind=kind, seed=0, resume=False)
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        kl2[kind] = rows[1]["charts/kl_mean"]
+    assert kl2["ema"] == 0.0 and kl2["sft"] > 1e-4, kl2

@@ -147,6 +147,31 @@ def test_iterations_follow_slerp_then_liti(reference, tiny_policy_dir):
             assert all(torch.equal(saved[k], sd[k]) for k in sd), (i, name)
 
 
+def test_each_run_starts_from_its_iterations_init(setup, reference, monkeypatch):
+    """Iteration 1's runs start from θ_sft; iteration 2's from iter_1/init.safetensors (the LITI result), each
+    with its own seed; the result is the reference's."""
+    import warprl.rl.warp as W
+
+    real_run_rl, starts = W.run_rl, []
+
+    def recording_run_rl(cfg, run_dir, policy, *a, **k):
+        starts.append((Path(run_dir).relative_to(out).as_posix(), k["seed"],
+                       {n: t.clone() for n, t in policy.state_dict().items()}))
+        return real_run_rl(cfg, run_dir, policy, *a, **k)
+
+    monkeypatch.setattr(W, "run_rl", recording_run_rl)
+    out = setup["root"] / "starts"
+    align_warp(make_cfg(setup, out), reward_fn=toy_reward)
+    assert [s[0] for s in starts] == ["iter_1/run_1", "iter_1/run_2", "iter_2/run_1", "iter_2/run_2"]
+    assert len({s[1] for s in starts}) == 4
+    for name, _, weights in starts:
+        init = load_file(str(out / ("sft.safetensors" if name.startswith("iter_1") else "iter_1/init.safetensors")))
+        assert all(torch.equal(weights[k], v) for k, v in init.items()), name
+    sft = load_file(str(out / "sft.safetensors"))
+    assert any(not torch.equal(starts[2][2][k], sft[k]) for k in sft)  # iteration 2 really starts elsewhere
+    assert_same_result(out, reference[0])
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
@@ -199,7 +224,7 @@ sys.path.insert(0, {repo!r})
 import warprl.rl.loop as T
 from warprl import merge
 from warprl.config import AlignConfig
-from tests.integration.test_warp import toy_reward
+from tests.commands.test_align_warp import toy_reward
 
 where = {where!r}
 if where == "step":

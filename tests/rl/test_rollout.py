@@ -40,18 +40,23 @@ def test_kl_of_policy_against_itself_is_zero(tiny_policy_dir):
 
 def test_tokens_after_eos_are_masked_and_not_decoded(tiny_policy_dir):
     model, tok = load_policy(str(tiny_policy_dir))
-    # Make EOS very likely so that some rows stop early.
+    # Make EOS likely enough that some rows stop early and others run to the end.
     with torch.no_grad():
         model.lm_head.weight[tok.eos_token_id] += 0.5 * model.lm_head.weight.abs().max()
     roll = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=10), k=4, generator_seed=3)
     eos = tok.eos_token_id
+    stopped = 0
     for ids, m, text in zip(roll.completion_ids, roll.mask, roll.completions, strict=True):
         hits = (ids == eos).nonzero()
-        if len(hits):
-            first = int(hits[0])
-            assert m[: first + 1].eq(1).all() and m[first + 1 :].eq(0).all()
-            assert "<eos>" not in text
+        end = int(hits[0]) + 1 if len(hits) else len(ids)  # the first EOS counts (its log-prob is trained)
+        stopped += bool(len(hits)) and end < len(ids)
+        assert m[:end].eq(1).all() and m[end:].eq(0).all()
+        # The text is exactly the tokens before the first EOS: nothing after it leaks into the reward.
+        assert text == tok.decode(ids[: end - 1 if len(hits) else end], skip_special_tokens=True)
+        assert int(m.sum()) == end
+    assert stopped > 0, "no row stopped before the last token: the test needs a likelier EOS"
     assert (roll.logprobs[roll.mask == 0] == 0).all()
+    assert (roll.attention_mask[:, roll.prompt_len:] == roll.mask).all()
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny_policy_dir):
