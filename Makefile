@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.warprl-installed
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast reliability-report lint bench clean
 
 install: $(STAMP)
 
@@ -23,11 +23,17 @@ demo: install
 test: install
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests
 
+test-fast: install  # the suite without the subprocess fault, bad-input and safety tests and the SmolLM2 loads
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider -m "not slow and not fault and not bad_input and not safety" tests
+
+reliability-report: install  # the reliability suite, then its table into docs/reliability.md
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -p no:cacheprovider tests/reliability --reliability-report docs/reliability.md
+
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/run_all.py $(if $(ONLY),--only $(ONLY))
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -9,6 +9,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+def pytest_addoption(parser):
+    parser.addoption("--reliability-report", default="", metavar="PATH",
+                     help="after a complete, passing run of tests/reliability, write its table to PATH "
+                          "(`make reliability-report`; a plain test run writes nothing into the repository)")
+
+
 WORDS = ("good great bad awful movie film plot actor story the a and was is it this I love hate boring fun "
          "wonderful terrible scene end music cast").split()
 

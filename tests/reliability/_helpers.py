@@ -39,8 +39,10 @@ def popen(argv: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_cli(argv: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([*cli_command(), *argv], cwd=cwd, env=cli_env(), stdin=subprocess.DEVNULL,
+def run_cli(argv: list[str], cwd: Path, timeout: float = 120,
+            extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([*cli_command(), *argv], cwd=cwd, env={**cli_env(), **(extra_env or {})},
+                          stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,8 +1,9 @@
 """Reliability suites: shared folders (a finished run, interrupted runs, broken inputs) and the generated table.
 
 Every fault, bad input and safety check adds a row through the ``reliability_table`` fixture; when the
-whole of tests/reliability ran and passed, the rows become docs/reliability.md at the end of the session
-(rows sorted, so a rerun changes only the date line).
+whole of tests/reliability ran and passed and ``--reliability-report PATH`` was given (``make
+reliability-report``), the rows become that file at the end of the session (rows sorted, so a rerun changes
+only the date line). A plain ``make test`` writes nothing.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._helpers import PROMPTS, REPO, align_flags
+from tests.reliability._helpers import PROMPTS, align_flags
 
 HERE = Path(__file__).resolve().parent
-TABLE = REPO / "docs" / "reliability.md"
 MODULES = {"test_faults.py", "test_bad_inputs.py", "test_safety.py"}
-REGENERATE = ".venv/bin/python -m pytest tests/reliability"
+REGENERATE = "make reliability-report"
 
 # ------------------------------------------------------------------------------------------- the table
 
@@ -86,7 +86,7 @@ def render(rows: list[dict], today: str) -> str:
     out = [
         "# Reliability: faults survived, bad inputs answered",
         "",
-        f"Written by the reliability suite itself; regenerate with `{REGENERATE}` (part of `make test`).",
+        f"Written by the reliability suite itself; regenerate with `{REGENERATE}`.",
         f"Last generated: {today}.",
         "",
         f"**{len(faults)} faults survived** ({kills} SIGKILLs, {len(faults) - kills} SIGINT/SIGTERM), "
@@ -128,14 +128,16 @@ def render(rows: list[dict], today: str) -> str:
 
 
 def pytest_sessionfinish(session, exitstatus):
+    target = session.config.getoption("--reliability-report")
     complete = _STATE["modules"] == MODULES and not _STATE["deselected"] and not _STATE["failed"]
-    if not complete or not _ROWS:
-        return  # a partial or failing run must not overwrite the table of a full one
+    if not target or not complete or not _ROWS:
+        return  # only when asked; a partial or failing run must not overwrite the table of a full one
+    table = Path(target)
     text = render(_ROWS, datetime.date.today().isoformat())
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    tmp = TABLE.with_name(f".{TABLE.name}.tmp")
+    table.parent.mkdir(parents=True, exist_ok=True)
+    tmp = table.with_name(f".{table.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, TABLE)
+    os.replace(tmp, table)
 
 
 # ------------------------------------------------------------------------------------- environment

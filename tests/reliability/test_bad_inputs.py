@@ -17,6 +17,8 @@ import pytest
 
 from tests.reliability._helpers import align_flags, run_cli, stderr_lines, tree_digest
 
+pytestmark = pytest.mark.bad_input
+
 NOTES = ("converting ",)  # progress notes a command may print before it meets the bad input
 
 

@@ -26,7 +26,8 @@ import pytest
 from tests.reliability._helpers import PROMPTS, make_tiny_llama, popen, run_cli, temp_leftovers, weights_equal
 
 # SIGSTOP/SIGKILL and /proc/<pid>/stat: Linux (CI) only.
-pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc and signals")
+pytestmark = [pytest.mark.fault,
+              pytest.mark.skipif(not Path("/proc/self/stat").is_file(), reason="needs Linux /proc and signals")]
 
 SEED = 20240607  # every random choice of the kill moments (which step, how far into it) flows from this
 ITERATIONS, RUNS, STEPS = 2, 2, 3

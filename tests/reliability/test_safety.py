@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from tests.reliability._helpers import REPO, run_cli, stderr_lines
+
+pytestmark = pytest.mark.safety
 
 SRC = REPO / "src" / "warprl"
 ALLOWED_SUFFIXES = {".safetensors", ".json", ".jsonl", ".yaml", ".md", ".png", ".txt"}
@@ -238,6 +239,23 @@ def test_hostile_folders_are_refused_and_never_executed(hostile, label, reliabil
     assert "[y/N]" not in proc.stderr and "Traceback" not in proc.stderr
 
 
-def test_no_environment_switch_reenables_remote_code():
-    """transformers reads no env var that turns trust_remote_code on; make sure none is set for the tests either."""
-    assert not any("TRUST_REMOTE_CODE" in k for k in os.environ)
+# Names a user might set hoping to turn remote code on (transformers reads none of them today; if a future
+# version did, the CLI must still refuse).
+REMOTE_CODE_SWITCHES = {"TRUST_REMOTE_CODE": "1", "HF_TRUST_REMOTE_CODE": "1", "TRANSFORMERS_TRUST_REMOTE_CODE": "1",
+                        "HF_HUB_TRUST_REMOTE_CODE": "1", "HF_ALLOW_CODE_EVAL": "1"}
+
+
+@pytest.mark.parametrize("label", [k for k in EXPECTED if "auto_map" in k])
+def test_no_environment_switch_reenables_remote_code(hostile, label, reliability_table):
+    """The real command in a child process whose environment sets every such switch: the folder's code still
+    never runs, and the outcome is the same as without them."""
+    folder, kind = hostile["folders"][label]
+    argv = (["generate", "--policy", str(folder), "--prompt", "the movie", "--max-new-tokens", "3", "--device", "cpu"]
+            if kind == "policy" else ["reward", "score", "--model", str(folder), "--device", "cpu", "good film"])
+    proc = run_cli(argv, cwd=hostile["cwd"], extra_env=REMOTE_CODE_SWITCHES)
+    ran = hostile["marker"].exists()
+    reliability_table.add("safety", check=f"{label}, with {len(REMOTE_CODE_SWITCHES)} remote-code env switches set",
+                          outcome=("code not executed" if not ran else "CODE RAN") + f", exit {proc.returncode}")
+    assert not ran, f"{label}: the folder's code ran with the environment switches set"
+    assert proc.returncode == EXPECTED[label][0], proc.stderr[-1500:]
+    assert "Traceback" not in proc.stderr
