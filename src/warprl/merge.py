@@ -24,6 +24,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from warprl.io import atomic_write
+
 __all__ = [
     "StateDict",
     "angle_degrees",
@@ -416,6 +418,19 @@ def _file_shapes(f: Any) -> dict[str, list[int]]:
     return {k: f.get_slice(k).get_shape() for k in f.keys()}
 
 
+@contextlib.contextmanager
+def _stream(init_path, paths: Sequence, device: str | torch.device = "cpu"):
+    """The one streaming driver: opens the files, checks they hold the same tensors, and yields the init
+    file's metadata and an iterator of ``(name, init tensor, [tensor of each path])``, one name at a time."""
+    dev = str(device)
+    with contextlib.ExitStack() as stack:
+        f_init = stack.enter_context(open_streaming(init_path, dev))
+        fs = [stack.enter_context(open_streaming(p, dev)) for p in paths]
+        _check_structure(str(init_path), _file_shapes(f_init),
+                         [(str(p), _file_shapes(f)) for p, f in zip(paths, fs, strict=True)])
+        yield f_init.metadata(), ((k, f_init.get_tensor(k), [f.get_tensor(k) for f in fs]) for k in f_init.keys())
+
+
 def merge_files(
     init_path: str | os.PathLike[str],
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -472,32 +487,16 @@ def merge_files(
     if not callable(op) and kw:
         raise TypeError(f"unexpected keyword arguments for op {op!r}: {sorted(kw)}")
 
-    out_path = os.fspath(out_path)
-    tmp_path = out_path + ".tmp"
-    dev = str(device)
     out: dict[str, torch.Tensor] = {}
-    with contextlib.ExitStack() as stack:
-        f_init = stack.enter_context(open_streaming(init_path, dev))
-        fs = [stack.enter_context(open_streaming(p, dev)) for p in path_list]
-        _check_structure(
-            str(init_path),
-            _file_shapes(f_init),
-            [(str(p), _file_shapes(f)) for p, f in zip(path_list, fs, strict=True)],
-        )
-        metadata = f_init.metadata()
-        for k in f_init.keys():
+    with _stream(init_path, path_list, device) as (metadata, tensors):
+        for k, init, ts in tensors:
             if select is not None:
-                res = (f_init if select == 0 else fs[0]).get_tensor(k)
+                res = init if select == 0 else ts[0]
             else:
-                res = _apply_kernel(kernel, k, f_init.get_tensor(k), [f.get_tensor(k) for f in fs])
+                res = _apply_kernel(kernel, k, init, ts)
             out[k] = res.to("cpu").contiguous()
-    try:
-        save_file(out, tmp_path, metadata=metadata)
-        os.replace(tmp_path, out_path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp_path)
-        raise
+    # One write path for every result file: temp file, fsync, rename (a kill leaves the old file or none).
+    atomic_write(out_path, lambda tmp: save_file(out, tmp, metadata=metadata))
 
 
 def task_vector_gram_files(
@@ -508,19 +507,15 @@ def task_vector_gram_files(
 ) -> list[list[float]]:
     """Gram matrix ⟨δ_a, δ_b⟩ of the task vectors δ_m = θ_m − θ_init over all float tensors, in one streaming
     pass (one tensor per file in memory): norms and every pairwise angle of M runs without M² reads."""
-    with contextlib.ExitStack() as stack:
-        fi = stack.enter_context(open_streaming(init_path, str(device)))
-        fs = [stack.enter_context(open_streaming(p, str(device))) for p in paths]
-        _check_structure(str(init_path), _file_shapes(fi), [(str(p), _file_shapes(f)) for p, f in zip(paths, fs, strict=True)])
-        m = len(fs)
-        gram = [[0.0] * m for _ in range(m)]
-        for k in fi.keys():
-            v = fi.get_tensor(k)
+    m = len(paths)
+    gram = [[0.0] * m for _ in range(m)]
+    with _stream(init_path, paths, device) as (_, tensors):
+        for _, v, ts in tensors:
             if not v.is_floating_point():
                 continue
             cdt = _compute_dtype(v.dtype)
             base = v.to(cdt)
-            deltas = [(f.get_tensor(k).to(device=v.device, dtype=cdt) - base).reshape(-1) for f in fs]
+            deltas = [(t.to(device=v.device, dtype=cdt) - base).reshape(-1) for t in ts]
             for i in range(m):
                 for j in range(i, m):
                     gram[i][j] += float(torch.dot(deltas[i], deltas[j]))

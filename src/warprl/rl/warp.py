@@ -247,9 +247,9 @@ def task_vector_stats(init: str | Path, paths: list[str | Path]) -> dict[str, fl
 
 
 def write_merge(out_file: Path, init: Path, paths: list[Path], op: str, **kw) -> float:
-    """merge_files into ``out_file`` through a temp file + fsync + rename; returns the seconds it took."""
+    """merge_files into ``out_file`` (atomically: temp file, fsync, rename); returns the seconds it took."""
     t0 = time.perf_counter()
-    atomic_write(out_file, lambda tmp: merge.merge_files(init, paths, tmp, op, **kw))
+    merge.merge_files(init, paths, out_file, op, **kw)
     return time.perf_counter() - t0
 
 
