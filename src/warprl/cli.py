@@ -1,7 +1,9 @@
 """`warprl` command line: parse, validate, call the library, map known errors to exit code 2.
 
-Every command's flags are generated from its config dataclass (warprl.config), so YAML keys and flags are
-the same names. Exit codes: 0 success, 2 bad input or refused operation (one line on stderr), 1 a bug.
+Every command's flags are generated from its config dataclass (warprl.config, through
+warprl.commands.flags), so YAML keys and flags are the same names. Each handler imports its command module
+when it runs: importing them all up front (torch, transformers) takes ~4.8 s against 0.2 s for this module,
+and `warprl --help` should answer at once. Exit codes: 0 success, 2 bad input or refused operation (one line on stderr), 1 a bug.
 With ``--json`` a command prints one JSON object as the last line of stdout.
 """
 

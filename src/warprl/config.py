@@ -77,7 +77,7 @@ class RLSettings:
     """One RL run: T steps of REINFORCE or RLOO on r − β·KL."""
 
     steps: int = setting(30, "RL steps T per run")
-    batch_size: int = setting(8, "prompts per step (mission: 64)")
+    batch_size: int = setting(8, "prompts per step (the reference setting uses 64)")
     k: int = setting(2, "samples per prompt (RLOO needs >= 2)")
     grad_accum: int = setting(1, "micro-batches per step (memory, not maths: the step sees batch_size prompts)")
     beta: float = setting(0.05, "KL coefficient β in r − β·KL")
@@ -315,7 +315,7 @@ class QuickstartConfig(WarpSettings, RunSettings):
     steps: int = setting(25, "RL steps T per run")
     batch_size: int = setting(8, "prompts per RL step")
     k: int = setting(2, "samples per prompt (RLOO)")
-    lr: float = setting(5e-5, "learning rate (small policies need more than the mission's 1e-5 to move in minutes)")
+    lr: float = setting(5e-5, "learning rate (a small policy needs more than the reference 1e-5 to move within minutes)")
     beta: float = setting(0.05, "KL coefficient β")
     mu: float = setting(0.01, "EMA anchor rate μ")
     max_new_tokens: int = setting(24, "completion tokens, in training and evaluation")
