@@ -193,3 +193,13 @@ def test_trained_folder_and_exported_head_score_as_during_training(tiny_bert, to
                                                      val_fraction=0.25, device="cpu"))
         assert again["accuracy"] == metrics["val"]["accuracy"]
         assert again["margin_mean"] == pytest.approx(metrics["val"]["margin_mean"], abs=1e-5)
+
+
+def test_every_reward_setting_has_a_doc():
+    import dataclasses
+
+    from warprl.config import RewardScoreConfig
+
+    for cls in (RewardTrainConfig, RewardEvalConfig, RewardScoreConfig):
+        for f in dataclasses.fields(cls):
+            assert f.metadata.get("doc"), f"{cls.__name__}.{f.name} has no doc"
