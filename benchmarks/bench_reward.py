@@ -109,10 +109,11 @@ def main() -> int:
     print(json.dumps(speed))
 
     # 2. The embedded head on the held-out validation pairs (as the RL code runs it: bf16 autocast).
-    head = reward_cmd.evaluate(RewardEvalConfig(model="imdb-sentiment", data=args.data, limit=args.val_pairs, split="val",
-                                     device="cpu", bf16=True), progress=True)
+    head = reward_cmd.evaluate(RewardEvalConfig(model="imdb-sentiment", data=args.data, limit=args.val_pairs,
+                                                split="val", device="cpu", bf16=True), progress=True)
     print(json.dumps(head))
-    vader = reward_cmd.evaluate(RewardEvalConfig(model="vader", data=args.data, limit=args.val_pairs, split="val"))  # the judge
+    vader = reward_cmd.evaluate(  # the judge, for reference
+        RewardEvalConfig(model="vader", data=args.data, limit=args.val_pairs, split="val"))
 
     # 3. Full fine-tune of minilm-l6 on `--pairs` training pairs.
     cfg = RewardTrainConfig(data=args.data, backbone="minilm-l6", out=args.out, max_pairs=args.pairs,
