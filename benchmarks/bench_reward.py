@@ -94,8 +94,9 @@ def main() -> int:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    from warprl.config import RewardTrainConfig
-    from warprl.reward import eval_reward, read_labelled, split_labelled, train_reward_model
+    from warprl.commands import reward as reward_cmd
+    from warprl.config import RewardEvalConfig, RewardTrainConfig
+    from warprl.data import read_labelled, split_labelled
 
     load = os.getloadavg()[0]
     started = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
@@ -108,17 +109,18 @@ def main() -> int:
     print(json.dumps(speed))
 
     # 2. The embedded head on the held-out validation pairs (as the RL code runs it: bf16 autocast).
-    head = eval_reward("imdb-sentiment", args.data, limit=args.val_pairs, split="val", device="cpu", bf16=True,
-                       progress=True)
+    head = reward_cmd.evaluate(RewardEvalConfig(model="imdb-sentiment", data=args.data, limit=args.val_pairs,
+                                                split="val", device="cpu", bf16=True), progress=True)
     print(json.dumps(head))
-    vader = eval_reward("vader", args.data, limit=args.val_pairs, split="val")  # the judge, for reference
+    vader = reward_cmd.evaluate(  # the judge, for reference
+        RewardEvalConfig(model="vader", data=args.data, limit=args.val_pairs, split="val"))
 
     # 3. Full fine-tune of minilm-l6 on `--pairs` training pairs.
     cfg = RewardTrainConfig(data=args.data, backbone="minilm-l6", out=args.out, max_pairs=args.pairs,
                             epochs=args.epochs, lr=args.lr, batch_size=16, max_length=args.max_length,
                             pooling=args.pooling, init_head=args.init_head, val_pairs=args.val_pairs, bf16=True,
                             device="cpu", overwrite=True, seed=0)
-    full = train_reward_model(cfg)
+    full = reward_cmd.train(cfg)
     print(json.dumps(full["val"]))
     minutes = (time.perf_counter() - t_all) / 60
 

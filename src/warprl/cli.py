@@ -176,10 +176,10 @@ def cmd_quickstart(args) -> int:
 
 
 def cmd_reward_train(args) -> int:
-    from warprl.reward import train_reward_model
+    from warprl.commands.reward import train
 
     cfg: C.RewardTrainConfig = config_from_args(C.RewardTrainConfig, args)
-    metrics = train_reward_model(cfg)
+    metrics = train(cfg)
     if args.json:
         _print_json(metrics)
         return EXIT_OK
@@ -194,15 +194,10 @@ def cmd_reward_train(args) -> int:
 
 
 def cmd_reward_eval(args) -> int:
-    from warprl.reward import eval_reward
+    from warprl.commands.reward import evaluate
 
-    if args.limit < 1 or args.batch_size < 1:
-        raise UserError(f"--limit and --batch-size must be >= 1, got {args.limit} and {args.batch_size}")
-    if not 0.0 < args.val_fraction < 1.0:
-        raise UserError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
-    result = eval_reward(args.model, args.data, limit=args.limit, split=args.split, val_fraction=args.val_fraction,
-                         seed=args.seed, device=args.device, batch_size=args.batch_size, bf16=args.bf16,
-                         progress=sys.stderr.isatty() and not args.json)
+    cfg: C.RewardEvalConfig = config_from_args(C.RewardEvalConfig, args)
+    result = evaluate(cfg, progress=sys.stderr.isatty() and not args.json)
     if args.json:
         _print_json(result)
         return EXIT_OK
@@ -215,18 +210,15 @@ def cmd_reward_eval(args) -> int:
 
 
 def cmd_reward_score(args) -> int:
-    from warprl.reward import load_reward
+    from warprl.commands.reward import score
 
-    if args.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {args.batch_size}")
-    fn = load_reward(args.model, device=args.device, batch_size=args.batch_size, bf16=args.bf16)
-    scores = fn.score_texts(args.text).tolist()
+    cfg: C.RewardScoreConfig = config_from_args(C.RewardScoreConfig, args)
+    result = score(cfg)
     if args.json:
-        _print_json({"model": args.model, "scores": [{"text": t, "reward": s} for t, s in
-                                                     zip(args.text, scores, strict=True)]})
+        _print_json(result)
         return EXIT_OK
-    for t, s in zip(args.text, scores, strict=True):
-        print(f"{s:+.4f}\t{t}")
+    for row in result["scores"]:
+        print(f"{row['reward']:+.4f}\t{row['text']}")
     return EXIT_OK
 
 
@@ -261,33 +253,18 @@ def build_parser() -> argparse.ArgumentParser:
     _sub(data_sub, "inspect", "counts, label balance, example prompts and pairs", cmd_data_inspect,
          C.DataInspectConfig)
 
-    # reward (warprl.reward) ------------------------------------------------------------------ reward-cli
+    # reward (warprl.commands.reward) --------------------------------------------------------- reward-cli
     reward_p = sub.add_parser("reward", help="train, evaluate and query reward models")
     reward_sub = reward_p.add_subparsers(dest="reward_command", metavar="SUBCOMMAND", parser_class=_Parser)
     _sub(reward_sub, "train", "Bradley–Terry training of a reward model on (positive, negative) review pairs",
          cmd_reward_train, C.RewardTrainConfig)
-    for name, help_text, handler in (
-            ("eval", "pairwise accuracy, margin and reward moments on preference pairs", cmd_reward_eval),
-            ("score", "the reward of each TEXT", cmd_reward_score)):
-        rp = _sub(reward_sub, name, help_text, handler)
-        rp.add_argument("--model", default="imdb-sentiment",
-                        help="imdb-sentiment, vader, an RM folder (warprl reward train --out) or a hub id")
-        rp.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-        rp.add_argument("--batch-size", type=int, default=32, help="texts per forward pass")
-        rp.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=False, help="bf16 autocast")
-        if name == "score":
-            rp.add_argument("text", nargs="+", metavar="TEXT", help="text to score (the whole text is judged)")
-            continue
-        rp.add_argument("--data", required=True, help="labelled reviews: parquet/jsonl/csv file or folder, "
-                        "aclImdb/ folder, or hub dataset id")
-        rp.add_argument("--limit", type=int, default=1000, help="pairs to evaluate (N)")
-        rp.add_argument("--split", choices=("all", "val"), default="all",
-                        help="all reviews, or only the validation reviews `reward train` held out")
-        rp.add_argument("--val-fraction", type=float, default=0.1, help="with --split val: as in reward train")
-        rp.add_argument("--seed", type=int, default=0, help="pairing seed (and split seed, as in reward train)")
-    # align (warprl.train / warprl.warp) --------------------------------------------------------- align-cli
+    _sub(reward_sub, "eval", "pairwise accuracy, margin and reward moments on preference pairs", cmd_reward_eval,
+         C.RewardEvalConfig)
+    _sub(reward_sub, "score", "the reward of each TEXT (the whole text is judged)", cmd_reward_score,
+         C.RewardScoreConfig)
+    # align (warprl.commands.align) ------------------------------------------------------------ align-cli
     _sub(sub, "align", "fine-tune a policy with REINFORCE, RLOO or WARP on r − β·KL", cmd_align, C.AlignConfig)
-    # evaluate, pareto, quickstart (warprl.evaluate / warprl.report) ------------------------- evaluate-cli
+    # evaluate, pareto, quickstart (warprl.commands) ------------------------------------------ evaluate-cli
     _sub(sub, "evaluate", "reward, KL to the SFT policy, judge, diversity and loops on held-out prompts",
          cmd_evaluate, C.EvalConfig)
     _sub(sub, "pareto", "η sweep between the SFT and an aligned policy: reward–KL plot and report.md",

@@ -237,6 +237,49 @@ class RewardTrainConfig:
 
 
 @dataclass
+class RewardScorerSettings:
+    """Which reward model scores, and how; shared by `reward eval` and `reward score`."""
+
+    model: str = setting("imdb-sentiment", "imdb-sentiment, vader, an RM folder (warprl reward train --out) or a hub id")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    batch_size: int = setting(32, "texts per forward pass")
+    bf16: bool = setting(False, "bf16 autocast")
+
+
+@dataclass
+class RewardEvalConfig(RewardScorerSettings):
+    """`warprl reward eval`: pairwise accuracy, margin and reward moments on preference pairs."""
+
+    data: str = setting("", "labelled reviews: parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id")
+    limit: int = setting(1000, "pairs to evaluate (N)")
+    split: str = setting("all", "all reviews, or only the validation reviews `reward train` held out",
+                         choices=("all", "val"))
+    val_fraction: float = setting(0.1, "with --split val: as in reward train")
+    seed: int = setting(0, "pairing seed (and split seed, as in reward train)")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("reward eval needs --data (labelled reviews: a file, folder or hub dataset id)")
+        if self.limit < 1 or self.batch_size < 1:
+            raise UserError(f"--limit and --batch-size must be >= 1, got {self.limit} and {self.batch_size}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class RewardScoreConfig(RewardScorerSettings):
+    """`warprl reward score`: the reward of each TEXT (the whole text is judged)."""
+
+    text: list[str] = setting([], "texts to score (the positional TEXT arguments)", positional=True)
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise UserError(f"--batch-size must be >= 1, got {self.batch_size}")
+        if not self.text:
+            raise UserError("reward score needs at least one TEXT")
+
+
+@dataclass
 class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, RunSettings):
     """`warprl align`: REINFORCE, RLOO or WARP on a KL-regularised reward r − β·KL."""
 

@@ -250,6 +250,40 @@ def split_train_val(df: pd.DataFrame, val_fraction: float = 0.1, seed: int = 0) 
 # -------------------------------------------------------------------------------------------------- pairs
 
 
+def read_labelled(data: str) -> pd.DataFrame:
+    """Reviews with labels 0 (negative) / 1 (positive) and both classes present; unlabelled rows dropped."""
+    df = load_reviews(data, require_label=True)
+    try:
+        labels = df["label"].astype(int)
+    except (TypeError, ValueError):
+        raise UserError(f"{data}: column 'label' must hold 0 (negative) and 1 (positive)") from None
+    if not labels.isin([0, 1, -1]).all():
+        bad = sorted(set(labels.unique().tolist()) - {0, 1, -1})[:5]
+        raise UserError(f"{data}: column 'label' must hold 0 (negative) and 1 (positive), found {bad}")
+    df = df.assign(label=labels)
+    df = df[df["label"] != -1].reset_index(drop=True)  # unlabelled (unsup) reviews cannot form pairs
+    present = set(df["label"].unique().tolist())
+    if present != {0, 1}:
+        have = "no labelled" if not present else ("only positive" if present == {1} else "only negative")
+        raise UserError(f"{data}: preference pairs need both classes, the data has {have} reviews")
+    return df
+
+
+def split_labelled(df: pd.DataFrame, data: str, val_fraction: float, seed: int,
+                   max_pairs: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(training, validation) reviews, seeded and stratified; ``max_pairs`` caps each training class."""
+    train, val = split_train_val(df, val_fraction=val_fraction, seed=seed)
+    val = val[~val["text"].isin(set(train["text"]))].reset_index(drop=True)  # IMDB repeats a few reviews
+    for name, part in (("training", train), ("validation", val)):
+        if set(part["label"].unique().tolist()) != {0, 1}:
+            raise UserError(f"{data}: too few reviews for a {name} split with both classes "
+                            f"({len(df)} labelled reviews, validation fraction {val_fraction})")
+    if max_pairs:  # a seeded per-class subset: every epoch re-pairs these same reviews
+        parts = [g.sample(n=min(len(g), max_pairs), random_state=seed) for _, g in train.groupby("label")]
+        train = pd.concat(parts).sort_index().reset_index(drop=True)
+    return train, val
+
+
 @dataclass(frozen=True)
 class Pair:
     chosen: str

@@ -217,7 +217,7 @@ def reward_models(rel_root) -> types.SimpleNamespace:
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification
 
-    from tests.unit.test_reward import make_tiny_bert
+    from tests.reward._toy import make_tiny_bert
 
     encoder = make_tiny_bert(rel_root / "rm_encoder")
     tok = AutoTokenizer.from_pretrained(encoder)

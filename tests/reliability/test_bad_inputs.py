@@ -160,7 +160,7 @@ CASES = [
          "missing column 'label'"),
     Case("rt-out-finished", "reward train", "--out: a finished align run, without --overwrite",
          lambda c: ["reward", "train", "--data", c.b.one_class, "--backbone", c.rm.encoder, "--out", c.finished],
-         "exists and is not empty; pass --overwrite"),
+         "holds no warprl reward model; choose an empty or new folder, or pass --overwrite"),
     Case("rt-val-fraction", "reward train", "--val-fraction 1.5",
          lambda c: ["reward", "train", "--data", c.b.one_class, "--val-fraction", "1.5", "--out", c.fresh],
          "--val-fraction must be in (0, 1)"),

@@ -127,7 +127,7 @@ def _unsafe_files(folder: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def trained_reward_model(rel_root, reward_models):
-    from tests.unit.test_reward import toy_reviews
+    from tests.reward._toy import toy_reviews
     from warprl.cli import main
 
     data = rel_root / "safety_reviews.jsonl"

@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
-from warprl import merge
+from warprl import merge, optim
 from warprl.config import AlignConfig
 from warprl.errors import UserError
 from warprl.io import atomic_write, atomic_write_json, remove_stale_temp_files
@@ -83,21 +83,6 @@ class RunResult:
     last_metrics: dict = field(default_factory=dict)
 
 
-def _lr_at(cfg: AlignConfig, step: int) -> float:
-    if cfg.warmup_steps and step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
-
-
-def _make_optimizer(cfg: AlignConfig, policy) -> torch.optim.Optimizer:
-    params = [p for p in policy.parameters() if p.requires_grad]
-    # The fused kernel is ~5x faster than foreach on a CPU (0.06 vs 0.32 s for SmolLM2-135M) and deterministic.
-    kw = {"fused": True}
-    if cfg.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, **kw)
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **kw)
-
-
 def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, tokenizer, reward_fn,
             prompts: list[str], state: LoopState, opt: torch.optim.Optimizer, method: str, seed: int) -> dict:
     """One RL step on ``prompts``; returns its metrics. Raises NonFiniteError before any bad update."""
@@ -139,8 +124,7 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         adv = A.whiten(adv)
 
     # Update: micro-batches keep whole prompt groups together (batch_size % grad_accum == 0).
-    for group in opt.param_groups:
-        group["lr"] = _lr_at(cfg, state.step)
+    optim.set_lr(opt, optim.warmup_constant(state.step, cfg.warmup_steps, lr=cfg.lr))
     opt.zero_grad(set_to_none=True)
     loss_total, entropy_sum = 0.0, 0.0
     device = roll.input_ids.device
@@ -221,7 +205,8 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
     anchor_master = copy.deepcopy(policy).eval()
     for p in anchor_master.parameters():
         p.requires_grad_(False)
-    opt = _make_optimizer(cfg, policy)
+    opt = optim.make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg.lr, kind=cfg.optimizer,
+                               weight_decay=cfg.weight_decay)
     ckpt_root = run_dir / "checkpoints"
     ema = anchor_master if anchor_kind == "ema" else None  # only an EMA anchor changes, so only it is saved
     state = (load_checkpoint(ckpt_root, policy, ema, opt) if resume else None) or LoopState()
