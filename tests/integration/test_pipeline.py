@@ -7,11 +7,12 @@ import torch
 
 from tests.conftest import count_word_reward
 from warprl.cli import main
+from warprl.commands.evaluate import pareto
 from warprl.commands.quickstart import run_quickstart
 from warprl.config import AlignConfig, ParetoConfig, QuickstartConfig
 from warprl.errors import UserError
 from warprl.eval.evaluate import METRIC_KEYS
-from warprl.eval.pareto import Evaluator, eval_settings, run_pareto
+from warprl.eval.pareto import Evaluator, eval_settings
 
 PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -112,7 +113,7 @@ def test_pareto_with_a_swept_baseline(quickstart_run, tiny_policy_dir, prompt_fi
                        progress=False, out=str(tmp_path / "pareto"))  # bf16: evaluated as bf16 copies
     ev = Evaluator(cfg.sft, eval_settings(cfg), cfg.reward, cfg.judge, progress=False,
                    scorers=(tensor_reward("good"), tensor_reward("great")))
-    summary = run_pareto(cfg, evaluator=ev)
+    summary = pareto(cfg, evaluator=ev)
     names = [s["name"] for s in summary["series"]]
     assert names[0].startswith("WARP") and names[1].startswith("WARP last SLERP") and names[2] == "RLOO T=8 β=0.1"
     assert [p["eta"] for p in summary["series"][2]["points"]] == [0.0, 0.5, 1.0]

@@ -12,6 +12,7 @@ from warprl import config as C
 from warprl.config import EvalConfig, build_config, read_yaml
 from warprl.errors import UserError
 from warprl.eval import pareto as R
+from warprl.eval import report
 from warprl.eval.evaluate import METRIC_KEYS, SampleSet, evaluate_policy, judge_positive_rate, summarise
 from warprl.models import load_policy
 
@@ -170,12 +171,12 @@ def test_compare_fronts_counts_points_above():
 
 def test_readme_block_is_spliced_between_markers_only():
     text = "# T\nintro\n<!-- results:start -->\nold\n<!-- results:end -->\ntail\n"
-    once = R.splice_block(text, "quickstart", "table 1")
+    once = report.splice_block(text, "quickstart", "table 1")
     assert once.startswith("# T\nintro\n") and once.endswith("<!-- results:end -->\ntail\n")
     assert "table 1" in once and "old" in once
-    twice = R.splice_block(once, "quickstart", "table 2")
+    twice = report.splice_block(once, "quickstart", "table 2")
     assert "table 1" not in twice and twice.count("<!-- results:quickstart:start -->") == 1
-    both = R.splice_block(twice, "offline", "big run")
+    both = report.splice_block(twice, "offline", "big run")
     assert "table 2" in both and "big run" in both
 
 
@@ -183,7 +184,7 @@ def test_update_readme_without_markers_is_refused(tmp_path):
     readme = tmp_path / "README.md"
     readme.write_text("# no markers\n")
     with pytest.raises(UserError, match="markers"):
-        R.check_readme(readme)
+        report.check_readme(readme)
     assert readme.read_text() == "# no markers\n"
 
 
