@@ -45,8 +45,9 @@ def main() -> int:
     args = ap.parse_args()
 
     from warprl.commands.align import run_align as align_single
+    from warprl.commands.evaluate import pareto
     from warprl.config import AlignConfig, ParetoConfig
-    from warprl.eval.pareto import comparison_markdown, run_pareto
+    from warprl.eval.report import comparison_markdown
 
     warp_dir, out = ROOT / args.warp_dir, ROOT / args.out
     if not (warp_dir / "final" / "config.json").is_file():
@@ -78,7 +79,7 @@ def main() -> int:
                         n_prompts=args.n_prompts, samples_per_prompt=args.samples_per_prompt,
                         max_new_tokens=w["max_new_tokens"], bf16=w["bf16"], device=w["device"],
                         out=str(out / "pareto"))
-    summary = run_pareto(pcfg)
+    summary = pareto(pcfg)
     sweep_s = time.perf_counter() - t0
 
     series = {s["name"]: s for s in summary["series"]}

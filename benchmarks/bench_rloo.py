@@ -17,8 +17,8 @@ from pathlib import Path
 from _results import machine, write_section
 
 from warprl.commands.align import run_align as align_single
+from warprl.commands.evaluate import evaluate
 from warprl.config import AlignConfig, EvalConfig
-from warprl.eval.evaluate import run_evaluate
 
 KEYS = [("reward_mean", "reward", "{:.3f}"), ("kl_mean", "KL to SFT", "{:.2f}"),
         ("judge_positive_rate", "judge > 0.05", "{:.0%}"), ("distinct_2", "distinct-2", "{:.2f}"),
@@ -43,8 +43,8 @@ def main() -> None:
     summary = align_single(cfg)
     train_s = time.perf_counter() - t0
     ecfg = dict(prompts="builtin", n_prompts=100, samples_per_prompt=2, max_new_tokens=cfg.max_new_tokens)
-    before = run_evaluate(EvalConfig(policy="smollm2-135m", **ecfg), progress=False)
-    after = run_evaluate(EvalConfig(policy=summary["final"], **ecfg), progress=False)
+    before = evaluate(EvalConfig(policy="smollm2-135m", **ecfg), progress=False)
+    after = evaluate(EvalConfig(policy=summary["final"], **ecfg), progress=False)
     rows = ["| metric | before (SFT) | after 30 RLOO steps |", "|---|---:|---:|"]
     rows += [f"| {name} | {fmt.format(before[k])} | {fmt.format(after[k])} |" for k, name, fmt in KEYS]
     train_rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

@@ -126,10 +126,11 @@ def _without_samples(obj):
 
 
 def cmd_evaluate(args) -> int:
-    from warprl.eval.evaluate import METRIC_KEYS, run_evaluate
+    from warprl.commands.evaluate import evaluate
+    from warprl.eval.evaluate import METRIC_KEYS
 
     cfg: C.EvalConfig = config_from_args(C.EvalConfig, args)
-    result = run_evaluate(cfg, progress=sys.stderr.isatty())
+    result = evaluate(cfg, progress=sys.stderr.isatty())
     if args.json:
         _print_json(result)
         return EXIT_OK
@@ -143,10 +144,10 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_pareto(args) -> int:
-    from warprl.eval.pareto import run_pareto
+    from warprl.commands.evaluate import pareto
 
     cfg: C.ParetoConfig = config_from_args(C.ParetoConfig, args)
-    summary = run_pareto(cfg)
+    summary = pareto(cfg)
     if args.json:
         _print_json(_without_samples(summary))
         return EXIT_OK

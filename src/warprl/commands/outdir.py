@@ -7,6 +7,7 @@ A folder is in one of five states, and each command declares what it does with e
                                                         ``--overwrite``; a quickstart continues it by itself
     finished   holds one of the command's end files  → refused unless ``--overwrite``; a quickstart or a
                                                         report command replaces its own finished output
+                                                        (a report command: its own files only)
     not ours   anything else                         → refused unless ``--overwrite`` (or a report command
                                                         that writes its files beside other things)
     a file     not a folder                          → always refused
@@ -112,8 +113,12 @@ def check(out: str | Path, policy: Policy, *, resume: bool = False, overwrite: b
         return Decision(out, "resume")
     if empty:
         return Decision(out, "new")
-    if overwrite or (finished and policy.replace_finished):
+    if overwrite:
         return Decision(out, "replace")
+    if finished and policy.replace_finished:
+        # A command that writes beside other things (a report inside a WARP run folder, next to final/) replaces
+        # its own finished output file by file; deleting the folder would take the rest with it.
+        return Decision(out, "beside" if policy.beside_others else "replace")
     if finished:
         raise UserError(f"{out} holds a finished {what}; pass --overwrite to replace it or choose another --out")
     if started and policy.continue_unfinished:

@@ -17,17 +17,11 @@ from pathlib import Path
 
 from warprl.commands import outdir
 from warprl.commands.align import run_align
+from warprl.commands.evaluate import write_outputs
 from warprl.config import AlignConfig, ParetoConfig, QuickstartConfig, derive, to_dict
 from warprl.eval.evaluate import METRIC_KEYS
-from warprl.eval.pareto import (
-    COLUMNS,
-    Evaluator,
-    check_readme,
-    eval_settings,
-    pareto_sweep,
-    update_readme,
-    write_outputs,
-)
+from warprl.eval.pareto import Evaluator, eval_settings, pareto_sweep
+from warprl.eval.report import COLUMNS, check_readme, update_readme
 from warprl.io import atomic_write_json, atomic_write_text
 
 MARKER = outdir.QUICKSTART.finished_key  # key in summary.json that marks a folder as a previous quickstart

@@ -34,10 +34,14 @@ import math
 from dataclasses import dataclass
 
 import torch
+from tqdm.auto import tqdm
 
 from warprl.config import EvalConfig
+from warprl.data import load_prompts
+from warprl.errors import UserError
 from warprl.eval import textmetrics as tm
 from warprl.precision import compute_copy
+from warprl.reward import load_reward
 from warprl.rl import algorithms as A
 from warprl.rl.rollout import SamplingConfig, anchor_logprobs, sample
 from warprl.seeding import derive_seed
@@ -117,8 +121,6 @@ def _as_list(scores, n: int, what: str) -> list[float]:
 def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[str], cfg: EvalConfig,
                     progress: bool = False, desc: str = "evaluate") -> SampleSet:
     """Sample ``cfg.samples_per_prompt`` completions per prompt and measure each one (see module doc)."""
-    from tqdm.auto import tqdm
-
     if not prompts:
         raise ValueError("no prompts to evaluate")
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -165,7 +167,7 @@ def evaluate_policy(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
     return result
 
 
-# ------------------------------------------------------------------------------- loading (CLI, library)
+# -------------------------------------------------------------------- inputs (commands, library)
 
 
 def eval_prompts(cfg: EvalConfig, tokenizer) -> list[str]:
@@ -174,39 +176,19 @@ def eval_prompts(cfg: EvalConfig, tokenizer) -> list[str]:
     The split seed is 0, the default seed of `warprl align`, whose training prompts come from the other
     half of the same split; the sampling seed ``cfg.seed`` does not move the split.
     """
-    from warprl.data import load_prompts
-
     return load_prompts(cfg.prompts, tokenizer, split="eval", n_tokens=cfg.prompt_tokens, seed=0,
                         limit=cfg.n_prompts)
 
 
 def load_scorers(reward: str, judge: str, device, bf16: bool, batch_size: int = 32):
     """(reward_fn, judge_fn) from their specs (aliases such as imdb-sentiment and vader, or RM folders)."""
-    from warprl.reward import load_reward
-
     reward_fn = load_reward(reward, device=device, batch_size=batch_size, bf16=bf16)
     judge_fn = reward_fn if judge == reward else load_reward(judge, device=device, batch_size=batch_size, bf16=bf16)
     return reward_fn, judge_fn
 
 
-def run_evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
-    """`warprl evaluate`: load the policy, the SFT policy and the scorers, then :func:`evaluate_policy`."""
-    from warprl.models import load_policy, pick_device
-
-    device = pick_device(cfg.device)
-    policy, tok = load_policy(cfg.policy, device=device)
-    sft = policy if cfg.sft == cfg.policy else load_policy(cfg.sft, device=device)[0]
-    check_same_vocab(policy, sft, cfg.policy, cfg.sft)
-    reward_fn, judge_fn = load_scorers(cfg.reward, cfg.judge, device, cfg.bf16)
-    prompts = eval_prompts(cfg, tok)
-    result = evaluate_policy(policy, tok, sft, reward_fn, judge_fn, prompts, cfg, progress=progress)
-    return {"policy": cfg.policy, "sft": cfg.sft, "reward": cfg.reward, "judge": cfg.judge, **result}
-
-
 def check_same_vocab(policy, sft, policy_spec: str, sft_spec: str) -> None:
     """The KL compares token distributions: both models must share one vocabulary."""
-    from warprl.errors import UserError
-
     a, b = policy.get_output_embeddings().weight.shape[0], sft.get_output_embeddings().weight.shape[0]
     if a != b:
         raise UserError(f"policy {policy_spec} and SFT {sft_spec} have different vocabularies ({a} vs {b} tokens); "

@@ -1,4 +1,4 @@
-"""Unit tests for warprl.textmetrics."""
+"""Unit tests for warprl.eval.textmetrics."""
 
 from __future__ import annotations
 

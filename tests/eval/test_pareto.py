@@ -1,0 +1,118 @@
+"""The η sweep's parts (warprl.eval.pareto): streamed interpolation, η grid, run labels, front maths."""
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import save_file, save_model
+
+from warprl import merge
+from warprl.errors import UserError
+from warprl.eval import pareto as R
+from warprl.models import load_policy
+
+
+def _perturbed_final(tiny_policy_dir, tmp_path) -> tuple[torch.nn.Module, Path]:
+    final, _ = load_policy(str(tiny_policy_dir))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in final.parameters():
+            p.add_(torch.randn_like(p))
+    path = tmp_path / "final.safetensors"
+    save_model(final, str(path))
+    return final, path
+
+
+def test_eta_zero_gives_sft_weights_exactly_and_one_gives_final(tiny_policy_dir, tmp_path):
+    sft, _ = load_policy(str(tiny_policy_dir))
+    final, path = _perturbed_final(tiny_policy_dir, tmp_path)
+    work = copy.deepcopy(final)  # start from other weights: everything must be overwritten
+    R.set_interpolated_weights(work, sft, [path], 0.0)
+    for (k, a), b in zip(work.state_dict().items(), sft.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    R.set_interpolated_weights(work, sft, [path], 1.0)
+    for (k, a), b in zip(work.state_dict().items(), final.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    R.set_interpolated_weights(work, sft, [path], 0.25)
+    w, s, f = (m.get_input_embeddings().weight for m in (work, sft, final))
+    torch.testing.assert_close(w, 0.75 * s + 0.25 * f)
+    # The SFT model is never touched.
+    fresh, _ = load_policy(str(tiny_policy_dir))
+    assert all(torch.equal(a, b) for a, b in zip(sft.state_dict().values(), fresh.state_dict().values(), strict=True))
+
+
+def test_interpolation_refuses_another_architecture(tiny_policy_dir, tmp_path):
+    sft, _ = load_policy(str(tiny_policy_dir))
+    bad = tmp_path / "bad.safetensors"
+    save_file({"model.embed_tokens.weight": torch.zeros(3, 3)}, str(bad))
+    with pytest.raises(UserError, match="does not match"):
+        R.set_interpolated_weights(copy.deepcopy(sft), sft, [bad], 0.5)
+
+
+def test_eta_grid_has_exact_endpoints():
+    grid = R.eta_grid(10)
+    assert grid[0] == 0.0 and grid[-1] == 1.0 and len(grid) == 11 and grid[3] == 0.3
+
+
+def test_streamed_interpolation_equals_the_merge_kernel_bit_for_bit(tiny_policy_dir, tmp_path):
+    sft, _ = load_policy(str(tiny_policy_dir))
+    final, path = _perturbed_final(tiny_policy_dir, tmp_path)
+    work = copy.deepcopy(sft)
+    R.set_interpolated_weights(work, sft, [path], 0.3)
+    expected = merge.interpolate(sft.state_dict(), final.state_dict(), 0.3)
+    for k, v in work.state_dict().items():
+        assert torch.equal(v, expected[k]), k
+
+
+def test_sharded_weights_are_read_in_index_order(tmp_path):
+    (tmp_path / "b.safetensors").write_bytes(b"")
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    index = {"weight_map": {"x": "b.safetensors", "y": "a.safetensors", "z": "b.safetensors"}}
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert R.weight_files(tmp_path) == [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no .safetensors"):
+        R.weight_files(empty)
+
+
+def test_run_labels_come_from_the_run_config(tmp_path):
+    warp = tmp_path / "warp"
+    warp.mkdir()
+    (warp / "config.yaml").write_text("method: warp\niterations: 2\nruns: 3\nsteps: 40\nbeta: 0.1\n")
+    assert R.run_label(warp) == ("warp", "WARP I=2 M=3 T=40 β=0.1")
+    rloo = tmp_path / "rloo"
+    rloo.mkdir()
+    (rloo / "config.yaml").write_text("method: rloo\nsteps: 8\nbeta: 0.05\n")
+    assert R.run_label(rloo) == ("rloo", "RLOO T=8 β=0.05")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("method: [unclosed\n")
+    assert R.run_label(broken) == ("model", "broken")
+    assert R.run_label(tmp_path / "plain") == ("model", "plain")
+
+
+# ---------------------------------------------------------------------------------------- fronts
+
+
+def test_front_reward_at_matched_kl():
+    pts = [(0.0, 0.0), (1.0, 0.5), (2.0, 0.4), (3.0, 1.0)]  # (2.0, 0.4) is dominated by (1.0, 0.5)
+    assert R.pareto_points(pts) == [(0.0, 0.0), (1.0, 0.5), (3.0, 1.0)]
+    assert R.front_reward_at(pts, 0.5) == pytest.approx(0.25)
+    assert R.front_reward_at(pts, 2.0) == pytest.approx(0.75)
+    assert R.front_reward_at(pts, 10.0) == 1.0  # flat after the last point: that policy is within budget
+    assert R.front_reward_at([(1.0, 0.2)], 0.5) is None
+
+
+def test_compare_fronts_counts_points_above():
+    a = R.Series("WARP", "sweep", points=[{"eta": e, "kl_mean": 2 * e, "reward_mean": e} for e in (0, 0.5, 1)])
+    b = R.Series("RLOO", "sweep", points=[{"eta": e, "kl_mean": 4 * e, "reward_mean": e} for e in (0, 0.5, 1)])
+    c = R.compare_fronts(a, b)
+    assert c["rows"][1]["delta"] == pytest.approx(0.5)  # at KL 2: WARP 1.0 against RLOO 0.5
+    # KL 4 lies beyond WARP's front (its best reward, 1.0, is shown) but is left out of the verdict.
+    assert c["rows"][2]["delta"] == pytest.approx(0.0) and c["rows"][2]["beyond"]
+    assert c["matched"] == 1 and c["a_above"] == 1 and c["beyond"] == 1
+    back = R.compare_fronts(b, a)  # RLOO's front at WARP's KLs 1 and 2: 0.25 and 0.5, below WARP's 0.5 and 1.0
+    assert back["matched"] == 2 and back["a_above"] == 0 and back["mean_delta"] == pytest.approx(-0.375)
