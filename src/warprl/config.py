@@ -2,9 +2,8 @@
 
 The same dataclass feeds three places: YAML files (``--config``), command-line flags (generated from the
 fields by :mod:`warprl.commands.flags`, so a new setting needs one line here and nothing in the CLI), and the
-``config.yaml`` written into each output folder. Precedence: defaults < YAML < flags. Unknown keys and invalid
-values raise :class:`~warprl.errors.UserError` with a one-line message. This module neither parses argv nor
-reads files.
+``config.yaml`` written into each output folder. Invalid values raise :class:`~warprl.errors.UserError` with a
+one-line message. This module neither parses argv nor reads files.
 """
 
 from __future__ import annotations
@@ -13,7 +12,7 @@ import dataclasses
 import math
 import typing
 from dataclasses import dataclass, field
-from typing import Any, get_origin
+from typing import Any
 
 import yaml
 
@@ -441,56 +440,6 @@ def _flag(name: str) -> str:
 
 def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
-
-
-def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
-    """Check a YAML value against the field type, allowing the lossless conversions YAML users expect."""
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)  # YAML 1.1 reads "1e-5" as a string
-            except ValueError:
-                pass
-    elif tp is str:
-        if isinstance(value, str | int | float) and not isinstance(value, bool):
-            return str(value)
-    elif get_origin(tp) is list:
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            return list(value)
-    expected = getattr(tp, "__name__", str(tp))
-    raise UserError(f"{source}: '{name}' must be {expected}, got {value!r}")
-
-
-def build_config(cls: type, yaml_values: dict[str, Any] | None = None, flags: dict[str, Any] | None = None,
-                 source: str = "config"):
-    """Defaults < YAML values < flags; unknown keys and bad types are a UserError; then ``validate()``."""
-    types = field_types(cls)
-    values: dict[str, Any] = {}
-    for key, value in (yaml_values or {}).items():
-        name = str(key).replace("-", "_")
-        if name not in types:
-            known = ", ".join(sorted(types))
-            raise UserError(f"{source}: unknown setting '{key}' (known: {known})")
-        values[name] = _coerce(name, types[name], value, source)
-    for name, value in (flags or {}).items():
-        if name not in types:
-            raise UserError(f"unknown setting '{name}'")
-        values[name] = value
-    for f in dataclasses.fields(cls):
-        choices = f.metadata.get("choices")
-        if choices and f.name in values and values[f.name] not in choices:
-            raise UserError(f"{source}: '{f.name}' must be one of {', '.join(choices)}, got {values[f.name]!r}")
-    cfg = cls(**values)
-    cfg.validate()
-    return cfg
 
 
 def to_dict(cfg) -> dict[str, Any]:
