@@ -23,6 +23,10 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    engine: str = "auto"  # auto (warprl's engine where it supports the model, else HF), warprl, hf
+
+
+ENGINES = ("auto", "warprl", "hf")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Rollout:
     mask: torch.Tensor  # [B, T] float, 1 up to and including the first EOS
     logprobs: torch.Tensor  # [B, T] log π(y_t) at the sampling temperature, no grad
     ref_logprobs: torch.Tensor | None = None  # [B, T] under the anchor, filled by ``anchor_logprobs``
+    timings: dict | None = None  # the warprl engine's prefill_s, decode_s, decode_steps, decode_row_steps
 
     @property
     def prompt_len(self) -> int:
@@ -75,12 +80,24 @@ def sample(model, tokenizer, prompts: list[str], cfg: SamplingConfig, k: int = 1
     """Sample ``k`` completions per prompt with the KV cache; return ids, masks, texts and log π.
 
     Randomness comes from torch's global RNG (what ``generate`` uses); pass ``generator_seed`` to fix it.
+    ``cfg.engine`` picks the decoder: warprl's (:mod:`warprl.rl.engine`: static KV cache, one prefill per
+    prompt, fused weights) or HF ``generate``; "auto" takes warprl's where it supports the model. Both
+    return the same contract; the log-probs are those of the same tempered distribution.
     """
+    from warprl.rl import engine as E
+
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"unknown engine {cfg.engine!r} (choose from {', '.join(ENGINES)})")
+    supported = E.supports(model)
+    if cfg.engine == "warprl" and not supported:
+        raise ValueError(f"the warprl engine does not support {type(model).__name__}; use engine 'hf' or 'auto'")
     device = next(model.parameters()).device
     rows = [p for p in prompts for _ in range(k)]
-    enc = tokenize_prompts(tokenizer, rows, device)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
+    if cfg.engine != "hf" and supported and not bf16:  # bf16 autocast is HF's path; the engine runs in the weights' dtype
+        return _sample_engine(model, tokenizer, prompts, rows, cfg, k, device)
+    enc = tokenize_prompts(tokenizer, rows, device)
     gen_kwargs = dict(
         do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
         max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens or None,
@@ -104,6 +121,26 @@ def sample(model, tokenizer, prompts: list[str], cfg: SamplingConfig, k: int = 1
         [ids[: int(m.sum())] for ids, m in zip(completion_ids, mask, strict=True)], skip_special_tokens=True)
     return Rollout(prompts=rows, completions=completions, input_ids=out.sequences, attention_mask=attention_mask,
                    completion_ids=completion_ids, mask=mask, logprobs=logprobs)
+
+
+def _sample_engine(model, tokenizer, prompts: list[str], rows: list[str], cfg: SamplingConfig, k: int,
+                   device) -> Rollout:
+    from warprl.rl import engine as E
+
+    enc = tokenize_prompts(tokenizer, list(prompts), device)  # each prompt once: its prefill is shared
+    dec = E.generate(model, enc["input_ids"], enc["attention_mask"], k, cfg.max_new_tokens,
+                     tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.temperature, cfg.top_k, cfg.top_p,
+                     cfg.min_new_tokens)
+    completion_ids = dec.completion_ids
+    mask = completion_mask(completion_ids, tokenizer.eos_token_id).to(torch.float32)
+    prompt_ids = enc["input_ids"].repeat_interleave(k, 0)
+    prompt_mask = enc["attention_mask"].repeat_interleave(k, 0)
+    completions = tokenizer.batch_decode(
+        [ids[: int(m.sum())] for ids, m in zip(completion_ids, mask, strict=True)], skip_special_tokens=True)
+    roll = Rollout(prompts=rows, completions=completions, input_ids=torch.cat([prompt_ids, completion_ids], 1),
+                   attention_mask=torch.cat([prompt_mask, mask.long()], 1), completion_ids=completion_ids,
+                   mask=mask, logprobs=dec.logprobs * mask, timings=dec.timings)
+    return roll
 
 
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
