@@ -45,6 +45,7 @@ class GenerateConfig:
     top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
     top_k: int = setting(0, "top-k sampling (0 = off)")
     seed: int = setting(0, "random seed")
+    engine: str = setting("auto", "decoder: warprl (static KV cache, shared prefill; Llama-family models), hf (transformers generate); auto = warprl where it supports the model", choices=("auto", "warprl", "hf"))
     device: str = setting("auto", "cpu, cuda, cuda:N or auto")
 
     def validate(self) -> None:
@@ -134,6 +135,7 @@ class AlignConfig:
     temperature: float = setting(1.0, "sampling temperature (log-probs are taken at this temperature)")
     top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
     top_k: int = setting(0, "top-k sampling (0 = off)")
+    engine: str = setting("auto", "decoder: warprl (static KV cache, shared prefill; Llama-family models), hf (transformers generate); auto = warprl where it supports the model", choices=("auto", "warprl", "hf"))
     iterations: int = setting(2, "WARP iterations I")
     runs: int = setting(2, "WARP independent runs M per iteration")
     lam: float = setting(0.5, "WARP SLERP interpolation λ (two runs)")
@@ -195,6 +197,7 @@ class EvalSettings:
     temperature: float = setting(1.0, "sampling temperature")
     top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
     top_k: int = setting(0, "top-k sampling (0 = off)")
+    engine: str = setting("auto", "decoder: warprl (static KV cache, shared prefill; Llama-family models), hf (transformers generate); auto = warprl where it supports the model", choices=("auto", "warprl", "hf"))
     batch_size: int = setting(16, "prompts per generation batch")
     seed: int = setting(1234, "random seed (the same for every policy compared)")
     bf16: bool = setting(True, "evaluate bf16 copies of the models (weights cast once)")

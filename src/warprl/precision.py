@@ -51,7 +51,13 @@ class MixedPrecision:
 
     @torch.no_grad()
     def sync(self) -> None:
-        """Copy the masters into the compute copy (after an optimiser step, an EMA update or a load)."""
+        """Copy the masters into the compute copy (after an optimiser step, an EMA update or a load).
+
+        Without a separate copy, only mark the weights as changed: torch's fused Adam/AdamW update them
+        without bumping their version counters, which is how the rollout engine notices new weights.
+        """
         if self.compute is not self.master:
             for pm, pc in zip(self.master.parameters(), self.compute.parameters(), strict=True):
                 pc.copy_(pm)
+        else:
+            torch.autograd.graph.increment_version(list(self.master.parameters()))

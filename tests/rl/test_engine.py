@@ -163,3 +163,22 @@ def test_unsupported_model_falls_back_to_generate():
     assert roll.completion_ids.shape[0] == 6 and roll.timings is None
     with pytest.raises(ValueError, match="does not support"):
         sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=4, engine="warprl"), k=2)
+
+
+def test_fused_optimizer_step_reaches_the_engine(tiny):
+    """torch's fused AdamW does not bump version counters: MixedPrecision.sync must mark the weights changed."""
+    from warprl.precision import MixedPrecision
+
+    model, tok = tiny
+    mp = MixedPrecision(model, bf16=False)
+    cfg = SamplingConfig(max_new_tokens=6, engine="warprl")
+    sample(mp.compute, tok, PROMPTS, cfg, k=2, generator_seed=5)  # builds the engine's weights
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, fused=True)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    mp.sync()
+    ours = sample(mp.compute, tok, PROMPTS, cfg, k=2, generator_seed=5)
+    E._WEIGHTS.clear()
+    fresh = sample(mp.compute, tok, PROMPTS, cfg, k=2, generator_seed=5)
+    assert torch.equal(ours.completion_ids, fresh.completion_ids) and torch.equal(ours.logprobs, fresh.logprobs)

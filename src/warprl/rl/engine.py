@@ -36,10 +36,17 @@ import torch
 import torch.nn.functional as F
 
 # Fused weights per model object, rebuilt when any parameter's version (in-place update counter) changes.
+# torch's fused optimisers (Adam/AdamW with fused=True) do not bump versions: after such a step call
+# :func:`weights_changed` (``MixedPrecision.sync`` does).
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # Levers, module-level so that benchmarks can switch them off one at a time (see benchmarks/bench_decode.py).
 OPTIONS = {"fuse": True, "prepack": True, "compact": True, "share_prefill": True}
+
+
+def weights_changed(model) -> None:
+    """Tell the engine that ``model``'s weights changed in a way their version counters do not show."""
+    _WEIGHTS.pop(model, None)
 
 
 def supports(model) -> bool:

@@ -143,20 +143,99 @@ def _sample_engine(model, tokenizer, prompts: list[str], rows: list[str], cfg: S
     return roll
 
 
+# Models whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or logit scale): for them
+# the log-probs are computed from the hidden states of the completion positions only, chunk by chunk.
+_PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+FUSED_HEAD = {"enabled": True, "chunk_bytes": 1 << 26}  # switch / size of one fp32 logits chunk (benchmarks)
+
+
+class _HeadLogprob(torch.autograd.Function):
+    """log softmax(h Wᵀ / T) at ``tokens`` for hidden rows h [N, d], without a [N, V] tensor kept for backward.
+
+    Forward and backward go through the rows in chunks: the logits of a chunk are computed (in the weights'
+    dtype, as ``lm_head`` does, then fp32), reduced to the log-prob, the log-normaliser and the entropy,
+    and dropped; the backward recomputes them and forms d log p / d z = onehot − softmax(z) in place.
+    The weight gradient is accumulated over chunks in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, temperature, chunk):
+        n = hidden.shape[0]
+        logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logp)
+        ent = torch.empty_like(logp)
+        for s in range(0, n, chunk):
+            z = torch.nn.functional.linear(hidden[s : s + chunk], weight).float().div_(temperature)
+            lz = torch.logsumexp(z, dim=-1)
+            logp[s : s + chunk] = z.gather(-1, tokens[s : s + chunk, None]).squeeze(-1) - lz
+            lse[s : s + chunk] = lz
+            ent[s : s + chunk] = lz - (torch.exp(z - lz[:, None]) * z).sum(-1)  # H = lse − Σ p·z
+        ctx.save_for_backward(hidden, weight, tokens, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent):
+        hidden, weight, tokens, lse = ctx.saved_tensors
+        t, chunk = ctx.temperature, ctx.chunk
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s : s + chunk]
+            g = grad_logp[s : s + chunk].float()
+            z = torch.nn.functional.linear(h, weight).float().div_(t)
+            dz = torch.exp_(z.sub_(lse[s : s + chunk, None])).mul_(-g[:, None] / t)  # −softmax·g/T
+            dz.scatter_add_(-1, tokens[s : s + chunk, None], (g / t)[:, None])  # + onehot·g/T
+            dz = dz.to(hidden.dtype)
+            if need_h:
+                grad_h[s : s + chunk] = dz @ weight
+            if need_w:
+                grad_w.add_((dz.t() @ h).float())
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+
+
+def _fused_head_ok(model) -> bool:
+    if not FUSED_HEAD["enabled"]:
+        return False
+    cfg = getattr(model, "config", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return (getattr(cfg, "model_type", None) in _PLAIN_HEAD and isinstance(head, torch.nn.Linear)
+            and head.bias is None and hasattr(model, getattr(model, "base_model_prefix", "") or "-"))
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
                       temperature: float = 1.0, bf16: bool = False,
                       return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log π of the last ``n_completion`` tokens given everything before them (grad enabled).
 
     With ``return_entropy`` also the per-token entropy of the temperature-scaled distribution (no grad).
+    For plain-head models (Llama, Qwen2, GPT-2, …) the lm_head runs on the completion positions only and
+    chunk by chunk (:class:`_HeadLogprob`): no fp32 [B, T, V] log-softmax is materialised.
     """
     device = input_ids.device
+    position_ids = position_ids_from_mask(attention_mask)
+    targets = input_ids[:, -n_completion:]
+    if _fused_head_ok(model):
+        base = getattr(model, model.base_model_prefix)
+        with autocast(device, bf16):
+            hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
+            # hidden state at t predicts token t+1: the completion's predictions start one before it.
+            h = hidden[:, -n_completion - 1 : -1]
+            weight = model.get_output_embeddings().weight
+            if bf16 and h.dtype != weight.dtype:
+                weight = weight.to(h.dtype)
+        b, n, d = h.shape
+        chunk = max(1, FUSED_HEAD["chunk_bytes"] // (4 * weight.shape[0]))
+        logp, entropy = _HeadLogprob.apply(h.reshape(b * n, d), weight, targets.reshape(-1), float(temperature),
+                                           chunk)
+        logp, entropy = logp.view(b, n), entropy.view(b, n)
+        return (logp, entropy) if return_entropy else logp
     with autocast(device, bf16):
-        out = model(input_ids=input_ids, attention_mask=attention_mask,
-                    position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    # logits at position t predict token t+1: the completion's predictions start one before it.
-    logp, scaled, lse = _gather_logprobs(out.logits[:, -n_completion - 1 : -1], input_ids[:, -n_completion:],
-                                         temperature)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    logp, scaled, lse = _gather_logprobs(out.logits[:, -n_completion - 1 : -1], targets, temperature)
     if not return_entropy:
         return logp
     with torch.no_grad():  # reuses the log-normaliser: H = lse − Σ p·z
