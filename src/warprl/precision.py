@@ -38,6 +38,10 @@ class MixedPrecision:
     def __init__(self, master: torch.nn.Module, bf16: bool, trainable: bool = True):
         self.master = master
         self.compute = copy.deepcopy(master).to(torch.bfloat16) if bf16 else master
+        if self.compute is not master:  # fused Q|K|V and gate|up buffers the rollout engine reads as views
+            from warprl.rl.engine import share_fused_storage
+
+            share_fused_storage(self.compute)
         for p in self.compute.parameters():
             p.requires_grad_(trainable)
         self.compute.eval()

@@ -182,3 +182,30 @@ def test_fused_optimizer_step_reaches_the_engine(tiny):
     E._WEIGHTS.clear()
     fresh = sample(mp.compute, tok, PROMPTS, cfg, k=2, generator_seed=5)
     assert torch.equal(ours.completion_ids, fresh.completion_ids) and torch.equal(ours.logprobs, fresh.logprobs)
+
+
+def test_shared_fused_storage_is_transparent(tiny):
+    """share_fused_storage: same outputs, same gradients, and the engine sees in-place updates without a copy."""
+    from warprl.rl.engine import _adjacent, share_fused_storage
+
+    model, tok = tiny
+    other = copy.deepcopy(model)
+    share_fused_storage(other)
+    at = other.model.layers[0].self_attn
+    assert _adjacent([at.q_proj.weight, at.k_proj.weight, at.v_proj.weight]) is not None
+    assert [n for n, _ in model.named_parameters()] == [n for n, _ in other.named_parameters()]
+    cfg = SamplingConfig(max_new_tokens=8, engine="warprl")
+    a = sample(model, tok, PROMPTS, cfg, k=2, generator_seed=3)
+    b = sample(other, tok, PROMPTS, cfg, k=2, generator_seed=3)
+    assert torch.equal(a.completion_ids, b.completion_ids)
+    for m in (model, other):
+        sequence_logprobs(m, a.input_ids, a.attention_mask, 8).sum().backward()
+    for (n, p), (_, q) in zip(model.named_parameters(), other.named_parameters(), strict=True):
+        torch.testing.assert_close(p.grad, q.grad, msg=n)
+    with torch.no_grad():
+        for p, q in zip(model.parameters(), other.parameters(), strict=True):
+            p.mul_(0.7)
+            q.copy_(p)
+    a = sample(model, tok, PROMPTS, cfg, k=2, generator_seed=3)
+    b = sample(other, tok, PROMPTS, cfg, k=2, generator_seed=3)
+    assert torch.equal(a.completion_ids, b.completion_ids) and torch.allclose(a.logprobs, b.logprobs)

@@ -49,6 +49,46 @@ def weights_changed(model) -> None:
     _WEIGHTS.pop(model, None)
 
 
+@torch.no_grad()
+def share_fused_storage(model) -> None:
+    """Re-point each layer's q/k/v and gate/up weights at slices of one fused buffer (values unchanged).
+
+    Afterwards the engine reads the fused Q|K|V and gate|up matrices as views, with no copy per weight
+    version: in-place updates of the parameters (``MixedPrecision.sync``) update the fused matrices too.
+    Gradients stay per parameter. Only for models the engine supports; a no-op otherwise.
+    """
+    if not supports(model):
+        return
+    for layer in model.model.layers:
+        for mods in ((layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj),
+                     (layer.mlp.gate_proj, layer.mlp.up_proj)):
+            if _adjacent([m.weight for m in mods]) is not None:
+                continue
+            fused = torch.cat([m.weight for m in mods])
+            start = 0
+            for m in mods:
+                n = m.weight.shape[0]
+                m.weight = torch.nn.Parameter(fused[start : start + n], requires_grad=m.weight.requires_grad)
+                start += n
+    _WEIGHTS.pop(model, None)
+
+
+def _adjacent(weights: list) -> torch.Tensor | None:
+    """The fused [Σ out, in] matrix the 2-D ``weights`` are consecutive row blocks of, if they are."""
+    first = weights[0]
+    if not all(w.is_contiguous() and w.dtype == first.dtype and w.shape[1] == first.shape[1] for w in weights):
+        return None
+    if any(w.untyped_storage().data_ptr() != first.untyped_storage().data_ptr() for w in weights):
+        return None
+    offset = first.storage_offset()
+    for w in weights:
+        if w.storage_offset() != offset:
+            return None
+        offset += w.numel()
+    rows = sum(w.shape[0] for w in weights)
+    return first.detach().new_empty(0).set_(first.untyped_storage(), first.storage_offset(), (rows, first.shape[1]))
+
+
 def supports(model) -> bool:
     """True when the engine can decode ``model`` (else ``rollout.sample`` falls back to HF ``generate``)."""
     cfg = getattr(model, "config", None)
@@ -132,8 +172,9 @@ def _weights(model, rows_hint: int) -> _Weights:
         at, mlp = layer.self_attn, layer.mlp
         qkv_w = [at.q_proj.weight, at.k_proj.weight, at.v_proj.weight]
         gu_w = [mlp.gate_proj.weight, mlp.up_proj.weight]
-        if fuse:
-            qkv_w, gu_w = [torch.cat(qkv_w)], [torch.cat(gu_w)]
+        if fuse:  # views when the parameters already share one buffer (share_fused_storage), else copies
+            qkv_w = [_adjacent(qkv_w) if _adjacent(qkv_w) is not None else torch.cat(qkv_w)]
+            gu_w = [_adjacent(gu_w) if _adjacent(gu_w) is not None else torch.cat(gu_w)]
         layers.append(_Layer(
             ln1=layer.input_layernorm.weight.detach(), ln2=layer.post_attention_layernorm.weight.detach(),
             eps1=layer.input_layernorm.variance_epsilon, eps2=layer.post_attention_layernorm.variance_epsilon,
