@@ -1,21 +1,28 @@
-"""One full RLOO step (generate + score + anchor log-probs + update): warprl against TRL's RLOOTrainer.
+"""One full RLOO step (generate + reward + anchor log-probs + update): warprl against TRL's RLOOTrainer.
 
-Same model (bundled SmolLM2-135M, fp32 master weights), same reward (imdb-sentiment), same prompts per step,
-k, completion length and bf16, in the same process, one after the other. Reports samples/s for each, the
-ratio, and the achieved FLOP/s of warprl's update against this machine's measured bf16 matmul peak.
+Identical work on both sides: the bundled SmolLM2-135M (fp32 master weights, bf16 compute), the
+imdb-sentiment reward, prompts drawn from the same builtin list, k, completion length (≤ tokens, EOS stops),
+temperature 1, no top-k/top-p, β = 0.05 KL to a frozen reference, lr 1e-5 AdamW, one optimiser step per
+batch, TRL with ``gradient_checkpointing=False``. The two sides alternate in one process: a TRL callback
+runs one warprl step after each TRL step, so both see the same machine load. Median of the steps after
+the warm-up step. Remaining differences are printed beside the figures.
 
-    .venv/bin/pip install 'trl==1.16.0'   # the bench extra; not needed by warprl itself
-    .venv/bin/python benchmarks/bench_rl_step.py [--steps 6] [--prompts 8] [--k 2] [--tokens 24]
+Also measured in the same run: memory read bandwidth (→ decode bound = bf16 weight bytes / bandwidth),
+the bf16 matmul peak (→ update FLOP/s as a share of it), and a breakdown of one warprl update.
+
+    python3 -m venv /work/venv-trl && ... && pip install trl==1.16.0   # the bench needs TRL, warprl does not
+    PYTHONPATH=src python benchmarks/bench_rl_step.py [--shapes 8x2x24 16x4x64] [--steps 7] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
+import json
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from _results import machine, write_section
@@ -23,115 +30,267 @@ from _results import machine, write_section
 from warprl.config import AlignConfig
 from warprl.data import builtin_prompts
 from warprl.models import convert_gguf, load_policy, resolve
+from warprl.precision import MixedPrecision
 from warprl.reward import load_reward
-from warprl.rl.loop import run_rl
+from warprl.rl import loop as L
+from warprl.rl.checkpoint import LoopState
+from warprl.rl.rollout import SamplingConfig, sample, sequence_logprobs
+from warprl.seeding import prompt_batch
+
+DIFFERENCES = [
+    "TRL samples and trains under bf16 autocast of fp32 weights (HF Trainer's bf16); warprl samples, scores and "
+    "back-propagates a bf16 copy whose gradients go to fp32 masters (same fp32 master weights and AdamW)",
+    "prompt order: each side shuffles the same builtin list with its own seed (prompt lengths are alike, 7–12 tokens)",
+    "completions end at EOS on both sides, so the decoded lengths differ from step to step (both ≤ the cap)",
+    "TRL's step also computes its logging metrics (entropy, clip ratios); warprl's logs its own metrics",
+    "warprl's anchor is a bf16 copy; TRL's reference model is an fp32 copy run under autocast",
+]
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    t = time.perf_counter()
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best
+
+
+def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    best = float("inf")
     for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - t)
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
 
 
-def bench_warprl(args, reward, prompts) -> dict:
-    cfg = AlignConfig(method="rloo", steps=args.steps, batch_size=args.prompts, k=args.k, beta=0.05, lr=1e-5,
-                      max_new_tokens=args.tokens, bf16=True, progress=False,
-                      checkpoint_every=0)
-    policy, tok = load_policy("smollm2-135m")
-    with tempfile.TemporaryDirectory() as d:
-        run_rl(cfg, Path(d), policy, tok, reward, prompts, method="rloo", anchor_kind="sft", seed=0, resume=False)
-        import json
-
-        rows = [json.loads(line) for line in (Path(d) / "metrics.jsonl").read_text().splitlines()]
-    rows = rows[1:]  # the first step pays one-off costs (allocations, first-call dispatch)
-    n_params = sum(p.numel() for p in policy.parameters())
-    seq_len = len(tok(prompts[0])["input_ids"]) + args.tokens
-    flops = 6 * n_params * seq_len * args.prompts * args.k  # forward (2) + backward (4) per token per weight
-    upd = statistics.median(r["time/update_s"] for r in rows)
-    return {
-        "step_s": statistics.median(r["charts/step_time_s"] for r in rows),
-        "generate_s": statistics.median(r["time/generate_s"] for r in rows),
-        "reward_s": statistics.median(r["time/reward_s"] for r in rows),
-        "anchor_s": statistics.median(r["time/anchor_s"] for r in rows),
-        "update_s": upd,
-        "update_flops": flops / upd,
-    }
+def loadavg() -> float:
+    return float(open("/proc/loadavg").read().split()[0])
 
 
-def bench_trl(args, reward, prompts) -> dict:
+class Warprl:
+    """warprl's RL step driven one step at a time (what ``run_rl`` does, minus files and checkpoints)."""
+
+    def __init__(self, shape, reward, prompts, engine: str):
+        self.n_prompts, self.k, self.tokens = shape
+        self.cfg = AlignConfig(method="rloo", steps=10**6, batch_size=self.n_prompts, k=self.k, beta=0.05, lr=1e-5,
+                               max_new_tokens=self.tokens, bf16=True, progress=False, checkpoint_every=0,
+                               engine=engine)
+        policy, self.tok = load_policy("smollm2-135m")
+        anchor = copy.deepcopy(policy).eval()
+        for p in anchor.parameters():
+            p.requires_grad_(False)
+        self.opt = L._make_optimizer(self.cfg, policy)
+        self.policy = MixedPrecision(policy, True)
+        self.anchor = MixedPrecision(anchor, True, trainable=False)
+        self.anchor.master = None
+        self.state = LoopState()
+        self.reward, self.prompts = reward, prompts
+        self.rows: list[dict] = []
+        self.loads: list[float] = []
+
+    def step(self) -> dict:
+        batch = prompt_batch(self.prompts, self.n_prompts, 0, self.state.step * self.n_prompts)
+        self.loads.append(loadavg())
+        m = L.rl_step(self.cfg, self.policy, self.anchor, self.tok, self.reward, batch, self.state, self.opt, "rloo", 0)
+        self.rows.append(m)
+        return m
+
+
+def update_breakdown(w: Warprl) -> dict:
+    """Time the parts of one update on a fresh rollout: forward, backward, grads→fp32, clip + AdamW, bf16 sync."""
+    model = w.policy.compute
+    batch = prompt_batch(w.prompts, w.n_prompts, 1, 0)
+    roll = sample(model, w.tok, batch, SamplingConfig(max_new_tokens=w.tokens, engine=w.cfg.engine), k=w.k,
+                  generator_seed=0)
+    n = roll.completion_ids.shape[1]
+    out = {}
+    model.train()
+    t = time.perf_counter()
+    logp, _ = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 1.0, return_entropy=True)
+    loss = -(logp * roll.mask).sum() / roll.mask.shape[0]
+    out["forward_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    loss.backward()
+    out["backward_s"] = time.perf_counter() - t
+    model.eval()
+    t = time.perf_counter()
+    w.policy.grads_to_master()
+    out["grads_to_fp32_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    torch.nn.utils.clip_grad_norm_([p for p in w.policy.master.parameters() if p.grad is not None], 1.0)
+    w.opt.step()
+    w.opt.zero_grad(set_to_none=True)
+    out["clip_adamw_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    w.policy.sync()
+    out["sync_bf16_s"] = time.perf_counter() - t
+    # Where the forward + backward time goes, by operator.
+    model.train()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        logp = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 1.0)
+        (-(logp * roll.mask).sum()).backward()
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events) or 1
+    out["top_ops"] = [(e.key, e.count, e.self_cpu_time_total / 1e6, e.self_cpu_time_total / total) for e in events[:8]]
+    out["seq_len"] = roll.input_ids.shape[1]
+    out["completion_len"] = n
+    return out
+
+
+def update_flops(model, rows: int, seq_len: int, n_completion: int) -> float:
+    """Matmul FLOPs of one update: 6·N_body per token of the sequence + 6·N_head per completion token."""
+    head = model.get_output_embeddings().weight.numel()
+    body = sum(p.numel() for p in model.parameters()) - head  # tied embedding counted once, as the head
+    return 6 * body * rows * seq_len + 6 * head * rows * n_completion
+
+
+def bench_shape(shape, args, reward, prompts) -> dict:
     import datasets
     from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
+    n_prompts, k, tokens = shape
+    sides = {"warprl": Warprl(shape, reward, prompts, "auto")}
+    if args.with_hf_engine:
+        sides["warprl (engine hf)"] = Warprl(shape, reward, prompts, "hf")
     folder = convert_gguf(resolve("smollm2-135m", "policy").location)
-    _, tok = load_policy("smollm2-135m")
+    tok = sides["warprl"].tok
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
 
     def reward_fn(completions, prompts=None, **_):
         return reward(list(prompts), list(completions)).tolist()
 
-    times: list[float] = []
+    trl_times: list[float] = []
+    trl_loads: list[float] = []
+    ckpt: list[bool] = []
 
-    class Timer(TrainerCallback):
-        def on_step_begin(self, *a, **k):
+    class Alternate(TrainerCallback):
+        def on_step_begin(self, *a, **kw):
+            m = kw.get("model")
+            ckpt.append(bool(getattr(m, "is_gradient_checkpointing", False)))
+            trl_loads.append(loadavg())
             self.t = time.perf_counter()
 
-        def on_step_end(self, *a, **k):
-            times.append(time.perf_counter() - self.t)
+        def on_step_end(self, *a, **kw):
+            trl_times.append(time.perf_counter() - self.t)
+            for side in sides.values():  # then one step of each warprl side
+                side.step()
 
     with tempfile.TemporaryDirectory() as d:
         cfg = RLOOConfig(output_dir=d, use_cpu=True, report_to=[], save_strategy="no", bf16=True,
-                         per_device_train_batch_size=args.prompts * args.k, num_generations=args.k,
-                         max_completion_length=args.tokens, learning_rate=1e-5, beta=0.05, max_steps=args.steps,
-                         logging_steps=1, temperature=1.0, seed=0, disable_tqdm=True)
+                         gradient_checkpointing=False, per_device_train_batch_size=n_prompts * k, num_generations=k,
+                         max_completion_length=tokens, learning_rate=1e-5, beta=0.05, max_steps=args.steps,
+                         logging_steps=1, temperature=1.0, top_p=1.0, top_k=0, seed=0, disable_tqdm=True)
         trainer = RLOOTrainer(model=model, reward_funcs=reward_fn, args=cfg, processing_class=tok,
-                              train_dataset=datasets.Dataset.from_dict({"prompt": prompts}), callbacks=[Timer()])
+                              train_dataset=datasets.Dataset.from_dict({"prompt": prompts}), callbacks=[Alternate()])
         trainer.train()
-    return {"step_s": statistics.median(times[1:])}
+    del trainer, model
+    samples = n_prompts * k
+    res = {"shape": {"prompts": n_prompts, "k": k, "tokens": tokens}, "samples": samples,
+           "trl": {"step_s": statistics.median(trl_times[1:]), "all_step_s": trl_times,
+                   "loadavg": statistics.median(trl_loads[1:]), "gradient_checkpointing": any(ckpt)}}
+    res["trl"]["samples_per_s"] = samples / res["trl"]["step_s"]
+    for name, side in sides.items():
+        rows = side.rows[1:]  # the first step pays one-off costs (weight packing, allocations)
+        med = {key: statistics.median(r[key] for r in rows) for key in
+               ("charts/step_time_s", "time/generate_s", "time/reward_s", "time/anchor_s", "time/update_s",
+                "time/decode_ms_per_token", "charts/completion_length")}
+        res[name] = {"step_s": med["charts/step_time_s"], "samples_per_s": samples / med["charts/step_time_s"],
+                     "generate_s": med["time/generate_s"], "reward_s": med["time/reward_s"],
+                     "anchor_s": med["time/anchor_s"], "update_s": med["time/update_s"],
+                     "decode_ms_per_token": med["time/decode_ms_per_token"],
+                     "completion_length": med["charts/completion_length"],
+                     "all_step_s": [r["charts/step_time_s"] for r in side.rows],
+                     "loadavg": statistics.median(side.loads[1:]),
+                     "ratio_vs_trl": res["trl"]["step_s"] / med["charts/step_time_s"]}
+    w = sides["warprl"]
+    bd = update_breakdown(w)
+    flops = update_flops(w.policy.compute, samples, bd["seq_len"], bd["completion_len"])
+    res["update_breakdown"] = bd
+    res["update_flops_per_s"] = flops / res["warprl"]["update_s"]
+    res["fwd_bwd_flops_per_s"] = flops / (bd["forward_s"] + bd["backward_s"])
+    return res
+
+
+def parse_shape(text: str) -> tuple[int, int, int]:
+    p, k, t = (int(x) for x in text.lower().split("x"))
+    return p, k, t
+
+
+def markdown(results: list[dict], peak: float, bw: float, wbytes: int, cmd: str) -> str:
+    import trl as trl_mod
+
+    bound = 1e3 * wbytes / bw
+    lines = [f"{dt.datetime.now():%Y-%m-%d %H:%M} · {machine()} · `{cmd}`", "",
+             f"Measured in this run: bf16 matmul peak {peak / 1e9:.0f} GFLOP/s (2048², best of 3); memory read "
+             f"bandwidth {bw / 1e9:.1f} GB/s (sum of 1 GiB) → decode bound {wbytes / 1e6:.0f} MB of bf16 weights / "
+             f"bandwidth = {bound:.1f} ms/token. TRL {trl_mod.__version__} `RLOOTrainer(bf16=True, use_cpu=True, "
+             f"gradient_checkpointing=False)`; warprl and TRL alternate step by step in one process; medians "
+             f"exclude the first (warm-up) step; load = median 1-min load average at step start (2 cores, shared).", ""]
+    lines += ["| shape (prompts × k × tokens) | side | s / step | samples / s | ratio vs TRL | load | generate | reward "
+              "| anchor | update | decode ms/token (× bound) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        s = r["shape"]
+        label = f"{s['prompts']} × {s['k']} × {s['tokens']}"
+        for name in [n for n in r if n.startswith("warprl")]:
+            o = r[name]
+            lines.append(f"| {label} | {name} | {o['step_s']:.2f} | {o['samples_per_s']:.2f} | "
+                         f"**{o['ratio_vs_trl']:.2f}×** | {o['loadavg']:.1f} | {o['generate_s']:.2f} | "
+                         f"{o['reward_s']:.2f} | {o['anchor_s']:.2f} | {o['update_s']:.2f} | "
+                         f"{o['decode_ms_per_token']:.1f} ({o['decode_ms_per_token'] / bound:.1f}×) |")
+        t = r["trl"]
+        lines.append(f"| {label} | TRL | {t['step_s']:.2f} | {t['samples_per_s']:.2f} | 1 | {t['loadavg']:.1f} "
+                     f"| | | | | |")
+    lines.append("")
+    for r in results:
+        s, bd = r["shape"], r["update_breakdown"]
+        ops = "; ".join(f"{k} {100 * f:.0f} % ({c} calls)" for k, c, _, f in bd["top_ops"][:6])
+        lines.append(f"Update at {s['prompts']} × {s['k']} × {s['tokens']} (sequence {bd['seq_len']} tokens): "
+                     f"{r['update_flops_per_s'] / 1e9:.0f} GFLOP/s over the whole update phase = "
+                     f"{100 * r['update_flops_per_s'] / peak:.0f} % of the peak; forward+backward alone "
+                     f"{r['fwd_bwd_flops_per_s'] / 1e9:.0f} GFLOP/s ({100 * r['fwd_bwd_flops_per_s'] / peak:.0f} %). "
+                     f"One update, separately timed: forward {bd['forward_s']:.2f} s, backward {bd['backward_s']:.2f} s, "
+                     f"bf16 grads → fp32 {bd['grads_to_fp32_s']:.2f} s, clip + AdamW {bd['clip_adamw_s']:.2f} s, "
+                     f"bf16 copy refresh {bd['sync_bf16_s']:.2f} s. Top operators (self time): {ops}.")
+        lines.append("")
+    lines.append("Remaining differences: " + "; ".join(DIFFERENCES) + ".")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--prompts", type=int, default=8, help="prompts per step")
-    ap.add_argument("--k", type=int, default=2)
-    ap.add_argument("--tokens", type=int, default=24, help="completion tokens")
+    ap.add_argument("--shapes", nargs="+", default=["8x2x24", "16x4x64"], help="prompts x k x tokens")
+    ap.add_argument("--steps", type=int, default=7, help="steps per side (the first is a warm-up)")
     ap.add_argument("--reward", default="imdb-sentiment")
+    ap.add_argument("--with-hf-engine", action="store_true", help="also a warprl side decoding with HF generate")
+    ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
+    ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
     torch.manual_seed(0)
     reward = load_reward(args.reward, bf16=True)
     prompts = builtin_prompts("train")
     peak = matmul_peak(torch.bfloat16)
-    ours = bench_warprl(args, reward, prompts)
-    trl = bench_trl(args, reward, prompts)
-    import trl as trl_mod
-
-    samples = args.prompts * args.k
-    ratio = trl["step_s"] / ours["step_s"]
-    cmd = (f"python benchmarks/bench_rl_step.py --steps {args.steps} --prompts {args.prompts} --k {args.k} "
-           f"--tokens {args.tokens} --reward {args.reward}")
-    md = f"""{dt.date.today()} · {machine()} · `{cmd}`
-
-One RLOO step = generate {args.prompts} prompts × k={args.k} × {args.tokens} tokens + reward ({args.reward}) +
-anchor log-probs + AdamW update of SmolLM2-135M (fp32 master weights, bf16), median of steps 2–{args.steps}.
-TRL {trl_mod.__version__} `RLOOTrainer(bf16=True, use_cpu=True)` with the same model, reward, prompts, k and lengths.
-
-| trainer | s / step | samples / s |
-|---|---|---|
-| warprl | {ours['step_s']:.2f} | {samples / ours['step_s']:.2f} |
-| TRL RLOOTrainer | {trl['step_s']:.2f} | {samples / trl['step_s']:.2f} |
-| **ratio (warprl / TRL throughput)** | | **{ratio:.2f}×** |
-
-warprl step breakdown (median s): generate {ours['generate_s']:.2f}, reward {ours['reward_s']:.2f},
-anchor log-probs {ours['anchor_s']:.2f}, update (policy forward+backward+AdamW) {ours['update_s']:.2f}.
-Update: {ours['update_flops'] / 1e9:.0f} GFLOP/s achieved (6·params·tokens / update time) against a measured
-bf16 matmul peak of {peak / 1e9:.0f} GFLOP/s (2048², this run) = {100 * ours['update_flops'] / peak:.0f} %.
-"""
+    bw = read_bandwidth()
+    results = [bench_shape(parse_shape(s), args, reward, prompts) for s in args.shapes]
+    policy, _ = load_policy("smollm2-135m")
+    wbytes = 2 * sum(p.numel() for p in policy.parameters())  # the bf16 compute copy (tied embedding once)
+    cmd = (f"PYTHONPATH=src python benchmarks/bench_rl_step.py --shapes {' '.join(args.shapes)} --steps {args.steps}"
+           + (" --with-hf-engine" if args.with_hf_engine else ""))
+    md = markdown(results, peak, bw, wbytes, cmd)
     print(md)
-    write_section("RL step: warprl vs TRL RLOOTrainer", md)
+    if not args.no_write:
+        write_section("RL step: warprl vs TRL RLOOTrainer", md)
+    if args.json:
+        print(json.dumps({"peak_flops": peak, "read_bandwidth": bw, "weight_bytes": wbytes,
+                          "decode_bound_ms_per_token": 1e3 * wbytes / bw, "results": results}, default=str))
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def cmd_generate(args) -> int:
     device = pick_device(cfg.device)
     model, tok = load_policy(cfg.policy, device=device)
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          top_k=cfg.top_k)
+                          top_k=cfg.top_k, engine=cfg.engine)
     roll = sample(model, tok, cfg.prompt, scfg, k=cfg.num_samples, bf16=False, generator_seed=cfg.seed)
     results = [{"prompt": p, "completion": c} for p, c in zip(roll.prompts, roll.completions, strict=True)]
     for r in results:

@@ -45,6 +45,9 @@ class SamplingSettings:
     temperature: float = setting(1.0, "sampling temperature (log-probs are taken at this temperature)")
     top_p: float = setting(1.0, "nucleus sampling mass (1 = off)")
     top_k: int = setting(0, "top-k sampling (0 = off)")
+    engine: str = setting("auto", "decoder: warprl (static KV cache, shared prefill; Llama-family models), hf "
+                          "(transformers generate); auto = warprl where it supports the model",
+                          choices=("auto", "warprl", "hf"))
 
     def validate(self) -> None:
         _positive("temperature", self.temperature)

@@ -38,6 +38,10 @@ class MixedPrecision:
     def __init__(self, master: torch.nn.Module, bf16: bool, trainable: bool = True):
         self.master = master
         self.compute = copy.deepcopy(master).to(torch.bfloat16) if bf16 else master
+        if self.compute is not master:  # fused Q|K|V and gate|up buffers the rollout engine reads as views
+            from warprl.rl.engine import share_fused_storage
+
+            share_fused_storage(self.compute)
         for p in self.compute.parameters():
             p.requires_grad_(trainable)
         self.compute.eval()
@@ -51,7 +55,13 @@ class MixedPrecision:
 
     @torch.no_grad()
     def sync(self) -> None:
-        """Copy the masters into the compute copy (after an optimiser step, an EMA update or a load)."""
+        """Copy the masters into the compute copy (after an optimiser step, an EMA update or a load).
+
+        Without a separate copy, only mark the weights as changed: torch's fused Adam/AdamW update them
+        without bumping their version counters, which is how the rollout engine notices new weights.
+        """
         if self.compute is not self.master:
             for pm, pc in zip(self.master.parameters(), self.compute.parameters(), strict=True):
                 pc.copy_(pm)
+        else:
+            torch.autograd.graph.increment_version(list(self.master.parameters()))

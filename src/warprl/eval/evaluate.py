@@ -124,7 +124,7 @@ def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
     if not prompts:
         raise ValueError("no prompts to evaluate")
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
-                          top_k=cfg.top_k)
+                          top_k=cfg.top_k, engine=cfg.engine)
     out = SampleSet([], [], [], [], [], [], [])
     same = sft is policy
     policy = compute_copy(policy, cfg.bf16)

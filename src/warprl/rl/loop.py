@@ -83,12 +83,21 @@ class RunResult:
     last_metrics: dict = field(default_factory=dict)
 
 
+def _decode_ms_per_token(roll, generate_s: float) -> float:
+    """Decode time per new token of the batch (warprl engine: its own prefill excluded; HF: generate / tokens)."""
+    t = roll.timings
+    if t and t["decode_steps"]:
+        return 1e3 * t["decode_s"] / t["decode_steps"]
+    return 1e3 * generate_s / max(roll.completion_ids.shape[1], 1)
+
+
 def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, tokenizer, reward_fn,
             prompts: list[str], state: LoopState, opt: torch.optim.Optimizer, method: str, seed: int) -> dict:
     """One RL step on ``prompts``; returns its metrics. Raises NonFiniteError before any bad update."""
     t0 = time.perf_counter()
     torch.manual_seed(derive_seed(seed, "step", state.step))  # sampling randomness of this step
-    scfg = SamplingConfig(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+    scfg = SamplingConfig(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
+                          cfg.engine)
     model = policy.compute
     roll = sample(model, tokenizer, prompts, scfg, k=cfg.k)
     t_gen = time.perf_counter()
@@ -178,6 +187,7 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         "time/reward_s": t_rew - t_gen,
         "time/anchor_s": t_anchor - t_rew,
         "time/update_s": t1 - t_anchor,  # policy forward (+ no-grad pass with accumulation), backward, AdamW
+        "time/decode_ms_per_token": _decode_ms_per_token(roll, t_gen - t0),
         "losses/policy": loss_total,
         "losses/grad_norm": grad_norm,
         "samples/first": roll.prompts[0] + roll.completions[0],

@@ -23,6 +23,10 @@ class SamplingConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    engine: str = "auto"  # auto (warprl's engine where it supports the model, else HF), warprl, hf
+
+
+ENGINES = ("auto", "warprl", "hf")
 
 
 @dataclass
@@ -37,6 +41,7 @@ class Rollout:
     mask: torch.Tensor  # [B, T] float, 1 up to and including the first EOS
     logprobs: torch.Tensor  # [B, T] log π(y_t) at the sampling temperature, no grad
     ref_logprobs: torch.Tensor | None = None  # [B, T] under the anchor, filled by ``anchor_logprobs``
+    timings: dict | None = None  # the warprl engine's prefill_s, decode_s, decode_steps, decode_row_steps
 
     @property
     def prompt_len(self) -> int:
@@ -75,12 +80,24 @@ def sample(model, tokenizer, prompts: list[str], cfg: SamplingConfig, k: int = 1
     """Sample ``k`` completions per prompt with the KV cache; return ids, masks, texts and log π.
 
     Randomness comes from torch's global RNG (what ``generate`` uses); pass ``generator_seed`` to fix it.
+    ``cfg.engine`` picks the decoder: warprl's (:mod:`warprl.rl.engine`: static KV cache, one prefill per
+    prompt, fused weights) or HF ``generate``; "auto" takes warprl's where it supports the model. Both
+    return the same contract; the log-probs are those of the same tempered distribution.
     """
+    from warprl.rl import engine as E
+
+    if cfg.engine not in ENGINES:
+        raise ValueError(f"unknown engine {cfg.engine!r} (choose from {', '.join(ENGINES)})")
+    supported = E.supports(model)
+    if cfg.engine == "warprl" and not supported:
+        raise ValueError(f"the warprl engine does not support {type(model).__name__}; use engine 'hf' or 'auto'")
     device = next(model.parameters()).device
     rows = [p for p in prompts for _ in range(k)]
-    enc = tokenize_prompts(tokenizer, rows, device)
     if generator_seed is not None:
         torch.manual_seed(generator_seed)
+    if cfg.engine != "hf" and supported and not bf16:  # bf16 autocast is HF's path; the engine runs in the weights' dtype
+        return _sample_engine(model, tokenizer, prompts, rows, cfg, k, device)
+    enc = tokenize_prompts(tokenizer, rows, device)
     gen_kwargs = dict(
         do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k or None,
         max_new_tokens=cfg.max_new_tokens, min_new_tokens=cfg.min_new_tokens or None,
@@ -106,20 +123,119 @@ def sample(model, tokenizer, prompts: list[str], cfg: SamplingConfig, k: int = 1
                    completion_ids=completion_ids, mask=mask, logprobs=logprobs)
 
 
+def _sample_engine(model, tokenizer, prompts: list[str], rows: list[str], cfg: SamplingConfig, k: int,
+                   device) -> Rollout:
+    from warprl.rl import engine as E
+
+    enc = tokenize_prompts(tokenizer, list(prompts), device)  # each prompt once: its prefill is shared
+    dec = E.generate(model, enc["input_ids"], enc["attention_mask"], k, cfg.max_new_tokens,
+                     tokenizer.eos_token_id, tokenizer.pad_token_id, cfg.temperature, cfg.top_k, cfg.top_p,
+                     cfg.min_new_tokens)
+    completion_ids = dec.completion_ids
+    mask = completion_mask(completion_ids, tokenizer.eos_token_id).to(torch.float32)
+    prompt_ids = enc["input_ids"].repeat_interleave(k, 0)
+    prompt_mask = enc["attention_mask"].repeat_interleave(k, 0)
+    completions = tokenizer.batch_decode(
+        [ids[: int(m.sum())] for ids, m in zip(completion_ids, mask, strict=True)], skip_special_tokens=True)
+    roll = Rollout(prompts=rows, completions=completions, input_ids=torch.cat([prompt_ids, completion_ids], 1),
+                   attention_mask=torch.cat([prompt_mask, mask.long()], 1), completion_ids=completion_ids,
+                   mask=mask, logprobs=dec.logprobs * mask, timings=dec.timings)
+    return roll
+
+
+# Models whose logits are exactly ``lm_head(last_hidden_state)`` (no soft-capping or logit scale): for them
+# the log-probs are computed from the hidden states of the completion positions only, chunk by chunk.
+_PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
+FUSED_HEAD = {"enabled": True, "chunk_bytes": 1 << 26}  # switch / size of one fp32 logits chunk (benchmarks)
+
+
+class _HeadLogprob(torch.autograd.Function):
+    """log softmax(h Wᵀ / T) at ``tokens`` for hidden rows h [N, d], without a [N, V] tensor kept for backward.
+
+    Forward and backward go through the rows in chunks: the logits of a chunk are computed (in the weights'
+    dtype, as ``lm_head`` does, then fp32), reduced to the log-prob, the log-normaliser and the entropy,
+    and dropped; the backward recomputes them and forms d log p / d z = onehot − softmax(z) in place.
+    The weight gradient is accumulated over chunks in fp32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, tokens, temperature, chunk):
+        n = hidden.shape[0]
+        logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
+        lse = torch.empty_like(logp)
+        ent = torch.empty_like(logp)
+        for s in range(0, n, chunk):
+            z = torch.nn.functional.linear(hidden[s : s + chunk], weight).float().div_(temperature)
+            lz = torch.logsumexp(z, dim=-1)
+            logp[s : s + chunk] = z.gather(-1, tokens[s : s + chunk, None]).squeeze(-1) - lz
+            lse[s : s + chunk] = lz
+            ent[s : s + chunk] = lz - (torch.exp(z - lz[:, None]) * z).sum(-1)  # H = lse − Σ p·z
+        ctx.save_for_backward(hidden, weight, tokens, lse)
+        ctx.temperature, ctx.chunk = temperature, chunk
+        ctx.mark_non_differentiable(ent)
+        return logp, ent
+
+    @staticmethod
+    def backward(ctx, grad_logp, _grad_ent):
+        hidden, weight, tokens, lse = ctx.saved_tensors
+        t, chunk = ctx.temperature, ctx.chunk
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        for s in range(0, hidden.shape[0], chunk):
+            h = hidden[s : s + chunk]
+            g = grad_logp[s : s + chunk].float()
+            z = torch.nn.functional.linear(h, weight).float().div_(t)
+            dz = torch.exp_(z.sub_(lse[s : s + chunk, None])).mul_(-g[:, None] / t)  # −softmax·g/T
+            dz.scatter_add_(-1, tokens[s : s + chunk, None], (g / t)[:, None])  # + onehot·g/T
+            dz = dz.to(hidden.dtype)
+            if need_h:
+                grad_h[s : s + chunk] = dz @ weight
+            if need_w:
+                grad_w.add_((dz.t() @ h).float())
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+
+
+def _fused_head_ok(model) -> bool:
+    if not FUSED_HEAD["enabled"]:
+        return False
+    cfg = getattr(model, "config", None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return (getattr(cfg, "model_type", None) in _PLAIN_HEAD and isinstance(head, torch.nn.Linear)
+            and head.bias is None and hasattr(model, getattr(model, "base_model_prefix", "") or "-"))
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
                       temperature: float = 1.0, bf16: bool = False,
                       return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log π of the last ``n_completion`` tokens given everything before them (grad enabled).
 
     With ``return_entropy`` also the per-token entropy of the temperature-scaled distribution (no grad).
+    For plain-head models (Llama, Qwen2, GPT-2, …) the lm_head runs on the completion positions only and
+    chunk by chunk (:class:`_HeadLogprob`): no fp32 [B, T, V] log-softmax is materialised.
     """
     device = input_ids.device
+    position_ids = position_ids_from_mask(attention_mask)
+    targets = input_ids[:, -n_completion:]
+    if _fused_head_ok(model):
+        base = getattr(model, model.base_model_prefix)
+        with autocast(device, bf16):
+            hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=False).last_hidden_state
+            # hidden state at t predicts token t+1: the completion's predictions start one before it.
+            h = hidden[:, -n_completion - 1 : -1]
+            weight = model.get_output_embeddings().weight
+            if bf16 and h.dtype != weight.dtype:
+                weight = weight.to(h.dtype)
+        b, n, d = h.shape
+        chunk = max(1, FUSED_HEAD["chunk_bytes"] // (4 * weight.shape[0]))
+        logp, entropy = _HeadLogprob.apply(h.reshape(b * n, d), weight, targets.reshape(-1), float(temperature),
+                                           chunk)
+        logp, entropy = logp.view(b, n), entropy.view(b, n)
+        return (logp, entropy) if return_entropy else logp
     with autocast(device, bf16):
-        out = model(input_ids=input_ids, attention_mask=attention_mask,
-                    position_ids=position_ids_from_mask(attention_mask), use_cache=False)
-    # logits at position t predict token t+1: the completion's predictions start one before it.
-    logp, scaled, lse = _gather_logprobs(out.logits[:, -n_completion - 1 : -1], input_ids[:, -n_completion:],
-                                         temperature)
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
+    logp, scaled, lse = _gather_logprobs(out.logits[:, -n_completion - 1 : -1], targets, temperature)
     if not return_entropy:
         return logp
     with torch.no_grad():  # reuses the log-normaliser: H = lse − Σ p·z

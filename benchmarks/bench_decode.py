@@ -1,0 +1,135 @@
+"""Decode speed of warprl's rollout engine against HF ``generate``, lever by lever, next to the bandwidth bound.
+
+Bundled SmolLM2-135M as a bf16 compute copy (what an RL step samples from), builtin prompts, sampling at
+temperature 1. Each configuration runs ``--repeats`` times, interleaved, and the median is kept.
+ms/token = decode time / decoded steps (the prefill is timed apart); the bound = bf16 weight bytes read
+once per token / memory read bandwidth measured in this run (sum over a 1 GiB tensor).
+
+    PYTHONPATH=src python benchmarks/bench_decode.py [--rows 16] [--k 1] [--tokens 64] [--repeats 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+
+import torch
+
+from warprl.data import builtin_prompts
+from warprl.models import load_policy
+from warprl.rl import engine as E
+from warprl.rl.rollout import tokenize_prompts
+
+
+def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    x.sum()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best
+
+
+def weight_bytes(model) -> int:
+    """Bytes a decode step must read: every weight once (the tied embedding counts once, as lm_head)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() not in seen:
+            seen.add(p.data_ptr())
+            total += p.numel() * p.element_size()
+    return total
+
+
+LEVERS = {
+    "all levers": {},
+    "no prepack (F.linear)": {"prepack": False},
+    "no fusion (7 matmuls/layer)": {"fuse": False},
+    "no prepack, no fusion": {"prepack": False, "fuse": False},
+}
+
+
+def time_engine(model, tok, prompts, k, tokens, options) -> dict:
+    saved = dict(E.OPTIONS)
+    E.OPTIONS.update(options)
+    try:
+        enc = tokenize_prompts(tok, prompts, torch.device("cpu"))
+        torch.manual_seed(0)
+        E._WEIGHTS.pop(model, None)
+        t = time.perf_counter()
+        E._weights(model, len(prompts) * k)
+        build = time.perf_counter() - t
+        dec = E.generate(model, enc["input_ids"], enc["attention_mask"], k, tokens, None, tok.pad_token_id)
+    finally:
+        E.OPTIONS.clear()
+        E.OPTIONS.update(saved)
+    tm = dec.timings
+    return {"ms_per_token": 1e3 * tm["decode_s"] / max(tm["decode_steps"], 1), "prefill_s": tm["prefill_s"],
+            "weights_s": build}
+
+
+def time_hf(model, tok, prompts, k, tokens) -> dict:
+    """HF generate without EOS stopping, so both sides decode the same number of steps."""
+    torch.manual_seed(0)
+    rows = [p for p in prompts for _ in range(k)]
+    enc = tokenize_prompts(tok, rows, torch.device("cpu"))
+    t = time.perf_counter()
+    model.generate(**enc, do_sample=True, max_new_tokens=1, min_new_tokens=1, pad_token_id=tok.pad_token_id)
+    prefill = time.perf_counter() - t
+    t = time.perf_counter()
+    model.generate(**enc, do_sample=True, max_new_tokens=tokens, min_new_tokens=tokens, eos_token_id=None,
+                   pad_token_id=tok.pad_token_id)
+    total = time.perf_counter() - t
+    return {"ms_per_token": 1e3 * (total - prefill) / (tokens - 1), "prefill_s": prefill}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=16, help="prompts per batch")
+    ap.add_argument("--k", type=int, default=1, help="samples per prompt (batch = rows × k)")
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    master, tok = load_policy("smollm2-135m")
+    model = copy.deepcopy(master).to(torch.bfloat16).eval()
+    del master
+    prompts = builtin_prompts("train")[: args.rows]
+    bw = read_bandwidth()
+    wbytes = weight_bytes(model)
+    bound_ms = 1e3 * wbytes / bw
+    load0 = open("/proc/loadavg").read().split()[0]
+    runs: dict[str, list] = {name: [] for name in ["HF generate", *LEVERS]}
+    with torch.no_grad():
+        # Warm-up: first calls allocate and pick kernels.
+        time_engine(model, tok, prompts, args.k, 4, {})
+        time_hf(model, tok, prompts, args.k, 4)
+        for _ in range(args.repeats):
+            runs["HF generate"].append(time_hf(model, tok, prompts, args.k, args.tokens))
+            for name, opts in LEVERS.items():
+                runs[name].append(time_engine(model, tok, prompts, args.k, args.tokens, opts))
+    load1 = open("/proc/loadavg").read().split()[0]
+    result = {"rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9, "weight_MB": wbytes / 1e6,
+              "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
+    print(f"batch {args.rows * args.k} rows × {args.tokens} tokens, bf16 SmolLM2-135M; read bandwidth "
+          f"{bw / 1e9:.1f} GB/s, weights {wbytes / 1e6:.0f} MB → bound {bound_ms:.1f} ms/token; "
+          f"load {load0} → {load1}")
+    print("| decoder | ms/token (median) | × bound | prefill s | weight build s |")
+    print("|---|---:|---:|---:|---:|")
+    for name, rs in runs.items():
+        ms = statistics.median(r["ms_per_token"] for r in rs)
+        pre = statistics.median(r["prefill_s"] for r in rs)
+        wb = statistics.median(r.get("weights_s", 0.0) for r in rs)
+        result["configs"][name] = {"ms_per_token": ms, "prefill_s": pre, "weights_s": wb,
+                                   "all_ms": [r["ms_per_token"] for r in rs]}
+        print(f"| {name} | {ms:.1f} | {ms / bound_ms:.2f} | {pre:.3f} | {wb:.3f} |")
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
