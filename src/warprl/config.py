@@ -398,6 +398,88 @@ def derive(cls: type, source, exclude: tuple[str, ...] = (), **overrides):
     return cfg
 
 
+@dataclass
+class SFTConfig:
+    """`warprl sft`: supervised fine-tuning of a causal LM on text (full or LoRA), the first stage of the pipeline."""
+
+    policy: str = setting("smollm2-135m", "model to fine-tune: alias, HF folder, .gguf or hub id")
+    data: str = setting("", "texts: parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id ('text' column)")
+    val_data: str = setting("", "validation texts from another source (its held-out split); empty: the held-out split of --data")
+    val_fraction: float = setting(0.1, "share of the texts held out for validation (seeded by --seed)")
+    val_limit: int = setting(200, "validation texts evaluated every --eval-every steps")
+    lora_r: int = setting(16, "LoRA rank (use --no-lora for a full fine-tune)")
+    lora: bool = setting(True, "train a LoRA adapter (peft) instead of every weight")
+    lora_alpha: float = setting(32.0, "LoRA scaling alpha (the update is alpha/r · B·A)")
+    lora_dropout: float = setting(0.05, "dropout on the LoRA input")
+    lora_targets: str = setting("all-linear", "layers that get an adapter: all-linear (attention + MLP) or names, e.g. q_proj,v_proj")
+    packing: bool = setting(True, "pack texts into full --max-length blocks (else length-bucketed padded batches)")
+    max_length: int = setting(256, "tokens per block (packing) or per text (bucketing)")
+    batch_size: int = setting(8, "blocks/texts per micro-batch")
+    grad_accum: int = setting(1, "micro-batches per optimiser step")
+    lr: float = setting(5e-4, "peak learning rate (linear warmup, then cosine to 0)")
+    warmup_ratio: float = setting(0.05, "share of the steps with linear warmup")
+    weight_decay: float = setting(0.0, "AdamW weight decay")
+    max_grad_norm: float = setting(1.0, "gradient clipping (0 = off)")
+    max_tokens: int = setting(0, "train on this many target tokens (0: use --epochs)")
+    epochs: float = setting(1.0, "passes over the training texts when --max-tokens is 0 (fractions allowed)")
+    max_texts: int = setting(0, "cap on training texts read (0 = all)")
+    eval_every: int = setting(50, "steps between validation NLL measurements (0 = only at the start and end)")
+    checkpoint_every: int = setting(50, "steps between checkpoints (0 = only at the end)")
+    adapter_dtype: str = setting("fp32", "storage dtype of the saved LoRA adapter", choices=("fp32", "bf16", "fp16"))
+    seed: int = setting(0, "random seed (split, data order, LoRA init, dropout)")
+    bf16: bool = setting(True, "bf16 compute copy with fp32 master weights")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+    out: str = setting("runs/sft", "output folder: final/ (merged HF model), adapter/ (LoRA), metrics.jsonl")
+    resume: bool = setting(False, "continue the run in --out from its last checkpoint")
+    overwrite: bool = setting(False, "replace a finished run in --out")
+    progress: bool = setting(True, "show a progress bar")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("sft needs --data (a file, folder or hub dataset id with a 'text' column)")
+        if self.lora:
+            _positive("lora_r", self.lora_r)
+            _positive("lora_alpha", self.lora_alpha)
+            if not 0.0 <= self.lora_dropout < 1.0:
+                raise UserError(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        for name in ("max_length", "batch_size", "grad_accum", "lr", "epochs", "val_limit"):
+            _positive(name, getattr(self, name))
+        if self.max_length < 2:
+            raise UserError(f"--max-length must be >= 2, got {self.max_length}")
+        for name in ("max_tokens", "max_texts", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm"):
+            _non_negative(name, getattr(self, name))
+        _unit_interval("warmup_ratio", self.warmup_ratio)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+
+
+@dataclass
+class SFTEvalConfig:
+    """`warprl sft eval`: per-token NLL and perplexity of texts under a policy."""
+
+    policy: str = setting("smollm2-135m", "policy: alias, HF folder, .gguf, `warprl sft` output folder or hub id")
+    data: str = setting("", "texts: parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id")
+    split: str = setting("val", "all texts, or the validation split `warprl sft` holds out (same --val-fraction, --seed)",
+                         choices=("all", "val"))
+    val_fraction: float = setting(0.1, "with --split val: as in `warprl sft`")
+    limit: int = setting(200, "texts evaluated (seeded sample; 0 = all)")
+    max_length: int = setting(128, "tokens per text (longer texts are truncated)")
+    batch_size: int = setting(16, "texts per forward pass")
+    seed: int = setting(0, "split and sampling seed")
+    bf16: bool = setting(True, "score with a bf16 copy of the model")
+    device: str = setting("auto", "cpu, cuda, cuda:N or auto")
+
+    def validate(self) -> None:
+        if not self.data:
+            raise UserError("sft eval needs --data (a file, folder or hub dataset id with a 'text' column)")
+        _non_negative("limit", self.limit)
+        _positive("batch_size", self.batch_size)
+        if self.max_length < 2:
+            raise UserError(f"--max-length must be >= 2, got {self.max_length}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+
+
 # ---------------------------------------------------------------------------------------------- validators
 
 

