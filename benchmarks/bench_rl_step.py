@@ -34,6 +34,7 @@ from warprl.precision import MixedPrecision
 from warprl.reward import load_reward
 from warprl.rl import loop as L
 from warprl.rl.checkpoint import LoopState
+from warprl.rl.engine import share_fused_storage
 from warprl.rl.rollout import SamplingConfig, sample, sequence_logprobs
 from warprl.seeding import prompt_batch
 
@@ -86,8 +87,8 @@ class Warprl:
         for p in anchor.parameters():
             p.requires_grad_(False)
         self.opt = L._make_optimizer(self.cfg, policy)
-        self.policy = MixedPrecision(policy, True)
-        self.anchor = MixedPrecision(anchor, True, trainable=False)
+        self.policy = MixedPrecision(policy, True, prepare_copy=share_fused_storage)
+        self.anchor = MixedPrecision(anchor, True, trainable=False, prepare_copy=share_fused_storage)
         self.anchor.master = None
         self.state = LoopState()
         self.reward, self.prompts = reward, prompts

@@ -9,10 +9,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "warprl"
 LAYERS = [
     {"errors", "io", "seeding", "precision", "optim"},
     {"config"},
-    {"models", "data"},
+    {"models", "data", "lora"},
     {"merge"},
     {"reward"},
     {"rl"},
+    {"sft"},  # reuses the RL run's machinery (stop flag, checkpoint helpers, metrics log)
     {"eval"},
     {"commands"},
     {"cli"},

@@ -223,7 +223,7 @@ def merged_adapter_folder(resolved: Resolved) -> Path:
     target = cache_dir() / "merged" / f"{resolved.alias or adapter.name}-{file_digest(adapter / 'adapter_model.safetensors')}-{base_key}"
     if (target / "config.json").is_file():
         return target
-    from warprl.sft.lora import load_adapter  # imports peft (~2 s): only when an adapter is loaded
+    from warprl.lora import load_adapter  # imports peft (~2 s): only when an adapter is loaded
 
     base, tok = load_policy(base_spec, dtype=torch.float32)
     merged = load_adapter(base, adapter, merged=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
@@ -35,13 +36,12 @@ class MixedPrecision:
     policy's and the anchor's log-probs makes the KL of identical weights exactly zero.
     """
 
-    def __init__(self, master: torch.nn.Module, bf16: bool, trainable: bool = True):
+    def __init__(self, master: torch.nn.Module, bf16: bool, trainable: bool = True,
+                 prepare_copy: Callable[[torch.nn.Module], object] | None = None):
         self.master = master
         self.compute = copy.deepcopy(master).to(torch.bfloat16) if bf16 else master
-        if self.compute is not master:  # fused Q|K|V and gate|up buffers the rollout engine reads as views
-            from warprl.rl.engine import share_fused_storage
-
-            share_fused_storage(self.compute)
+        if self.compute is not master and prepare_copy is not None:
+            prepare_copy(self.compute)  # e.g. the rollout engine's fused weight buffers (rl.engine)
         for p in self.compute.parameters():
             p.requires_grad_(trainable)
         self.compute.eval()

@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
+from warprl import lora
 from warprl.cli import main
-from warprl.sft import lora
 
 TEXTS = ["the movie was good and the plot was fun", "awful film the acting was bad<br />the end",
          "I love this story the cast is great", "boring scene the end was terrible"] * 6

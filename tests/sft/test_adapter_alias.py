@@ -5,10 +5,9 @@ import json
 import pytest
 import torch
 
-from warprl import models
+from warprl import lora, models
 from warprl.cli import main
 from warprl.errors import UserError
-from warprl.sft import lora
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ import time
 import torch
 from tqdm.auto import tqdm
 
+from warprl import lora
 from warprl.commands import outdir
 from warprl.config import SFTConfig, SFTEvalConfig
 from warprl.data import load_reviews, split_train_val
@@ -21,7 +22,6 @@ from warprl.io import atomic_dir, atomic_write_json
 from warprl.models import load_policy, pick_device, save_model
 from warprl.rl.loop import graceful_stop
 from warprl.seeding import derive_seed
-from warprl.sft import lora
 from warprl.sft.data import micro_batches, tokenize
 from warprl.sft.loop import train_sft
 from warprl.sft.nll import corpus_nll, encode_for_eval

@@ -19,7 +19,7 @@ from warprl.errors import UserError, first_line
 from warprl.io import atomic_write_json, atomic_write_text
 
 
-def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
     sd = opt.state_dict()
     tensors = {f"{idx}.{name}": t.detach().contiguous().clone() for idx, st in sd["state"].items()
                for name, t in st.items() if torch.is_tensor(t)}
@@ -28,7 +28,7 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tens
     return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
 
 
-def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+def load_optimizer_state(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     state: dict[int, dict] = {}
     for key, t in tensors.items():
         idx, name = key.split(".", 1)
@@ -58,7 +58,7 @@ def save_checkpoint(ckpt_root: Path, state: LoopState, policy, anchor, opt, keep
     save_model(policy, str(tmp / "policy.safetensors"))
     if anchor is not None:
         save_model(anchor, str(tmp / "anchor.safetensors"))
-    tensors, meta = _optimizer_tensors(opt)
+    tensors, meta = optimizer_tensors(opt)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     (tmp / "state.json").write_text(json.dumps(state.__dict__))
@@ -86,7 +86,7 @@ def load_checkpoint(ckpt_root: Path, policy, anchor, opt) -> LoopState | None:
         load_model(policy, str(folder / "policy.safetensors"))
         if anchor is not None:
             load_model(anchor, str(folder / "anchor.safetensors"))
-        _load_optimizer(opt, load_file(str(folder / "optimizer.safetensors")),
+        load_optimizer_state(opt, load_file(str(folder / "optimizer.safetensors")),
                         json.loads((folder / "optimizer.json").read_text()))
         return LoopState(**json.loads((folder / "state.json").read_text()))
     except (OSError, KeyError, ValueError, RuntimeError) as e:

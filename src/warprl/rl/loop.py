@@ -32,6 +32,7 @@ from warprl.io import atomic_write, atomic_write_json, remove_stale_temp_files
 from warprl.precision import MixedPrecision
 from warprl.rl import algorithms as A
 from warprl.rl.checkpoint import LoopState, MetricsLog, load_checkpoint, save_checkpoint
+from warprl.rl.engine import share_fused_storage
 from warprl.rl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
 from warprl.seeding import derive_seed, prompt_batch
 
@@ -220,8 +221,9 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
     ckpt_root = run_dir / "checkpoints"
     ema = anchor_master if anchor_kind == "ema" else None  # only an EMA anchor changes, so only it is saved
     state = (load_checkpoint(ckpt_root, policy, ema, opt) if resume else None) or LoopState()
-    mp_policy = MixedPrecision(policy, cfg.bf16)
-    mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False)
+    # The bf16 copies keep q/k/v and gate/up as slices of one buffer: the rollout engine reads them as views.
+    mp_policy = MixedPrecision(policy, cfg.bf16, prepare_copy=share_fused_storage)
+    mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False, prepare_copy=share_fused_storage)
     if cfg.bf16 and ema is None:
         mp_anchor.master = None  # a frozen anchor needs only its bf16 copy: free the fp32 one
     del anchor_master

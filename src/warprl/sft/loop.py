@@ -24,20 +24,13 @@ from tqdm.auto import tqdm
 from warprl.config import SFTConfig
 from warprl.errors import UserError, first_line
 from warprl.io import atomic_write_json, remove_stale_temp_files
+from warprl.optim import warmup_cosine
 from warprl.precision import MixedPrecision
-from warprl.rl.checkpoint import MetricsLog, _load_optimizer, _optimizer_tensors
+from warprl.rl.checkpoint import MetricsLog, load_optimizer_state, optimizer_tensors
 from warprl.rl.loop import NonFiniteError, RunInterrupted, StopFlag
 from warprl.seeding import derive_seed
 from warprl.sft.data import Batch
 from warprl.sft.nll import corpus_nll, nll_sum
-
-
-def _warmup_cosine(step: int, total: int, warmup: int) -> float:
-    # TODO: use warprl.optim.warmup_cosine
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
 @dataclass
@@ -63,7 +56,7 @@ def save_checkpoint(root: Path, state: SFTState, model, opt, keep: int = 2) -> P
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_file({n: p.detach().contiguous() for n, p in trainable(model).items()}, str(tmp / "trainable.safetensors"))
-    tensors, meta = _optimizer_tensors(opt)
+    tensors, meta = optimizer_tensors(opt)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "optimizer.json").write_text(json.dumps(meta))
     (tmp / "state.json").write_text(json.dumps(state.__dict__))
@@ -91,7 +84,7 @@ def load_checkpoint(root: Path, model, opt) -> SFTState | None:
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(saved[n])
-        _load_optimizer(opt, load_file(str(folder / "optimizer.safetensors")),
+        load_optimizer_state(opt, load_file(str(folder / "optimizer.safetensors")),
                         json.loads((folder / "optimizer.json").read_text()))
         return SFTState(**json.loads((folder / "state.json").read_text()))
     except (OSError, KeyError, ValueError, RuntimeError, TypeError) as e:
@@ -141,7 +134,7 @@ def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[i
             state.metrics_lines = log.lines
         while state.step < total:
             t0 = time.perf_counter()
-            lr = cfg.lr * _warmup_cosine(state.step, total, warmup)
+            lr = warmup_cosine(state.step, total, warmup, lr=cfg.lr)
             for g in opt.param_groups:
                 g["lr"] = lr
             torch.manual_seed(derive_seed(cfg.seed, "sft-step", state.step))  # LoRA/model dropout of this step

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from warprl import lora
 from warprl.errors import UserError
 from warprl.models import load_policy
-from warprl.sft import lora
 
 TOL = 1e-5  # fp32: merging W + s·B·A reorders float additions, nothing more
 
