@@ -227,7 +227,7 @@ def cmd_reward_score(args) -> int:
 def cmd_sft(args) -> int:
     from warprl.commands.sft import run_sft
 
-    cfg: C.SFTConfig = C.config_from_args(C.SFTConfig, args)
+    cfg: C.SFTConfig = config_from_args(C.SFTConfig, args)
     summary = run_sft(cfg)
     if args.json:
         _print_json(summary)
@@ -241,7 +241,7 @@ def cmd_sft(args) -> int:
 def cmd_sft_eval(args) -> int:
     from warprl.commands.sft import run_sft_eval
 
-    cfg: C.SFTEvalConfig = C.config_from_args(C.SFTEvalConfig, args)
+    cfg: C.SFTEvalConfig = config_from_args(C.SFTEvalConfig, args)
     result = run_sft_eval(cfg, progress=sys.stderr.isatty() and not args.json)
     if args.json:
         _print_json(result)

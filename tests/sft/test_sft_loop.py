@@ -9,8 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from warprl.commands.flags import build_config
 from warprl.commands.sft import run_sft
-from warprl.config import SFTConfig, build_config
+from warprl.config import SFTConfig
 from warprl.rl.loop import RunInterrupted
 from warprl.sft import loop
 
