@@ -27,6 +27,7 @@ import time
 import torch
 from _results import machine, write_section
 
+from warprl import optim
 from warprl.config import AlignConfig
 from warprl.data import builtin_prompts
 from warprl.models import convert_gguf, load_policy, resolve
@@ -86,7 +87,8 @@ class Warprl:
         anchor = copy.deepcopy(policy).eval()
         for p in anchor.parameters():
             p.requires_grad_(False)
-        self.opt = L._make_optimizer(self.cfg, policy)
+        self.opt = optim.make_optimizer([p for p in policy.parameters() if p.requires_grad], self.cfg.lr,
+                                        kind=self.cfg.optimizer, weight_decay=self.cfg.weight_decay)
         self.policy = MixedPrecision(policy, True, prepare_copy=share_fused_storage)
         self.anchor = MixedPrecision(anchor, True, trainable=False, prepare_copy=share_fused_storage)
         self.anchor.master = None
