@@ -17,6 +17,7 @@ import os
 import random
 import signal
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +58,19 @@ def reference(setup) -> dict:
     assert proc.returncode == 0, proc.stderr[-2000:]
     steps = [json.loads(line)["charts/step_time_s"] for line in (out / "iter_1" / "run_1" / "metrics.jsonl").open()]
     return {"out": out, "step_time": statistics.median(steps)}
+
+
+def test_subprocesses_run_the_checkout_under_test():
+    """The console script with the helpers' environment imports this checkout's ``src/warprl``, not an editable
+    install of another one."""
+    import subprocess
+
+    from tests.reliability._helpers import REPO, cli_env
+
+    proc = subprocess.run([sys.executable, "-c", "import warprl; print(warprl.__file__)"], env=cli_env(),
+                          capture_output=True, text=True, timeout=60, cwd=REPO.parent)
+    print("subprocess imports", proc.stdout.strip())
+    assert Path(proc.stdout.strip()) == REPO / "src" / "warprl" / "__init__.py"
 
 
 # ------------------------------------------------------------------------------------------- the watch
