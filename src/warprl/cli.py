@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from warprl import config as C
+from warprl.commands import outdir
 from warprl.commands.flags import add_arguments, config_from_args
 from warprl.errors import UserError
 
@@ -289,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    finally:
+        outdir.release_all()  # the output folders' one-writer locks end with the command
     sys.stdout.flush()
     return code
 

@@ -14,11 +14,22 @@ A folder is in one of five states, and each command declares what it does with e
 
 ``check`` only reads (so a bad input found later never deletes or starts anything); ``prepare`` acts on
 its decision once every input has loaded.
+
+One writer per folder: ``check`` first takes an exclusive ``flock`` on a lock file beside the folder
+(``<parent>/.<name>.warprl.lock``, so that ``--overwrite``'s delete cannot drop it), before it reads the
+folder's state, and the process holds it until the command ends (:func:`release_all`, called by the CLI, or
+the process's exit). The kernel releases a flock when its process dies, so a SIGKILL never leaves a stale
+lock; a second command on the same folder is refused at once with the PID of the first. The lock is
+re-entrant within a process (a quickstart checks its folder, then its WARP run checks it again).
 """
 
 from __future__ import annotations
 
+import atexit
+import errno
+import fcntl
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -88,13 +99,95 @@ def _is_finished(out: Path, policy: Policy) -> bool:
         return False
 
 
+# ------------------------------------------------------------------------------------------ one writer
+
+LOCK_SUFFIX = ".warprl.lock"
+_HELD: dict[Path, tuple[int, list[Path]]] = {}  # lock file → (its descriptor, parent folders we created)
+
+
+def lock_path(out: str | Path) -> Path:
+    """The lock file of ``out``: beside it, so that replacing the folder keeps the lock."""
+    out = Path(out).expanduser().resolve()
+    return out.parent / f".{out.name}{LOCK_SUFFIX}"
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        pid = ""
+    return f"PID {pid}" if pid.isdigit() else "PID unknown"
+
+
+def claim(out: str | Path) -> None:
+    """Take the one-writer lock of ``out`` (held until :func:`release_all`); refuse if another process has it."""
+    path = lock_path(out)
+    if path in _HELD:
+        return
+    created = [p for p in reversed(path.parents) if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot create its parent folder ({e.strerror})") from None
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as e:
+            raise UserError(f"--out {out}: cannot create the lock file {path} ({e.strerror})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            holder = _holder(fd)
+            os.close(fd)
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"--out {out}: cannot lock {path} ({e.strerror})") from None
+            raise UserError(f"--out {out} is in use by another warprl command ({holder}); wait for it to end or "
+                            f"choose another --out") from None
+        # The holder we waited on may have removed the file before unlocking (release_all): then this lock is
+        # on a file nobody else will open. Only a lock on the file that is still at ``path`` counts.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _HELD[path] = (fd, created)
+
+
+def release_all() -> None:
+    """Drop every lock this process holds (removing its lock files and the parent folders it created, if empty)."""
+    while _HELD:
+        path, (fd, created) = _HELD.popitem()
+        try:
+            path.unlink()  # before unlocking: a waiter that opened this file sees it gone and retries
+        except OSError:
+            pass
+        os.close(fd)
+        for folder in reversed(created):
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+atexit.register(release_all)
+
+
+# ------------------------------------------------------------------------------------------- the policy
+
+
 def check(out: str | Path, policy: Policy, *, resume: bool = False, overwrite: bool = False, cfg=None,
           what: str = "run") -> Decision:
     """Decide what to do with ``out`` without touching it; refuse with a one-line UserError.
 
+    First takes the folder's one-writer lock (:func:`claim`): no other command reads or changes it meanwhile.
     With ``resume`` the folder's ``config.yaml`` must match ``cfg`` (run-control settings excepted).
     """
     out = Path(out).expanduser()
+    claim(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     if resume and overwrite:
