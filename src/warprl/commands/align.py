@@ -8,16 +8,26 @@ or starts a run.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from warprl.commands import outdir
 from warprl.config import AlignConfig
 from warprl.data import load_prompts
-from warprl.io import atomic_write_json
+from warprl.io import WriteError, atomic_write_json
 from warprl.models import load_policy, pick_device, save_model
 from warprl.reward import load_reward
 from warprl.rl.loop import graceful_stop, run_rl
-from warprl.rl.warp import make_executor, run_warp
+from warprl.rl.warp import RESUME_HINT, make_executor, run_warp
 from warprl.seeding import derive_seed
+
+
+@contextmanager
+def _resume_hint():
+    """A failed write (disk full, …) ends the run with one line that says how to continue once it is fixed."""
+    try:
+        yield
+    except WriteError as e:
+        raise WriteError(f"{e} — {RESUME_HINT} once the disk has room again") from None
 
 
 def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
@@ -40,7 +50,7 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
     t0 = time.perf_counter()
     try:
         out = outdir.prepare(decision, cfg)
-        with graceful_stop():
+        with graceful_stop(), _resume_hint():
             if warp:
                 rows = run_warp(cfg, out, policy, tok, executor)
             else:
@@ -64,5 +74,6 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
         summary = {"method": cfg.method, "out": str(out), "final": str(out / "final"), "steps": result.steps,
                    "train_seconds": seconds,
                    **{k: v for k, v in result.last_metrics.items() if k.startswith(("charts/reward", "charts/kl"))}}
-    atomic_write_json(out / "summary.json", summary)
+    with _resume_hint():
+        atomic_write_json(out / "summary.json", summary)
     return summary

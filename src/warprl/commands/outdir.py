@@ -28,6 +28,7 @@ from __future__ import annotations
 import atexit
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -78,13 +79,34 @@ def config_identity(cfg) -> dict[str, Any]:
     return {k: v for k, v in to_dict(cfg).items() if k not in RUN_CONTROL_KEYS}
 
 
+DIGEST_LINE = "# warprl: sha256 of the settings below (a hand edit is refused on --resume): "
+
+
+def _identity_digest(saved: dict) -> str:
+    ident = {k: v for k, v in saved.items() if k not in RUN_CONTROL_KEYS}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def config_text(cfg) -> str:
+    """``config.yaml``: the resolved settings, headed by the digest of those that determine the result."""
+    text = to_yaml(cfg)
+    return f"{DIGEST_LINE}{_identity_digest(yaml.safe_load(text) or {})}\n{text}"
+
+
 def _settings_diff(saved_file: Path, cfg) -> list[str]:
     try:
-        saved = yaml.safe_load(saved_file.read_text()) or {}
+        text = saved_file.read_text()
+        saved = yaml.safe_load(text) or {}
     except (yaml.YAMLError, OSError, UnicodeDecodeError):
-        raise UserError(f"--resume: {saved_file} is damaged") from None
+        raise UserError(f"--resume: {saved_file} is damaged (not readable YAML); restore it or start a new "
+                        f"--out") from None
     if not isinstance(saved, dict):
-        raise UserError(f"--resume: {saved_file} is damaged")
+        raise UserError(f"--resume: {saved_file} is damaged (not a mapping); restore it or start a new --out")
+    first = text.split("\n", 1)[0]
+    if first.startswith(DIGEST_LINE) and first[len(DIGEST_LINE):].strip() != _identity_digest(saved):
+        # The run so far was made with the settings the digest was taken of, not with the edited ones.
+        raise UserError(f"--resume: {saved_file} was edited after the run started (its settings no longer match "
+                        f"their recorded sha256); restore it or start a new --out")
     mine = config_identity(cfg)
     diff = sorted(k for k in set(mine) | set(saved) if k not in RUN_CONTROL_KEYS and saved.get(k) != mine.get(k))
     return [f"{k}: {saved.get(k)!r} → {mine.get(k)!r}" for k in diff]
@@ -232,5 +254,5 @@ def prepare(decision: Decision, cfg=None) -> Path:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     if cfg is not None and decision.action in ("new", "replace"):
-        atomic_write_text(out / CONFIG_FILE, to_yaml(cfg))
+        atomic_write_text(out / CONFIG_FILE, config_text(cfg))
     return out
