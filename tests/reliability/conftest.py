@@ -20,7 +20,7 @@ import pytest
 from tests.reliability._helpers import PROMPTS, align_flags
 
 HERE = Path(__file__).resolve().parent
-MODULES = {"test_faults.py", "test_bad_inputs.py", "test_safety.py"}
+MODULES = {"test_faults.py", "test_bad_inputs.py", "test_safety.py", "test_damage.py", "test_concurrency.py"}
 REGENERATE = "make reliability-report"
 
 # ------------------------------------------------------------------------------------------- the table

@@ -17,7 +17,7 @@ from warprl.io import WriteError, atomic_write_json
 from warprl.models import load_policy, pick_device, save_model
 from warprl.reward import load_reward
 from warprl.rl.loop import graceful_stop, run_rl
-from warprl.rl.warp import RESUME_HINT, make_executor, run_warp
+from warprl.rl.warp import RESUME_HINT, check_ray_address, make_executor, run_warp
 from warprl.seeding import derive_seed
 
 
@@ -27,7 +27,7 @@ def _resume_hint():
     try:
         yield
     except WriteError as e:
-        raise WriteError(f"{e} — {RESUME_HINT} once the disk has room again") from None
+        raise WriteError(f"{e} — {RESUME_HINT} once writing works again (free space, check the disk)") from None
 
 
 def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
@@ -40,6 +40,8 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
     device = pick_device(cfg.device)
     warp = cfg.method == "warp"
     ray = warp and cfg.executor == "ray"
+    if ray and cfg.ray_address:
+        check_ray_address(cfg.ray_address)  # seconds, before minutes of loading
     # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
     policy, tok = load_policy(cfg.policy, device="cpu" if ray else device)
     prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)

@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -165,6 +166,30 @@ class SequentialExecutor:
         pass
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0
+TASK_RETRIES = 2  # a worker that dies (OOM kill, lost node) is replaced; the retried run resumes from its checkpoint
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail fast on an address nothing answers at: ray.init retries an unreachable cluster for minutes.
+
+    ``auto`` and ``local`` are Ray's to resolve (it answers at once when no cluster runs here).
+    """
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__  # socket.timeout has no strerror
+        raise UserError(f"cannot join the Ray cluster at --ray-address {address}: nothing answers there "
+                        f"({reason}); start it with `ray start --head` or check the address") from None
+
+
 def import_ray():
     try:
         import ray
@@ -186,6 +211,7 @@ class RayExecutor:
         self.started = False
         if not ray.is_initialized():
             if cfg.ray_address:
+                check_ray_address(cfg.ray_address)
                 try:
                     ray.init(address=cfg.ray_address, logging_level="WARNING")
                 except (ConnectionError, RuntimeError, ValueError) as e:
@@ -202,7 +228,8 @@ class RayExecutor:
         self.reward_fn, self.prompts = reward_fn, prompts
         self.threads = torch.get_num_threads()
         # One CPU per task so that M runs can share a node; a GPU each when training on CUDA.
-        self.task = ray.remote(_ray_run_task).options(num_cpus=1, num_gpus=1 if self.device == "cuda" else 0)
+        self.task = ray.remote(_ray_run_task).options(num_cpus=1, num_gpus=1 if self.device == "cuda" else 0,
+                                                      max_retries=TASK_RETRIES)
 
     def run(self, jobs: list[RunJob]) -> None:
         ray = self.ray
@@ -213,7 +240,7 @@ class RayExecutor:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
                 for ref in done:
-                    self._get(ref)
+                    self._get(ref, refs[ref])
                     if self.show:
                         job = refs[ref]
                         print(f"WARP: finished run {job.run} of iteration {job.iteration}", file=sys.stderr)
@@ -229,7 +256,7 @@ class RayExecutor:
                     pass
             raise
 
-    def _get(self, ref) -> None:
+    def _get(self, ref, job: RunJob) -> None:
         try:
             self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as e:
@@ -237,6 +264,10 @@ class RayExecutor:
             if isinstance(cause, UserError):
                 raise type(cause)(str(cause)) from None  # one clean line, not the worker's traceback
             raise
+        except self.ray.exceptions.RayError as e:  # the worker or its node died more often than retried
+            raise UserError(f"run {job.run} of iteration {job.iteration} failed on Ray {TASK_RETRIES + 1} times "
+                            f"({type(e).__name__}: {first_line(e, 100)}); finished runs and checkpoints are kept "
+                            f"— {RESUME_HINT}") from None
 
     def close(self) -> None:
         if self.started:
@@ -345,10 +376,11 @@ def write_sft(cfg: AlignConfig, path: Path, policy) -> None:
             raise UserError(f"--policy {cfg.policy} holds other weights than the ones this run started from "
                             f"({path}.sha256); resume with the same policy or choose another --out")
 
-    if recorded is not None and path.exists():
-        note(f"{path} is damaged ({damage(path)}): writing it again")
+    why = damage(path) if recorded is not None and path.exists() else None
     atomic_write(path, write)
     write_digest(path)
+    if why:
+        note(f"{path} was damaged ({why}): written again")
 
 
 def run_warp(cfg: AlignConfig, out: Path, policy, tok, executor) -> list[dict]:
