@@ -1,5 +1,10 @@
 """Fault injection: a WARP run killed at seeded random moments in every phase, resumed each time, bit-identical.
 
+Two sources of kill moments: the watch below (no hook: it reads the run's folder), and the write events of
+``warprl.io``'s fault hook (``WARPRL_FAULT=N:SIGKILL``, N drawn) for the moments no watch can catch — half a
+metrics line, between the two renames of a folder. Ray faults (a wrong address, a worker or the driver
+killed) are at the end.
+
 The run is the real ``warprl align`` command in a subprocess (I=2 iterations × M=2 runs × T=3 steps, a
 tiny random Llama, ``--reward vader``). The moment of each kill is found by watching the run's own output
 folder — no test hook in the library: a checkpoint write, a merge or a final folder shows up as its
@@ -148,8 +153,8 @@ class Watch:
     @staticmethod
     def _matches(m: Moment, temp: str) -> bool:
         folder, _, name = temp.rpartition("/")
-        if folder != m.folder or not name.startswith(m.prefix):
-            return False
+        if folder != m.folder or not name.startswith(m.prefix) or ".sha256." in name:
+            return False  # (NAME.sha256, the record written after NAME, has a temporary of its own)
         if m.prefix == ".step_":  # .step_000002.tmp
             return int(name[len(".step_"):].split(".")[0]) >= m.min_step
         return True
