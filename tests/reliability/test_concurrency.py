@@ -24,6 +24,19 @@ pytestmark = [pytest.mark.fault,
 COMPARED = ["final/model.safetensors", "final_slerp/model.safetensors", "iter_2/init.safetensors"]
 
 
+def _stopped(pid: int, timeout: float = 10.0) -> bool:
+    """Wait until SIGSTOP has taken effect (state T in /proc)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "tT":
+                return True
+        except (OSError, IndexError):
+            return False
+        time.sleep(0.001)
+    return False
+
+
 def _wait_for(path: Path, proc, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while not path.is_file():
@@ -49,6 +62,7 @@ def test_a_second_command_on_a_folder_in_use_is_refused(setup, reference, capsys
     try:
         _wait_for(out / "config.yaml", first)
         first.send_signal(signal.SIGSTOP)
+        assert _stopped(first.pid), "the first command did not stop"  # no write of it may be in flight now
         for what, via, argv in attempts:
             before = tree_digest(out)
             t0 = time.monotonic()
