@@ -146,6 +146,7 @@ def test_write_errors_at_drawn_writes_end_with_one_line_and_resume_bit_identical
         finish(inproc["argv"], out)
         assert same_bytes(out, reference["out"]) == []
         assert not temp_leftovers(out) and not list(out.rglob("checkpoints"))
+        shutil.rmtree(out)  # (the suite's temporary space stays small)
         reliability_table.add("write error", order=k, event=f"write {n} of {len(events)}: {kind} `{target}`",
                               error=action, message=reliability_table.scrub(lines[0].replace(str(out), "<out>")),
                               outcome="exit 2; --resume finished", identical="yes")
@@ -284,6 +285,7 @@ def test_damaged_file_on_resume_recovers_or_stops_with_one_line(case, inproc, re
         assert code == 2 and len(err) == 1 and case.expect in err[0], err
         assert tree_digest(out) == before, "a refused resume changed files"
         outcome = "stopped: " + reliability_table.scrub(err[0].replace(str(out), "<out>"))
+    shutil.rmtree(out)
     reliability_table.add("damaged", case=case.what, outcome=outcome, exit=code,
                           identical="yes" if code == 0 else "n/a (refused, no file changed)")
 
