@@ -114,9 +114,12 @@ def render(rows: list[dict], today: str) -> str:
         "A WARP run (tiny random Llama, `--reward vader`, I=2 iterations × M=2 runs × T=3 steps, batch 2, k 2, "
         "`--checkpoint-every 1`) through the real `warprl` command in a subprocess, killed at the moment in "
         "*where* — found by watching the run's own output folder, with seeded random choices — and resumed with "
-        "`--resume` after every kill. *Identical* compares every tensor of `final/`, `final_slerp/` and each "
-        "iteration's SLERP and LITI weights (`torch.equal`) and each run's per-step rewards and KLs with an "
-        "uninterrupted run; *clean* means no temporary file or checkpoint folder is left after the last resume.",
+        "`--resume` after every kill. The suite *drawn write events* kills instead at the Nth write event of each "
+        "(resumed) process, N drawn (seeded) — through `warprl.io`'s fault hook (`WARPRL_FAULT=N:SIGKILL`), so "
+        "that moments no watch can catch (half a metrics line, between a folder's two renames) are hit too. "
+        "*Identical* compares the exact bytes and every tensor of `final/`, `final_slerp/` and each iteration's "
+        "SLERP and LITI weights and each run's per-step rewards and KLs with an uninterrupted run; *clean* means "
+        "no temporary file or checkpoint folder is left after the last resume.",
         "",
         *_table(faults, [("suite", "suite"), ("order", "#"), ("signal", "signal"), ("where", "where"),
                          ("evidence", "killed while"), ("exit", "exit"), ("outcome", "outcome"),
