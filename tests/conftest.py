@@ -58,3 +58,15 @@ def count_word_reward(word: str = "good"):
         return [float(c.split().count(word)) for c in completions]
 
     return reward
+
+
+@pytest.fixture(autouse=True)
+def _release_output_locks():
+    """Library calls (run_align, …) keep their output folders' locks until the process ends, as the CLI's
+    ``main`` does not run around them: drop them after each test, so that a later subprocess may use a folder."""
+    yield
+    import sys
+
+    outdir = sys.modules.get("warprl.commands.outdir")
+    if outdir is not None:
+        outdir.release_all()

@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable
 
 from warprl import config as C
+from warprl.commands import outdir
 from warprl.commands.flags import add_arguments, config_from_args
 from warprl.errors import UserError
 
@@ -325,9 +326,15 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         code = EXIT_BAD_INPUT
+    except OSError as e:  # the file system refused (a write outside warprl.io, a folder we may not create, …)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e}", file=sys.stderr)
+        code = EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         code = 130
+    finally:
+        outdir.release_all()  # the output folders' one-writer locks end with the command
     sys.stdout.flush()
     return code
 

@@ -220,7 +220,7 @@ def test_resume_after_a_crash_during_a_merge(setup, reference, monkeypatch, fail
 KILLER = """
 import os, signal, sys
 import torch
-sys.path.insert(0, {repo!r})
+sys.path[:0] = [{src!r}, {repo!r}]
 import warprl.rl.loop as T
 from warprl import merge
 from warprl.config import AlignConfig
@@ -250,9 +250,10 @@ def test_resume_after_sigkill(setup, reference, where):
     """A real SIGKILL (no cleanup runs) in a training step or in the middle of writing a merge."""
     out = setup["root"] / f"sigkill_{where}"
     cfg = {**TINY, "policy": setup["policy"], "prompts": setup["prompts"], "out": str(out)}
-    script = KILLER.format(repo=str(REPO), where=where, cfg=cfg)
+    script = KILLER.format(src=str(REPO / "src"), repo=str(REPO), where=where, cfg=cfg)
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], cwd=REPO, capture_output=True,
-                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{REPO}",
+                                                     "OMP_NUM_THREADS": "1"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     if where == "merge":
         assert list(out.glob("iter_1/.slerp.safetensors.*.tmp*"))  # what a kill leaves behind…

@@ -28,10 +28,16 @@ def cli_command() -> list[str]:
     return [sys.executable, "-c", "from warprl.cli import entry; entry()"]
 
 
+def src_pythonpath() -> str:
+    """``<repo>/src`` first, then the repo (for ``tests.…`` imports): a subprocess runs the checkout under test,
+    not whatever ``warprl`` an editable install elsewhere points at."""
+    return f"{REPO / 'src'}{os.pathsep}{REPO}"
+
+
 def cli_env() -> dict[str, str]:
-    """One torch thread everywhere (runs compare bit for bit), offline, the test's GGUF cache."""
+    """One torch thread everywhere (runs compare bit for bit), offline, the checkout under test."""
     return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
+            "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": src_pythonpath()}
 
 
 def popen(argv: list[str], cwd: Path) -> subprocess.Popen:

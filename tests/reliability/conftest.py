@@ -9,18 +9,20 @@ only the date line). A plain ``make test`` writes nothing.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import shutil
 import signal
+import statistics
 import types
 from pathlib import Path
 
 import pytest
 
-from tests.reliability._helpers import PROMPTS, align_flags
+from tests.reliability._helpers import PROMPTS, align_flags, make_tiny_llama, run_cli
 
 HERE = Path(__file__).resolve().parent
-MODULES = {"test_faults.py", "test_bad_inputs.py", "test_safety.py"}
+MODULES = {"test_faults.py", "test_bad_inputs.py", "test_safety.py", "test_damage.py", "test_concurrency.py"}
 REGENERATE = "make reliability-report"
 
 # ------------------------------------------------------------------------------------------- the table
@@ -81,31 +83,78 @@ def render(rows: list[dict], today: str) -> str:
                     key=lambda r: (r["signal"] != "SIGKILL", r["suite"], r["order"]))
     bad = sorted((r for r in rows if r["kind"] == "bad input"), key=lambda r: (r["command"], r["input"]))
     safety = sorted((r for r in rows if r["kind"] == "safety"), key=lambda r: r["check"])
+    concurrent = sorted((r for r in rows if r["kind"] == "concurrency"), key=lambda r: r["second"])
+    writes = sorted((r for r in rows if r["kind"] == "write error"), key=lambda r: r["order"])
+    damaged = sorted((r for r in rows if r["kind"] == "damaged"), key=lambda r: r["case"])
+    ray = sorted((r for r in rows if r["kind"] == "ray"), key=lambda r: r["fault"])
     kills = sum(r["signal"] == "SIGKILL" for r in faults)
-    lost = [r for r in bad if r["unchanged"] != "yes"] + [r for r in faults if r["identical"] != "yes"]
+    lost = ([r for r in bad if r["unchanged"] != "yes"] + [r for r in faults if r["identical"] != "yes"]
+            + [r for r in writes + damaged + ray if not r["identical"].startswith(("yes", "n/a"))])
     out = [
         "# Reliability: faults survived, bad inputs answered",
         "",
         f"Written by the reliability suite itself; regenerate with `{REGENERATE}`.",
         f"Last generated: {today}.",
         "",
-        f"**{len(faults)} faults survived** ({kills} SIGKILLs, {len(faults) - kills} SIGINT/SIGTERM), "
-        f"**{len(bad)} bad inputs answered** with exit code 2 and a one-line message, "
-        f"**{len(safety)} safety checks** passed; "
-        + ("nothing lost." if not lost else f"{len(lost)} rows lost something."),
+        "| what | count |",
+        "|---|---:|",
+        f"| kills survived (SIGKILL, then `--resume`: same bytes) | {kills} |",
+        f"| SIGINT/SIGTERM stops survived | {len(faults) - kills} |",
+        f"| concurrent starts refused | {len(concurrent)} |",
+        f"| injected write errors survived (ENOSPC/EIO, then `--resume`: same bytes) | {len(writes)} |",
+        f"| damaged-file cases (recovered or refused in one line) | {len(damaged)} |",
+        f"| Ray faults | {len(ray)} |",
+        f"| bad inputs answered (exit 2, one line) | {len(bad)} |",
+        f"| safety checks | {len(safety)} |",
+        "",
+        "Nothing lost." if not lost else f"**{len(lost)} rows lost something.**",
         "",
         "## Faults",
         "",
         "A WARP run (tiny random Llama, `--reward vader`, I=2 iterations × M=2 runs × T=3 steps, batch 2, k 2, "
         "`--checkpoint-every 1`) through the real `warprl` command in a subprocess, killed at the moment in "
         "*where* — found by watching the run's own output folder, with seeded random choices — and resumed with "
-        "`--resume` after every kill. *Identical* compares every tensor of `final/`, `final_slerp/` and each "
-        "iteration's SLERP and LITI weights (`torch.equal`) and each run's per-step rewards and KLs with an "
-        "uninterrupted run; *clean* means no temporary file or checkpoint folder is left after the last resume.",
+        "`--resume` after every kill. The suite *drawn write events* kills instead at the Nth write event of each "
+        "(resumed) process, N drawn (seeded) — through `warprl.io`'s fault hook (`WARPRL_FAULT=N:SIGKILL`), so "
+        "that moments no watch can catch (half a metrics line, between a folder's two renames) are hit too. "
+        "*Identical* compares the exact bytes and every tensor of `final/`, `final_slerp/` and each iteration's "
+        "SLERP and LITI weights and each run's per-step rewards and KLs with an uninterrupted run; *clean* means "
+        "no temporary file or checkpoint folder is left after the last resume.",
         "",
         *_table(faults, [("suite", "suite"), ("order", "#"), ("signal", "signal"), ("where", "where"),
                          ("evidence", "killed while"), ("exit", "exit"), ("outcome", "outcome"),
                          ("identical", "identical"), ("clean", "clean")]),
+        "",
+        "## Concurrent starts",
+        "",
+        "The fault suite's WARP run holds its folder (frozen with SIGSTOP once its `config.yaml` exists); each "
+        "other command on the same `--out` must exit 2 at once with one line naming the folder and the first "
+        "command's PID, changing no file. The first then finishes with the bytes of a run alone.",
+        "",
+        *_table(concurrent, [("second", "second command"), ("via", "via"), ("exit", "exit"),
+                             ("seconds", "seconds"), ("message", "message (stderr)")]),
+        "",
+        "## Write errors",
+        "",
+        "The same kind of WARP run in-process (I=2 × M=2 × T=3, tiny Llama); the io fault hook makes the Nth "
+        "write event fail (N drawn, seeded, over all write events of an uninterrupted run). Each must end with "
+        "exit 2 and one line, leave every earlier result matching its recorded sha256, and `--resume` must end "
+        "with the bytes of the uninterrupted run.",
+        "",
+        *_table(writes, [("order", "#"), ("event", "failing write"), ("error", "error"), ("message", "message"),
+                         ("outcome", "outcome"), ("identical", "identical bytes")]),
+        "",
+        "## Damaged files on resume",
+        "",
+        "A copy of a run stopped in iteration 2 (iteration 1 done, run 1 of iteration 2 finished, run 2 with two "
+        "checkpoints) is damaged in one place and resumed.",
+        "",
+        *_table(damaged, [("case", "damage"), ("exit", "exit"), ("outcome", "outcome"),
+                          ("identical", "identical bytes")]),
+        "",
+        "## Ray",
+        "",
+        *_table(ray, [("fault", "fault"), ("outcome", "outcome"), ("identical", "identical")]),
         "",
         "## Bad inputs",
         "",
@@ -159,6 +208,35 @@ def like_the_console_script():
     hf_logging.set_verbosity(verbosity)
     if bars:
         hf_logging.enable_progress_bar()
+
+
+# ------------------------------------------------------------------- the fault suites' WARP run (CLI)
+
+FAULT_ITERATIONS, FAULT_RUNS, FAULT_STEPS = 2, 2, 3
+
+
+@pytest.fixture(scope="session")
+def setup(tmp_path_factory) -> dict:
+    root = tmp_path_factory.mktemp("faults")
+    # Wider than the shared fixture (3 MB of weights): writes take milliseconds, steps stay fast.
+    policy = make_tiny_llama(root / "policy", hidden=64, intermediate=2048)
+    prompts = root / "prompts.txt"
+    prompts.write_text("\n".join(PROMPTS) + "\n")
+    argv = ["align", "--method", "warp", "--policy", str(policy), "--prompts", str(prompts), "--reward", "vader",
+            "--iterations", str(FAULT_ITERATIONS), "--runs", str(FAULT_RUNS), "--steps", str(FAULT_STEPS), "--batch-size", "2",
+            "--k", "2", "--max-new-tokens", "6", "--no-bf16", "--lr", "0.03", "--beta", "0.1", "--mu", "0.1",
+            "--checkpoint-every", "1", "--no-progress", "--device", "cpu", "--seed", "0"]
+    return {"root": root, "argv": argv}
+
+
+@pytest.fixture(scope="session")
+def reference(setup) -> dict:
+    out = setup["root"] / "reference"
+    proc = run_cli([*setup["argv"], "--out", str(out)], cwd=setup["root"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    steps = [json.loads(line)["charts/step_time_s"] for line in (out / "iter_1" / "run_1" / "metrics.jsonl").open()]
+    return {"out": out, "step_time": statistics.median(steps)}
+
 
 
 # ---------------------------------------------------------------------------- shared output folders

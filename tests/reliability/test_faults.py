@@ -1,5 +1,10 @@
 """Fault injection: a WARP run killed at seeded random moments in every phase, resumed each time, bit-identical.
 
+Two sources of kill moments: the watch below (no hook: it reads the run's folder), and the write events of
+``warprl.io``'s fault hook (``WARPRL_FAULT=N:SIGKILL``, N drawn) for the moments no watch can catch — half a
+metrics line, between the two renames of a folder. Ray faults (a wrong address, a worker or the driver
+killed) are at the end.
+
 The run is the real ``warprl align`` command in a subprocess (I=2 iterations × M=2 runs × T=3 steps, a
 tiny random Llama, ``--reward vader``). The moment of each kill is found by watching the run's own output
 folder — no test hook in the library: a checkpoint write, a merge or a final folder shows up as its
@@ -16,14 +21,14 @@ import json
 import os
 import random
 import signal
-import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.reliability._helpers import PROMPTS, make_tiny_llama, popen, run_cli, temp_leftovers, weights_equal
+from tests.reliability._helpers import popen, run_cli, temp_leftovers, weights_equal
 
 # SIGSTOP/SIGKILL and /proc/<pid>/stat: Linux (CI) only.
 pytestmark = [pytest.mark.fault,
@@ -36,27 +41,17 @@ COMPARED_WEIGHTS = ["final/model.safetensors", "final_slerp/model.safetensors"] 
 STEP_KEYS = ("charts/reward_mean", "charts/kl_mean", "charts/entropy", "losses/policy", "losses/grad_norm")
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("faults")
-    # Wider than the shared fixture (3 MB of weights): writes take milliseconds, steps stay fast.
-    policy = make_tiny_llama(root / "policy", hidden=64, intermediate=2048)
-    prompts = root / "prompts.txt"
-    prompts.write_text("\n".join(PROMPTS) + "\n")
-    argv = ["align", "--method", "warp", "--policy", str(policy), "--prompts", str(prompts), "--reward", "vader",
-            "--iterations", str(ITERATIONS), "--runs", str(RUNS), "--steps", str(STEPS), "--batch-size", "2",
-            "--k", "2", "--max-new-tokens", "6", "--no-bf16", "--lr", "0.03", "--beta", "0.1", "--mu", "0.1",
-            "--checkpoint-every", "1", "--no-progress", "--device", "cpu", "--seed", "0"]
-    return {"root": root, "argv": argv}
+def test_subprocesses_run_the_checkout_under_test():
+    """The console script with the helpers' environment imports this checkout's ``src/warprl``, not an editable
+    install of another one."""
+    import subprocess
 
+    from tests.reliability._helpers import REPO, cli_env
 
-@pytest.fixture(scope="module")
-def reference(setup) -> dict:
-    out = setup["root"] / "reference"
-    proc = run_cli([*setup["argv"], "--out", str(out)], cwd=setup["root"])
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    steps = [json.loads(line)["charts/step_time_s"] for line in (out / "iter_1" / "run_1" / "metrics.jsonl").open()]
-    return {"out": out, "step_time": statistics.median(steps)}
+    proc = subprocess.run([sys.executable, "-c", "import warprl; print(warprl.__file__)"], env=cli_env(),
+                          capture_output=True, text=True, timeout=60, cwd=REPO.parent)
+    print("subprocess imports", proc.stdout.strip())
+    assert Path(proc.stdout.strip()) == REPO / "src" / "warprl" / "__init__.py"
 
 
 # ------------------------------------------------------------------------------------------- the watch
@@ -158,8 +153,8 @@ class Watch:
     @staticmethod
     def _matches(m: Moment, temp: str) -> bool:
         folder, _, name = temp.rpartition("/")
-        if folder != m.folder or not name.startswith(m.prefix):
-            return False
+        if folder != m.folder or not name.startswith(m.prefix) or ".sha256." in name:
+            return False  # (NAME.sha256, the record written after NAME, has a temporary of its own)
         if m.prefix == ".step_":  # .step_000002.tmp
             return int(name[len(".step_"):].split(".")[0]) >= m.min_step
         return True
@@ -196,6 +191,7 @@ def assert_same_as_reference(out: Path, ref: Path) -> None:
     for name in COMPARED_WEIGHTS:
         different = weights_equal(out / name, ref / name)
         assert not different, f"{name}: {len(different)} tensors differ, e.g. {different[:3]}"
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), f"{name}: same tensors, other bytes"
     for i in range(1, ITERATIONS + 1):
         for m in range(1, RUNS + 1):
             rows = [[json.loads(line)[k] for k in STEP_KEYS] for path in (out, ref)
@@ -291,3 +287,173 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(setup, reference, rel
                           where=f"{moment.phase}: {moment.where}", evidence=moment.evidence(),
                           exit=f"{code}: {message}", outcome="stopped cleanly, resumed, finished", identical="yes",
                           clean="yes")
+
+
+# ------------------------------------------------------------------- kills drawn over the write timeline
+
+DRAWN_SEED = 20250116
+MAX_GAP = 8  # each kill lands 1…MAX_GAP write events into the (resumed) process: the chain walks the timeline
+
+
+def _fault_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("warprl fault: SIGKILL at write event")]
+    assert lines, err[-2000:]
+    return lines[-1].split(": ", 2)[2]  # "<kind> <path>"
+
+
+def test_sigkill_at_drawn_write_events_then_resume_is_bit_identical(setup, reference, reliability_table):
+    """The io fault hook kills the process at its Nth write event (N drawn, seeded): a temp file written but not
+    renamed, a folder filled but not swapped in, between the two renames of a folder, half a metrics line. The
+    chain of kill + ``--resume`` walks the whole timeline of the run: sft.safetensors, metrics.jsonl,
+    checkpoints, run weights, done.json, merges, iteration.json, final folders, summary.json."""
+    rng = random.Random(DRAWN_SEED)
+    out = setup["root"] / "drawn"
+    rows, kinds = [], set()
+    for k in range(1, 100):
+        n = rng.randint(1, MAX_GAP)
+        resume = ["--resume"] if (out / "config.yaml").is_file() else []
+        proc = run_cli([*setup["argv"], *resume, "--out", str(out)], cwd=setup["root"], timeout=180,
+                       extra_env={"WARPRL_FAULT": f"{n}:SIGKILL"})
+        if proc.returncode == 0:  # the run ended before its Nth write event: the chain is through
+            break
+        assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+        event = _fault_line(proc.stderr).replace(str(out) + "/", "").replace(str(out), "<out>")
+        kinds.add(event.split()[0])
+        print(f"kill {k}: write event {n} of the process: {event}")
+        rows.append({"order": k, "signal": "SIGKILL", "where": f"write event {n} of the process: {event}",
+                     "evidence": "the io fault hook (WARPRL_FAULT)", "exit": "killed (-9)"})
+    else:
+        pytest.fail("the chain never finished")
+    # A finished folder resumed once more: final_slerp/ and final/ are replaced, so the swap between the two
+    # renames of a folder happens; kill there, at the second write event (dir, then swap).
+    (out / "summary.json").unlink()
+    proc = run_cli([*setup["argv"], "--resume", "--out", str(out)], cwd=setup["root"], timeout=180,
+                   extra_env={"WARPRL_FAULT": "2:SIGKILL"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    event = _fault_line(proc.stderr).replace(str(out) + "/", "")
+    assert event == "swap final_slerp", event
+    assert (out / ".final_slerp.old").is_dir() and not (out / "final_slerp").exists()
+    rows.append({"order": len(rows) + 1, "signal": "SIGKILL", "where": f"write event 2 of the process: {event} "
+                 "(between the two renames: the folder moved aside, the new one not yet in place)",
+                 "evidence": "the io fault hook (WARPRL_FAULT)", "exit": "killed (-9)"})
+    resume_to_the_end(setup["argv"], out)
+    assert_same_as_reference(out, reference["out"])
+    assert_clean(out)
+    assert {"write", "dir", "append"} <= kinds, kinds
+    assert len(rows) >= 20, len(rows)
+    for row in rows:
+        reliability_table.add("fault", suite="drawn write events: SIGKILL + --resume", outcome="resumed, finished",
+                              identical="yes", clean="yes", **row)
+
+
+# ------------------------------------------------------------------------------------------------- Ray
+
+
+def _descendants(root: int) -> dict[int, str]:
+    """pid → command line of every live process below ``root`` (Ray's raylet, its workers, …)."""
+    parents, cmd = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmd[int(entry)] = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    found, frontier = {}, [root]
+    while frontier:
+        p = frontier.pop()
+        for child, parent in parents.items():
+            if parent == p and child not in found:
+                found[child] = cmd.get(child, "")
+                frontier.append(child)
+    return found
+
+
+def _ray_task_workers(driver: int) -> list[int]:
+    return [pid for pid, cmd in _descendants(driver).items() if cmd.startswith("ray::_ray_run_task")]
+
+
+def _ray_argv(setup) -> list[str]:
+    pytest.importorskip("ray", reason="the Ray executor needs the ray extra: pip install 'warprl[ray]'")
+    return [*setup["argv"], "--executor", "ray"]
+
+
+def _wait_checkpoint_and_worker(proc, out: Path, timeout: float = 240) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-2000:]
+        workers = _ray_task_workers(proc.pid)
+        if workers and any(_latest_step(out / "iter_1" / f"run_{m}") for m in range(1, RUNS + 1)):
+            return workers
+        time.sleep(0.05)
+    pytest.fail("no Ray task with a checkpoint appeared")
+
+
+def test_wrong_ray_address_fails_fast_with_one_line(setup, reliability_table):
+    """A closed port on loopback: nothing answers; the command ends in seconds with one line (Ray alone retries
+    for minutes)."""
+    import socket
+
+    with socket.socket() as s:  # a port that was free a moment ago: closed now
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = setup["root"] / "ray_wrong_address"
+    t0 = time.monotonic()
+    proc = run_cli([*_ray_argv(setup), "--ray-address", f"127.0.0.1:{port}", "--out", str(out)], cwd=setup["root"],
+                   timeout=60)
+    seconds = time.monotonic() - t0
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "cannot join the Ray cluster" in lines[0], proc.stderr[-2000:]
+    assert seconds < 30 and not out.exists()
+    reliability_table.add("ray", fault="`--ray-address 127.0.0.1:<closed port>`", outcome=f"exit 2 after "
+                          f"{seconds:.0f} s: " + lines[0].replace(str(port), "<port>"), identical="n/a (nothing written)")
+
+
+def test_ray_worker_killed_mid_run_is_retried_and_bit_identical(setup, reference, reliability_table):
+    out = setup["root"] / "ray_worker_killed"
+    proc = popen([*_ray_argv(setup), "--out", str(out)], cwd=setup["root"])
+    try:
+        workers = _wait_checkpoint_and_worker(proc, out)
+        os.kill(workers[0], signal.SIGKILL)
+        _, err = proc.communicate(timeout=400)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert_same_as_reference(out, reference["out"])
+    assert_clean(out)
+    reliability_table.add("ray", fault="a Ray worker SIGKILLed while its run trains (after a checkpoint)",
+                          outcome="the task is retried (max_retries 2) and resumes from its checkpoint; exit 0",
+                          identical="yes (bytes of final, final_slerp, merges = sequential executor)")
+
+
+def test_driver_sigkill_with_ray_resumes_bit_identical(setup, reference, reliability_table):
+    out = setup["root"] / "ray_driver_killed"
+    argv = [*_ray_argv(setup), "--out", str(out)]
+    proc = popen(argv, cwd=setup["root"])
+    try:
+        _wait_checkpoint_and_worker(proc, out)
+        below = _descendants(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    # Ray's processes share the driver's fate: none may go on writing into the folder once it is gone.
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and "_ray_run_task" in c
+                                              for p, c in below.items()):
+        time.sleep(0.2)
+    survivors = [p for p, c in below.items() if Path(f"/proc/{p}").exists() and "_ray_run_task" in c]
+    assert not survivors, f"Ray workers outlived their driver: {survivors}"
+    resume = run_cli([*argv, "--resume"], cwd=setup["root"], timeout=400)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert_same_as_reference(out, reference["out"])
+    assert_clean(out)
+    reliability_table.add("ray", fault="the driver SIGKILLed (`--executor ray`) while the runs train",
+                          outcome="its Ray workers end with it; `--resume --executor ray` finishes",
+                          identical="yes (bytes = sequential executor)")

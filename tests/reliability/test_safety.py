@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from tests.reliability._helpers import REPO, run_cli, stderr_lines
 pytestmark = pytest.mark.safety
 
 SRC = REPO / "src" / "warprl"
-ALLOWED_SUFFIXES = {".safetensors", ".json", ".jsonl", ".yaml", ".md", ".png", ".txt"}
+ALLOWED_SUFFIXES = {".safetensors", ".json", ".jsonl", ".yaml", ".md", ".png", ".txt", ".sha256"}
 TOKENIZER_FILES = {"tokenizer.model", "merges.txt", "vocab.txt", "spiece.model"}  # plain vocabularies
 PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "cloudpickle", "dill", "joblib", "marshal", "shelve"}
 UNSAFE_CALLS = {  # (object, attribute) → why
@@ -112,8 +113,9 @@ def test_the_scan_would_see_what_it_forbids(tmp_path, monkeypatch):
         # split literals: the forbidden calls must not appear verbatim in this file (the repo's hooks grep for them)
         "torch" ".load('x.pt')\npickle.loads(b'')\nyaml.load('a')\nnp.load('x.npy', allow_pickle=True)\n"
         "AutoModel.from_pretrained('x', trust_remote_code" "=True)\neval('1')\n")
-    monkeypatch.setattr(__import__(__name__), "SRC", pkg)
-    monkeypatch.setattr(__import__(__name__), "REPO", tmp_path)
+    this = sys.modules[__name__]  # (__import__ of a dotted name returns the top package, not this module)
+    monkeypatch.setattr(this, "SRC", pkg)
+    monkeypatch.setattr(this, "REPO", tmp_path)
     assert all(find_unsafe().values()), find_unsafe()
 
 

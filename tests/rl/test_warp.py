@@ -10,7 +10,7 @@ from torch import nn
 
 from warprl import merge
 from warprl.errors import UserError
-from warprl.io import remove_stale_temp_files
+from warprl.io import WriteError, remove_stale_temp_files
 from warprl.rl import warp
 
 
@@ -77,7 +77,7 @@ def test_a_failed_merge_leaves_no_file(tmp_path, monkeypatch):
 
     monkeypatch.setattr(merge, "save_file", dies_half_way)
     out = tmp_path / "iter_1" / "slerp.safetensors"
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(WriteError, match=r"cannot write .*slerp.safetensors: disk full"):
         warp.write_merge(out, init, [a, b], "slerp", lam=0.5)
     assert list(out.parent.iterdir()) == []
 

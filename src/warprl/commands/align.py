@@ -8,16 +8,26 @@ or starts a run.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 
 from warprl.commands import outdir
 from warprl.config import AlignConfig
 from warprl.data import load_prompts
-from warprl.io import atomic_write_json
+from warprl.io import WriteError, atomic_write_json
 from warprl.models import load_policy, pick_device, save_model
 from warprl.reward import load_reward
 from warprl.rl.loop import graceful_stop, run_rl
-from warprl.rl.warp import make_executor, run_warp
+from warprl.rl.warp import RESUME_HINT, check_ray_address, make_executor, run_warp
 from warprl.seeding import derive_seed
+
+
+@contextmanager
+def _resume_hint():
+    """A failed write (disk full, …) ends the run with one line that says how to continue once it is fixed."""
+    try:
+        yield
+    except WriteError as e:
+        raise WriteError(f"{e} — {RESUME_HINT} once writing works again (free space, check the disk)") from None
 
 
 def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
@@ -30,6 +40,8 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
     device = pick_device(cfg.device)
     warp = cfg.method == "warp"
     ray = warp and cfg.executor == "ray"
+    if ray and cfg.ray_address:
+        check_ray_address(cfg.ray_address)  # seconds, before minutes of loading
     # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
     policy, tok = load_policy(cfg.policy, device="cpu" if ray else device)
     prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
@@ -40,7 +52,7 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
     t0 = time.perf_counter()
     try:
         out = outdir.prepare(decision, cfg)
-        with graceful_stop():
+        with graceful_stop(), _resume_hint():
             if warp:
                 rows = run_warp(cfg, out, policy, tok, executor)
             else:
@@ -64,5 +76,6 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
         summary = {"method": cfg.method, "out": str(out), "final": str(out / "final"), "steps": result.steps,
                    "train_seconds": seconds,
                    **{k: v for k, v in result.last_metrics.items() if k.startswith(("charts/reward", "charts/kl"))}}
-    atomic_write_json(out / "summary.json", summary)
+    with _resume_hint():
+        atomic_write_json(out / "summary.json", summary)
     return summary

@@ -28,10 +28,18 @@ from tqdm.auto import tqdm
 from warprl import merge, optim
 from warprl.config import AlignConfig
 from warprl.errors import UserError
-from warprl.io import atomic_write, atomic_write_json, remove_stale_temp_files
+from warprl.io import atomic_write, atomic_write_json, file_digest, recover_dirs, remove_stale_temp_files
 from warprl.precision import MixedPrecision
 from warprl.rl import algorithms as A
-from warprl.rl.checkpoint import LoopState, MetricsLog, load_checkpoint, save_checkpoint
+from warprl.rl.checkpoint import (
+    LoopState,
+    MetricsLog,
+    finished_run_damage,
+    intact_metrics_lines,
+    load_checkpoint,
+    note,
+    save_checkpoint,
+)
 from warprl.rl.engine import share_fused_storage
 from warprl.rl.rollout import SamplingConfig, anchor_logprobs, sample, sequence_logprobs
 from warprl.seeding import derive_seed, prompt_batch
@@ -203,14 +211,20 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
     ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
-    if resume:
-        for folder in (run_dir, run_dir / "checkpoints"):
-            remove_stale_temp_files(folder)
     done = run_dir / "done.json"
     weights = run_dir / "weights.safetensors"
-    if resume and done.is_file() and weights.is_file():
-        load_model(policy, str(weights))
-        return RunResult(weights, json.loads(done.read_text())["steps"], json.loads(done.read_text()).get("last", {}))
+    if resume:
+        for folder in (run_dir, run_dir / "checkpoints"):
+            recover_dirs(folder)  # a kill between the two renames of a checkpoint folder
+            remove_stale_temp_files(folder)
+        why = finished_run_damage(run_dir)
+        if why is None:
+            load_model(policy, str(weights))
+            info = json.loads(done.read_text())
+            return RunResult(weights, info["steps"], info.get("last", {}))
+        if done.exists():  # a finished run whose result is damaged: train it again (seeded: same result)
+            note(f"{run_dir} is damaged ({why}): training the run again")
+            done.unlink()
 
     # The anchor starts as a frozen copy of the initial weights (SFT anchor or EMA start point).
     anchor_master = copy.deepcopy(policy).eval()
@@ -220,7 +234,8 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
                                weight_decay=cfg.weight_decay)
     ckpt_root = run_dir / "checkpoints"
     ema = anchor_master if anchor_kind == "ema" else None  # only an EMA anchor changes, so only it is saved
-    state = (load_checkpoint(ckpt_root, policy, ema, opt) if resume else None) or LoopState()
+    intact = intact_metrics_lines(run_dir / "metrics.jsonl") if resume else 0
+    state = (load_checkpoint(ckpt_root, policy, ema, opt, metrics_lines=intact) if resume else None) or LoopState()
     # The bf16 copies keep q/k/v and gate/up as slices of one buffer: the rollout engine reads them as views.
     mp_policy = MixedPrecision(policy, cfg.bf16, prepare_copy=share_fused_storage)
     mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False, prepare_copy=share_fused_storage)
@@ -256,7 +271,8 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
         bar.close()
         log.close()
     atomic_write(weights, lambda tmp: save_model(policy, tmp))
-    atomic_write_json(done, {"steps": state.step, "last": {k: v for k, v in last.items() if k != "samples/first"}})
+    atomic_write_json(done, {"steps": state.step, "sha256": file_digest(weights),
+                             "last": {k: v for k, v in last.items() if k != "samples/first"}})
     shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished weights supersede the checkpoints
     return RunResult(weights, state.step, last)
 

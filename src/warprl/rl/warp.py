@@ -39,6 +39,7 @@ import json
 import math
 import os
 import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -50,10 +51,21 @@ from safetensors.torch import load_model, save_model
 from warprl import merge
 from warprl.config import AlignConfig
 from warprl.errors import UserError, first_line
-from warprl.io import atomic_write, atomic_write_json, atomic_write_text, recover_dir, remove_stale_temp_files
+from warprl.io import (
+    atomic_write,
+    atomic_write_json,
+    atomic_write_text,
+    damage,
+    file_digest,
+    recorded_digest,
+    recover_dirs,
+    remove_stale_temp_files,
+    write_digest,
+)
 from warprl.models import load_policy
 from warprl.models import save_model as save_hf
 from warprl.reward import load_reward
+from warprl.rl.checkpoint import finished_run_damage, intact_metrics_lines, note
 from warprl.rl.loop import RunInterrupted, StopFlag, graceful_stop, run_rl
 from warprl.seeding import derive_seed
 
@@ -81,8 +93,16 @@ def run_seed(seed: int, i: int, m: int) -> int:
 
 
 def run_finished(path: Path) -> bool:
-    # Same test as train.run_rl: done.json is written after weights.safetensors.
-    return (path / "done.json").is_file() and (path / "weights.safetensors").is_file()
+    # Same test as run_rl: done.json (written after weights.safetensors) holds the weights' sha256.
+    return finished_run_damage(path) is None
+
+
+def reusable(path: Path) -> bool:
+    """A weights file written earlier whose ``.sha256`` matches; a damaged one is named on stderr (and redone)."""
+    why = damage(path)
+    if why is not None and why not in ("missing", "no recorded sha256"):
+        note(f"{path} is damaged ({why}): computing it again")
+    return why is None
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -146,6 +166,30 @@ class SequentialExecutor:
         pass
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0
+TASK_RETRIES = 2  # a worker that dies (OOM kill, lost node) is replaced; the retried run resumes from its checkpoint
+
+
+def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail fast on an address nothing answers at: ray.init retries an unreachable cluster for minutes.
+
+    ``auto`` and ``local`` are Ray's to resolve (it answers at once when no cluster runs here).
+    """
+    if address in ("auto", "local"):
+        return
+    hostport = address.removeprefix("ray://")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise UserError(f"--ray-address {address}: expected HOST:PORT, ray://HOST:PORT or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        reason = e.strerror or type(e).__name__  # socket.timeout has no strerror
+        raise UserError(f"cannot join the Ray cluster at --ray-address {address}: nothing answers there "
+                        f"({reason}); start it with `ray start --head` or check the address") from None
+
+
 def import_ray():
     try:
         import ray
@@ -167,6 +211,7 @@ class RayExecutor:
         self.started = False
         if not ray.is_initialized():
             if cfg.ray_address:
+                check_ray_address(cfg.ray_address)
                 try:
                     ray.init(address=cfg.ray_address, logging_level="WARNING")
                 except (ConnectionError, RuntimeError, ValueError) as e:
@@ -183,7 +228,8 @@ class RayExecutor:
         self.reward_fn, self.prompts = reward_fn, prompts
         self.threads = torch.get_num_threads()
         # One CPU per task so that M runs can share a node; a GPU each when training on CUDA.
-        self.task = ray.remote(_ray_run_task).options(num_cpus=1, num_gpus=1 if self.device == "cuda" else 0)
+        self.task = ray.remote(_ray_run_task).options(num_cpus=1, num_gpus=1 if self.device == "cuda" else 0,
+                                                      max_retries=TASK_RETRIES)
 
     def run(self, jobs: list[RunJob]) -> None:
         ray = self.ray
@@ -194,7 +240,7 @@ class RayExecutor:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1, timeout=0.5)
                 for ref in done:
-                    self._get(ref)
+                    self._get(ref, refs[ref])
                     if self.show:
                         job = refs[ref]
                         print(f"WARP: finished run {job.run} of iteration {job.iteration}", file=sys.stderr)
@@ -210,7 +256,7 @@ class RayExecutor:
                     pass
             raise
 
-    def _get(self, ref) -> None:
+    def _get(self, ref, job: RunJob) -> None:
         try:
             self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as e:
@@ -218,6 +264,10 @@ class RayExecutor:
             if isinstance(cause, UserError):
                 raise type(cause)(str(cause)) from None  # one clean line, not the worker's traceback
             raise
+        except self.ray.exceptions.RayError as e:  # the worker or its node died more often than retried
+            raise UserError(f"run {job.run} of iteration {job.iteration} failed on Ray {TASK_RETRIES + 1} times "
+                            f"({type(e).__name__}: {first_line(e, 100)}); finished runs and checkpoints are kept "
+                            f"— {RESUME_HINT}") from None
 
     def close(self) -> None:
         if self.started:
@@ -247,15 +297,17 @@ def task_vector_stats(init: str | Path, paths: list[str | Path]) -> dict[str, fl
 
 
 def write_merge(out_file: Path, init: Path, paths: list[Path], op: str, **kw) -> float:
-    """merge_files into ``out_file`` (atomically: temp file, fsync, rename); returns the seconds it took."""
+    """merge_files into ``out_file`` (atomically: temp file, fsync, rename), then its ``.sha256``; returns the
+    seconds it took."""
     t0 = time.perf_counter()
     merge.merge_files(init, paths, out_file, op, **kw)
+    write_digest(out_file)
     return time.perf_counter() - t0
 
 
 def _last_row(metrics_file: Path) -> dict:
-    lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
-    return json.loads(lines[-1]) if lines else {}
+    n = intact_metrics_lines(metrics_file)
+    return json.loads(metrics_file.read_text().splitlines()[n - 1]) if n else {}
 
 
 def _mean(values: list[float]) -> float | None:
@@ -269,11 +321,11 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
     runs = [run_dir(out, i, m) / "weights.safetensors" for m in range(1, cfg.runs + 1)]
     slerp_file, next_init = idir / "slerp.safetensors", idir / "init.safetensors"
     seconds = {"time/slerp_s": 0.0, "time/liti_s": 0.0}
-    if not slerp_file.is_file():
+    if not reusable(slerp_file):
         # λ weighs two runs; with more, the iterated SLERP uses 1/m weights (merge.slerp's rule).
         lam = cfg.lam if cfg.runs == 2 else None
         seconds["time/slerp_s"] = write_merge(slerp_file, init, runs, cfg.merge, lam=lam)
-    if not next_init.is_file():
+    if not reusable(next_init):
         seconds["time/liti_s"] = write_merge(next_init, init, [slerp_file], "liti", eta=cfg.eta)
     last = [_last_row(run_dir(out, i, m) / "metrics.jsonl") for m in range(1, cfg.runs + 1)]
     row = {"iteration": i, "step": i * cfg.steps, **task_vector_stats(init, runs)}
@@ -297,6 +349,40 @@ def make_executor(cfg: AlignConfig, device: torch.device, policy, tok, reward_fn
     return SequentialExecutor(cfg, policy, tok, reward_fn, prompts)
 
 
+def _read_row(done_file: Path, i: int) -> dict | None:
+    """An iteration's committed metrics row, or None (not done yet, or a damaged file: the iteration is redone)."""
+    if not done_file.exists():
+        return None
+    try:
+        row = json.loads(done_file.read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        row = None
+    if isinstance(row, dict) and row.get("iteration") == i:
+        return row
+    note(f"{done_file} is damaged: finishing iteration {i} again")
+    return None
+
+
+def write_sft(cfg: AlignConfig, path: Path, policy) -> None:
+    """θ_sft into ``sft.safetensors`` (+ ``.sha256``), unless an intact copy is there. A resume whose --policy now
+    holds other weights than the recorded ones is refused: the runs so far started from those."""
+    if damage(path) is None:
+        return
+    recorded = recorded_digest(path)
+
+    def write(tmp: str) -> None:
+        save_model(policy, tmp)
+        if recorded is not None and file_digest(tmp) != recorded:
+            raise UserError(f"--policy {cfg.policy} holds other weights than the ones this run started from "
+                            f"({path}.sha256); resume with the same policy or choose another --out")
+
+    why = damage(path) if recorded is not None and path.exists() else None
+    atomic_write(path, write)
+    write_digest(path)
+    if why:
+        note(f"{path} was damaged ({why}): written again")
+
+
 def run_warp(cfg: AlignConfig, out: Path, policy, tok, executor) -> list[dict]:
     """I iterations of M runs, SLERP and LITI in ``out``; writes ``final/`` and ``final_slerp/``.
 
@@ -304,18 +390,16 @@ def run_warp(cfg: AlignConfig, out: Path, policy, tok, executor) -> list[dict]:
     skipped, so calling it again on an interrupted folder resumes it. Call inside :func:`graceful_stop`.
     """
     rows: list[dict] = []
-    for folder in (out / "final", out / "final_slerp"):
-        recover_dir(folder)  # a kill between atomic_dir's two renames left the old copy aside
+    recover_dirs(out)  # a kill between atomic_dir's two renames (final/, final_slerp/) left the old copy aside
     remove_stale_temp_files(out)
-    sft = init_path(out, 1)
-    if not sft.is_file():
-        atomic_write(sft, lambda tmp: save_model(policy, tmp))
+    write_sft(cfg, init_path(out, 1), policy)
     for i in range(1, cfg.iterations + 1):
-        done_file = iter_dir(out, i) / "iteration.json"
-        if done_file.is_file():
-            rows.append(json.loads(done_file.read_text()))
+        idir, done_file = iter_dir(out, i), iter_dir(out, i) / "iteration.json"
+        row = _read_row(done_file, i)
+        if row is not None and reusable(idir / "slerp.safetensors") and reusable(idir / "init.safetensors"):
+            rows.append(row)
             continue
-        remove_stale_temp_files(iter_dir(out, i))
+        remove_stale_temp_files(idir)
         for m in range(1, cfg.runs + 1):
             run = run_dir(out, i, m)
             if run_finished(run):  # a kill can land between done.json and removing the checkpoints
@@ -327,9 +411,11 @@ def run_warp(cfg: AlignConfig, out: Path, policy, tok, executor) -> list[dict]:
         executor.run(jobs)
         runs_s = time.perf_counter() - t_runs
         _check_stop(f"after the runs of iteration {i}")
-        row = {**merge_iteration(cfg, out, i), "time/runs_s": round(runs_s, 3)}
-        # iteration.json is the iteration's commit point; metrics.jsonl is rebuilt from all of them.
-        atomic_write_json(done_file, row)
+        merged = merge_iteration(cfg, out, i)  # only what is missing or damaged is computed again
+        if row is None:
+            row = {**merged, "time/runs_s": round(runs_s, 3)}
+            # iteration.json is the iteration's commit point; metrics.jsonl is rebuilt from all of them.
+            atomic_write_json(done_file, row)
         rows.append(row)
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         _check_stop(f"after iteration {i}")
