@@ -8,7 +8,9 @@ preferred over a negative one) and seeded train/validation splits. Every failure
 
 from __future__ import annotations
 
+import hashlib
 import html
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -335,15 +337,74 @@ def make_prompts(texts: list[str], tokenizer, n_tokens: str | int = "8", seed: i
     return prompts
 
 
+# The train/eval split of prompts never depends on a training seed: a review (or a line of a .txt file) is
+# held out by a hash of its own text, so `warprl align --seed S` trains on the same side for every S and
+# `warprl evaluate` always evaluates on the other one.
+SPLIT_SALT = "warprl-split-v1"
+MIN_SPLIT_LINES = 2  # a .txt file must leave at least this many lines on each side
+
+
+def text_hash(text: str, salt: str = SPLIT_SALT) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process and on every machine (unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(f"{salt}\0{text}".encode(), digest_size=8).digest(), "big")
+
+
+def is_held_out(text: str, val_fraction: float) -> bool:
+    """Whether a review belongs to the evaluation side: its hash, scaled to [0, 1), is below ``val_fraction``."""
+    return text_hash(text) / 2.0**64 < val_fraction
+
+
+def split_lines(lines: list[str], val_fraction: float, source: str = "") -> tuple[list[str], list[str]]:
+    """(training, evaluation) lines of a prompt file: the ⌈n·val_fraction⌉ lines of smallest hash are held out.
+
+    Duplicate lines are kept once (a line cannot be on both sides). Ranking by hash makes the split a
+    function of the file alone; a file too short for :data:`MIN_SPLIT_LINES` lines on each side is refused.
+    """
+    unique = list(dict.fromkeys(lines))
+    n_eval = math.ceil(len(unique) * val_fraction)
+    held = set(sorted(unique, key=text_hash)[:n_eval])
+    train = [ln for ln in unique if ln not in held]
+    evaluation = [ln for ln in unique if ln in held]
+    if len(train) < MIN_SPLIT_LINES or len(evaluation) < MIN_SPLIT_LINES:
+        need = max(math.ceil(MIN_SPLIT_LINES / val_fraction), MIN_SPLIT_LINES * 2) if val_fraction > 0 else 0
+        raise UserError(f"{source or 'prompt file'}: {len(unique)} distinct prompts leave {len(train)} for training and "
+                        f"{len(evaluation)} held out (validation fraction {val_fraction}); a prompt file needs at least "
+                        f"{MIN_SPLIT_LINES} on each side, i.e. at least {need} distinct lines")
+    return train, evaluation
+
+
+def cut_prompts(texts: list[str], tokenizer, n_tokens: str | int = "8") -> list[str]:
+    """The prompt of each review: its first N policy tokens, N fixed or drawn from LO-HI by a hash of the text.
+
+    A pure function of (text, N, tokenizer): the same review gives the same prompt for every seed, so the
+    training and evaluation prompt sets can be compared exactly. ``""`` where a review is not longer than N.
+    """
+    lo, hi = parse_prompt_tokens(n_tokens)
+    out: list[str] = []
+    for i in range(0, len(texts), 1024):  # batched: the fast tokenizer's batch call runs in Rust
+        chunk = texts[i : i + 1024]
+        # Only the start of a review matters; a bounded prefix keeps 25k reviews within seconds.
+        ids = tokenizer([clean_text(t[: 16 * hi + 64]) for t in chunk], add_special_tokens=False)["input_ids"]
+        for text, row in zip(chunk, ids, strict=True):
+            n = lo + text_hash(text, "prompt-length") % (hi - lo + 1)
+            out.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip() if len(row) > n else "")
+    return out
+
+
 def load_prompts(spec: str, tokenizer=None, split: str = "train", n_tokens: str | int = "8", seed: int = 0,
                  limit: int = 0, val_fraction: float = 0.1) -> list[str]:
-    """Prompts for RL (``split="train"``) or evaluation (``split="eval"``), never overlapping.
+    """Prompts for RL (``split="train"``) or evaluation (``split="eval"``), never overlapping, for any seed.
 
-    ``builtin`` uses the built-in openings; a ``.txt`` file is one prompt per line; anything else is review
-    data, split with the same seed so that evaluation prompts are never trained on.
+    ``builtin`` uses the built-in openings (64 for training, the rest held out); a ``.txt`` file is one prompt
+    per line, split by :func:`split_lines`; anything else is review data, split by :func:`is_held_out` (a hash
+    of each review, independent of ``seed``), and an evaluation prompt that some training review also yields
+    is dropped. ``seed`` only orders the training prompts; evaluation prompts come in one fixed order.
     """
+    if split not in ("train", "eval", "validation", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    train_side = split == "train"
     if spec == "builtin":
-        prompts = builtin_prompts("train" if split == "train" else "eval")
+        prompts = builtin_prompts("train" if train_side else "eval")
         return prompts[:limit] if limit else prompts
     path = Path(spec).expanduser()
     if path.suffix == ".txt":
@@ -352,18 +413,34 @@ def load_prompts(spec: str, tokenizer=None, split: str = "train", n_tokens: str 
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not lines:
             raise UserError(f"{path}: no prompts (empty file)")
-        return lines[:limit] if limit else lines
+        train, held = split_lines(lines, val_fraction, str(path))
+        prompts = train if train_side else held
+        return prompts[:limit] if limit else prompts
     if tokenizer is None:
         raise ValueError("a tokenizer is needed to cut prompts from review data")
     df = load_reviews(spec, split="train")
     if "label" in df.columns:
         df = df[df["label"] != -1] if (df["label"] != -1).any() else df
-    train, val = split_train_val(df, val_fraction=val_fraction, seed=seed)
-    texts = (train if split == "train" else val)["text"].tolist()
-    random.Random(seed).shuffle(texts)
-    prompts = make_prompts(texts, tokenizer, n_tokens=n_tokens, seed=seed, limit=limit)
+    texts = list(dict.fromkeys(df["text"].tolist()))  # IMDB repeats a few reviews: one side each
+    held = [is_held_out(t, val_fraction) for t in texts]
+    train_texts = [t for t, h in zip(texts, held, strict=True) if not h]
+    if train_side:
+        random.Random(seed).shuffle(train_texts)
+        prompts = [p for p in cut_prompts(train_texts, tokenizer, n_tokens) if p]
+    else:
+        # Every prompt a training review yields (for any seed: prompts do not depend on it) is excluded.
+        seen = set(cut_prompts(train_texts, tokenizer, n_tokens))
+        eval_texts = sorted((t for t, h in zip(texts, held, strict=True) if h), key=text_hash)
+        prompts = []
+        for p in cut_prompts(eval_texts, tokenizer, n_tokens):
+            if p and p not in seen:
+                seen.add(p)
+                prompts.append(p)
+    prompts = prompts[:limit] if limit else prompts
     if not prompts:
-        raise UserError(f"{spec}: no texts longer than the prompt length {n_tokens}")
+        side = "training" if train_side else "held-out"
+        raise UserError(f"{spec}: no {side} texts longer than the prompt length {n_tokens} "
+                        f"(validation fraction {val_fraction})")
     return prompts
 
 

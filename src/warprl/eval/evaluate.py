@@ -171,10 +171,8 @@ def evaluate_policy(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
 
 
 def eval_prompts(cfg: EvalConfig, tokenizer) -> list[str]:
-    """The held-out prompts: the ``eval`` split of ``cfg.prompts`` (never the RL training split).
-
-    The split seed is 0, the default seed of `warprl align`, whose training prompts come from the other
-    half of the same split; the sampling seed ``cfg.seed`` does not move the split.
+    """The held-out prompts: the ``eval`` split of ``cfg.prompts`` (never the RL training split, whatever seed
+    `warprl align` ran with: the split is a hash of each review or line, see :func:`warprl.data.load_prompts`).
     """
     return load_prompts(cfg.prompts, tokenizer, split="eval", n_tokens=cfg.prompt_tokens, seed=0,
                         limit=cfg.n_prompts)
