@@ -88,8 +88,11 @@ class RLSettings:
     whiten_advantages: bool = setting(False, "normalise advantages to mean 0, std 1 per batch")
     token_mean: bool = setting(False, "average the loss over tokens instead of summing per sequence")
     min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
+    kl_sft_every: int = setting(10, "log charts/kl_sft (KL to the SFT policy on a fixed batch of training prompts) "
+                                "every N steps (0 = off)")
 
     def validate(self) -> None:
+        _non_negative("kl_sft_every", self.kl_sft_every)
         for name in ("steps", "batch_size", "k", "grad_accum"):
             _positive(name, getattr(self, name))
         if self.batch_size % self.grad_accum:
