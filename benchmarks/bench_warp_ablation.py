@@ -131,6 +131,9 @@ def print_plan(plan: Plan, seeds: list[int], sizes: dict) -> float:
           file=sys.stderr)
     for name, run in plan.runs.items():
         print(f"  run {name}: {run}", file=sys.stderr)
+    kept = sum(len(needed_files(plan, n)) + 1 + (run.get("method") == "warp") for n, run in plan.runs.items())
+    print(f"disk (SmolLM2-135M, 0.54 GB per fp32 weight file): ≈ {kept * 0.54 * len(seeds):.0f} GB kept after "
+          f"pruning, plus one unpruned run at a time (≤ {(2 + 4 * 3) * 0.54:.0f} GB)", file=sys.stderr)
     return total
 
 
@@ -154,7 +157,50 @@ def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict
         t0 = time.perf_counter()
         run_align(cfg)
         seconds[name] = round(time.perf_counter() - t0, 1)
+        prune(plan, seed_dir)  # after every run: the disk holds one unpruned run at a time
+    print(f"seed {seed}: pruned {prune(plan, seed_dir):.1f} GB of weights no candidate reads", file=sys.stderr)
     return seconds
+
+
+def needed_files(plan: Plan, name: str) -> set[str]:
+    """The files of run ``name`` (relative to its folder) that the candidates read; the rest can go."""
+    need: set[str] = set()
+    for spec, _ in plan.candidates.values():
+        run, _, rest = spec.partition(":")
+        if run != name:
+            continue
+        if rest.startswith("merge"):
+            need |= {"sft.safetensors"} | {f"iter_1/run_{j}/weights.safetensors" for j in range(1, 5)}
+        elif rest.startswith("iter"):
+            need.add(f"iter_{int(rest[4:])}/init.safetensors")
+        elif rest.startswith("slerp") and rest != "slerp":
+            need.add(f"iter_{int(rest[5:])}/slerp.safetensors")
+    return need
+
+
+def prune(plan: Plan, seed_dir: Path) -> float:
+    """Delete the weight files of finished runs that no candidate reads (each is 0.54 GB for SmolLM2-135M in
+    fp32: unpruned, one seed of all four parts holds ≈ 37 GB); final/ and final_slerp/ stay. Returns GB freed."""
+    freed = 0
+    for name in plan.runs:
+        out = seed_dir / name
+        if not (out / "summary.json").is_file():
+            continue
+        keep = needed_files(plan, name)
+        for f in [out / "weights.safetensors", out / "sft.safetensors", *out.glob("iter_*/*.safetensors"),
+                  *out.glob("iter_*/run_*/weights.safetensors")]:
+            if f.is_file() and f.relative_to(out).as_posix() not in keep:
+                freed += f.stat().st_size
+                f.unlink()
+    return freed / 2**30
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A hard link (no second copy on disk), or a copy across file systems."""
+    try:
+        dst.hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, dst)
 
 
 def weights_folder(seed_dir: Path, spec: str, work: Path) -> Path:
@@ -173,14 +219,14 @@ def weights_folder(seed_dir: Path, spec: str, work: Path) -> Path:
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         if rest.startswith("iter"):
-            shutil.copyfile(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
+            _link(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
         elif rest.startswith("slerp"):
-            shutil.copyfile(run / f"iter_{int(rest[5:])}" / "slerp.safetensors", target)
+            _link(run / f"iter_{int(rest[5:])}" / "slerp.safetensors", target)
         else:  # merge:<op>:<m>
             _, op, m = rest.split(":")
             runs = [run / "iter_1" / f"run_{j}" / "weights.safetensors" for j in range(1, int(m) + 1)]
             if op == "one":
-                shutil.copyfile(runs[0], target)
+                _link(runs[0], target)
             else:
                 merge.merge_files(run / "sft.safetensors", runs, target, op, lam=0.5 if int(m) == 2 else None)
                 stats = task_vector_stats(run / "sft.safetensors", runs)
