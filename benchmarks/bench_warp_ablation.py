@@ -144,7 +144,7 @@ def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict
     from warprl.commands.align import run_align
     from warprl.config import AlignConfig
 
-    seconds = {}
+    seconds, freed = {}, 0.0
     for name, run in plan.runs.items():
         out = seed_dir / name
         if (out / "summary.json").is_file():
@@ -157,8 +157,9 @@ def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict
         t0 = time.perf_counter()
         run_align(cfg)
         seconds[name] = round(time.perf_counter() - t0, 1)
-        prune(plan, seed_dir)  # after every run: the disk holds one unpruned run at a time
-    print(f"seed {seed}: pruned {prune(plan, seed_dir):.1f} GB of weights no candidate reads", file=sys.stderr)
+        freed += prune(plan, seed_dir)  # after every run: the disk holds one unpruned run at a time
+    freed += prune(plan, seed_dir)
+    print(f"seed {seed}: pruned {freed:.1f} GB of weights no candidate reads", file=sys.stderr)
     return seconds
 
 
@@ -289,9 +290,13 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, smoke
              f"{sizes['batch_size']} prompts × {sizes['k']} samples per step, ≤ {sizes['max_new_tokens']} tokens; "
              f"{ev['n_prompts']} held-out IMDB prompts × {sizes['samples_per_prompt']} samples per point, η ∈ "
              f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {machine()}; {seconds / 60:.1f} min.", "",
-             "Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
-             "mean Δreward at matched KL (the first's front at the second's KLs), per-seed mean Δ, 95 % interval "
-             "across seeds. " + stats.VERDICT_RULE, ""]
+             ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
+              "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
+              "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
+              "Each candidate: η = 1 reward / gold / KL with 95 % bootstrap intervals over prompts. Comparisons: "
+              "mean Δreward at matched KL (the first's front at the second's KLs), paired bootstrap over prompts. ")
+             + "Each pair is compared both ways; KL values beyond the first front's range are left out. "
+             + stats.VERDICT_RULE, ""]
     names = {part: [n for n, (_, p) in plan.candidates.items() if p == part] for part in "abcd"}
     titles = {"a": "(a) anchor: SFT vs EMA", "b": "(b) merging", "c": "(c) LITI η and iterations I",
               "d": "(d) fronts at equal total RL steps"}
@@ -317,12 +322,13 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, smoke
                          f"{p.get('gold_mean', float('nan')):.2f} {_ci(p.get('gold_ci'), '{:.2f}')} | "
                          f"{p['kl_mean']:.1f} {_ci(p.get('kl_ci'), '{:.1f}')} | {p.get('n_seeds', 1)} |")
         lines += ["", "| comparison | matched KL | mean Δreward | 95 % interval | verdict |", "|---|---:|---:|---:|---|"]
-        for a, b in pairs[part]:
+        for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
             if a not in series or b not in series:
                 continue
             c = compare_fronts(series[a], series[b])
             summary["comparisons"].append({"part": part, **{k: v for k, v in c.items() if k != "rows"}})
-            md = "–" if c["mean_delta"] is None else f"{c['mean_delta']:+.3f}"
+            center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
+            md = "–" if center is None else f"{center:+.3f}"
             lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | {c['verdict']} |")
         png = out / f"ablation_{part}.png"
         plot_front([series[n] for n in names[part]], png, title=titles[part])

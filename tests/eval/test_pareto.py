@@ -152,6 +152,7 @@ def test_several_seeds_give_a_mean_front_and_an_interval_across_seeds():
                                                                                      1.0 + 4.303 * 0.1 / 3 ** 0.5])
     c = R.compare_fronts(a, b)
     assert c["ci_over"] == "seeds" and len(c["seed_deltas"]) == 3 and c["verdict"] == "above"
+    assert c["mean_delta_ci"][0] < c["seed_mean_delta"] < c["mean_delta_ci"][1]
     assert R.seeded_series("one", "sweep", "", per_seed_a[:1]).points == per_seed_a[0]  # one seed: its own points
 
 

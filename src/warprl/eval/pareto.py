@@ -318,7 +318,9 @@ def compare_fronts(a: Series, b: Series) -> dict:
         per_seed = [d for d in per_seed if d is not None]
         if len(per_seed) >= 2:
             _, lo, hi = stats.t_interval(per_seed)
-            out.update(mean_delta_ci=[lo, hi], ci_over="seeds", seed_deltas=per_seed)
+            # The interval is around the mean of the seeds' own mean Δ (not the Δ of the seed-averaged fronts).
+            out.update(mean_delta_ci=[lo, hi], ci_over="seeds", seed_deltas=per_seed,
+                       seed_mean_delta=sum(per_seed) / len(per_seed))
     else:
         arrays_a, arrays_b = _per_prompt_arrays(a.points), _per_prompt_arrays(b.points)
         if arrays_a and arrays_b and arrays_a[0] == arrays_b[0]:

@@ -147,7 +147,8 @@ def comparison_markdown(c: dict) -> str:
         if ci:
             over = ("paired bootstrap over prompts" if c.get("ci_over") == "prompts"
                     else f"mean ± t·s/√n over {len(c.get('seed_deltas', []))} seeds")
-            lines += ["", f"**{c['a']} − {c['b']}: mean Δ {c['mean_delta']:+.3f}, 95 % interval {_ci(ci)} ({over}) "
+            center = c.get("seed_mean_delta", c["mean_delta"])
+            lines += ["", f"**{c['a']} − {c['b']}: mean Δ {center:+.3f}, 95 % interval {_ci(ci)} ({over}) "
                           f"over {c['matched']} matched KL values → {c['verdict']}** ({left_out}. "
                           f"Above at {c['a_above']} of {c['matched']}."]
         else:
