@@ -19,6 +19,12 @@ WORDS = ("good great bad awful movie film plot actor story the a and was is it t
          "wonderful terrible scene end music cast").split()
 
 
+# Lines of the test prompt files (.txt): a .txt is split into training and held-out lines (10 % held out,
+# at least 2 each side), so a file must be long enough for both; 64 lines leave 7 held out.
+PROMPT_LINES = [f"{a} {b} {c}" for c in ("was", "is", "and", "the") for a in ("the", "a", "this", "I")
+                for b in ("movie", "film", "plot", "story")]
+
+
 def make_word_tokenizer(extra_specials: bool = True):
     """A word-level fast tokenizer over WORDS with an EOS/pad token; decode joins words with spaces."""
     from tokenizers import Tokenizer, models, pre_tokenizers

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import pytest
 
-from tests.conftest import make_word_tokenizer
+from tests.conftest import WORDS, make_word_tokenizer
 from warprl import data
 from warprl.errors import UserError
 
@@ -128,15 +128,63 @@ def test_builtin_prompts_train_and_eval_are_disjoint():
     assert len(set(data.BUILTIN_OPENINGS)) == len(data.BUILTIN_OPENINGS)
 
 
+def distinct_openings(frame, n: int) -> pd.DataFrame:
+    """``n`` reviews whose first three words (all in the test tokenizer's vocabulary) differ."""
+    words = WORDS[:12]
+    big = pd.concat([frame] * (n // len(frame) + 1), ignore_index=True).iloc[:n].copy()
+    big["text"] = [f"{words[i % 12]} {words[i // 12 % 12]} {words[i // 144 % 12]} {t}" for i, t in enumerate(big["text"])]
+    return big.reset_index(drop=True)
+
+
 def test_load_prompts_from_data_splits_train_and_eval(frame, tmp_path):
-    big = pd.concat([frame] * 5, ignore_index=True)
-    big["text"] = [f"{t} number {i}" for i, t in enumerate(big["text"])]
+    big = distinct_openings(frame, 240)
     p = tmp_path / "r.parquet"
     big.to_parquet(p)
     tok = make_word_tokenizer()
     train = data.load_prompts(str(p), tok, "train", n_tokens=4, seed=0)
     held = data.load_prompts(str(p), tok, "eval", n_tokens=4, seed=0)
-    assert train and held and len(train) + len(held) == 30
+    assert train and held and len(train) + len(held) == 240
+    assert 10 <= len(held) <= 40  # ≈ 10 % held out by hash
     txt = tmp_path / "prompts.txt"
-    txt.write_text("first prompt\n\nsecond prompt\n")
-    assert data.load_prompts(str(txt)) == ["first prompt", "second prompt"]
+    lines = [f"prompt number {i}" for i in range(30)]
+    txt.write_text("\n\n".join(lines) + "\n" + lines[0] + "\n")  # blank lines and a duplicate are dropped
+    t, e = data.load_prompts(str(txt)), data.load_prompts(str(txt), split="eval")
+    assert len(e) == 3 and len(t) == 27 and set(t) | set(e) == set(lines) and not set(t) & set(e)
+
+
+@pytest.mark.parametrize("n_tokens", ["4", "2-5"])
+def test_no_evaluation_prompt_is_trained_on_for_any_seed(frame, tmp_path, n_tokens):
+    # Many reviews share their opening words: the prompts they yield must still land on one side only.
+    big = distinct_openings(frame, 300)
+    big.loc[::3, "text"] = "the movie was " + big.loc[::3, "text"]  # a third share their first three words
+    p = tmp_path / "r.parquet"
+    big.to_parquet(p)
+    txt = tmp_path / "prompts.txt"
+    txt.write_text("\n".join(f"line {i} of the file" for i in range(40)) + "\n")
+    tok = make_word_tokenizer()
+    for spec in (str(p), str(txt), "builtin"):
+        held = data.load_prompts(spec, tok, "eval", n_tokens=n_tokens, seed=0)
+        assert held == data.load_prompts(spec, tok, "eval", n_tokens=n_tokens, seed=5)  # the seed moves nothing
+        for seed in range(6):
+            train = data.load_prompts(spec, tok, "train", n_tokens=n_tokens, seed=seed)
+            assert train and not set(train) & set(held), (spec, seed)
+        if spec != "builtin":  # the training side is the same set for every seed, only its order moves
+            assert set(data.load_prompts(spec, tok, "train", n_tokens=n_tokens, seed=1)) == set(
+                data.load_prompts(spec, tok, "train", n_tokens=n_tokens, seed=2))
+
+
+def test_split_lines_is_a_function_of_the_file():
+    lines = [f"p{i}" for i in range(20)]
+    train, held = data.split_lines(lines, 0.1)
+    assert len(held) == 2 and len(train) == 18
+    assert set(data.split_lines(list(reversed(lines)), 0.1)[1]) == set(held)  # order of the file: no matter
+    assert set(data.split_lines(lines + ["p20"], 0.1)[1]) >= set(held) - {"p20"}  # ranked by hash of the line
+
+
+@pytest.mark.parametrize("n", [1, 6, 10])
+def test_a_prompt_file_too_short_to_split_is_one_line_error(tmp_path, n):
+    txt = tmp_path / "few.txt"
+    txt.write_text("\n".join(f"prompt {i}" for i in range(n)) + "\n")
+    with pytest.raises(UserError, match="needs at least 2 on each side") as e:
+        data.load_prompts(str(txt), split="eval")
+    assert "\n" not in str(e.value)

@@ -135,10 +135,16 @@ def cmd_evaluate(args) -> int:
     if args.json:
         _print_json(result)
         return EXIT_OK
-    rows = [{"metric": k, "value": f"{result[k]:.4f}"} for k in METRIC_KEYS]
+    keys = METRIC_KEYS + (("gold_mean",) if "gold_mean" in result else ())
+    ci_of = {"reward_mean": "reward_ci", "kl_mean": "kl_ci", "judge_positive_rate": "judge_positive_rate_ci",
+             "gold_mean": "gold_ci"}
+    rows = [{"metric": k, "value": f"{result[k]:.4f}",
+             "95% interval": (f"[{result[ci_of[k]][0]:.4f}, {result[ci_of[k]][1]:.4f}]" if ci_of.get(k) in result
+                              else "")} for k in keys]
     print(f"{cfg.policy} vs SFT {cfg.sft}: {result['n_prompts']} held-out prompts × {cfg.samples_per_prompt} "
-          f"samples, reward {cfg.reward}, judge {cfg.judge}\n")
-    print(_table(rows, ["metric", "value"]))
+          f"samples, reward {cfg.reward}, judge {cfg.judge}" + (f", gold {cfg.gold}" if cfg.gold else "") +
+          " (intervals: bootstrap over prompts)\n")
+    print(_table(rows, ["metric", "value", "95% interval"]))
     for smp in result["samples"][:3]:
         print(f"\n  {smp['prompt']} ⟶{smp['completion']}\n    (reward {smp['reward']:.2f}, judge {smp['judge']:+.2f})")
     return EXIT_OK
@@ -160,8 +166,10 @@ def cmd_pareto(args) -> int:
     print(_table(rows, ["eta", "reward", "KL", "judge>0.05", "distinct_2", "loops"]))
     for c in summary["comparisons"]:
         if c["matched"]:
-            print(f"\n{c['a']} vs {c['b']}: above at {c['a_above']} of {c['matched']} matched KL values "
-                  f"(mean Δreward {c['mean_delta']:+.3f})")
+            ci = c.get("mean_delta_ci")
+            print(f"\n{c['a']} vs {c['b']}: mean Δreward {c['mean_delta']:+.3f} over {c['matched']} matched KL values"
+                  + (f", 95% interval [{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "")
+                  + f": {c.get('verdict', 'no interval')}")
     print(f"\nreport: {summary['report']}\nplot:   {summary['plot']}")
     return EXIT_OK
 

@@ -33,8 +33,7 @@ RUN_CONTROL_KEYS = ("resume", "overwrite", "out", "executor", "ray_address", "pr
 
 
 # ------------------------------------------------------------------------------------------------ sections
-# Settings that several commands share are declared once, in a section; a command's dataclass inherits the
-# sections it needs (flat: YAML keys and flags stay one level deep) and may override a default.
+# Shared settings are declared once, in a section; a command's dataclass inherits the sections it needs (flat).
 
 
 @dataclass
@@ -91,8 +90,10 @@ class RLSettings:
     whiten_advantages: bool = setting(False, "normalise advantages to mean 0, std 1 per batch")
     token_mean: bool = setting(False, "average the loss over tokens instead of summing per sequence")
     min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
+    kl_sft_every: int = setting(10, "log charts/kl_sft (KL to SFT, fixed batch) every N steps (0 = off)")
 
     def validate(self) -> None:
+        _non_negative("kl_sft_every", self.kl_sft_every)
         for name in ("steps", "batch_size", "k", "grad_accum"):
             _positive(name, getattr(self, name))
         if self.batch_size % self.grad_accum:
@@ -137,6 +138,7 @@ class EvalSettings(SamplingSettings):
 
     reward: str = setting("imdb-sentiment", "reward model or alias")
     judge: str = setting("vader", "independent judge reward (never trained on)")
+    gold: str = setting("", "gold reward model RL never optimises (e.g. a `reward train` folder; empty = none)")
     prompts: str = setting("builtin", "held-out prompts: builtin, data file/folder, .txt or hub id")
     prompt_tokens: str = setting("8", "prompt length in policy tokens: N or a range such as 5-15")
     n_prompts: int = setting(100, "held-out prompts per evaluation (capped by what exists)")
@@ -326,8 +328,8 @@ class ParetoConfig(EvalSettings):
     """`warprl pareto`: sweep θ_η = (1−η)·θ_sft + η·θ_final, evaluate each point, plot reward against KL."""
 
     sft: str = setting("smollm2-135m", "SFT policy θ_sft (η = 0)")
-    final: str = setting("", "aligned policy θ_final (η = 1): output folder of `warprl align` or an HF folder")
-    baseline: list[str] = setting([], "output folder of another `warprl align` run to plot as its own series (repeat)")
+    final: str = setting("", "aligned policy θ_final (η = 1): `warprl align` output or HF folder; A,B,C = seeds")
+    baseline: list[str] = setting([], "another `warprl align` run as its own series (repeat; A,B,C = seeds)")
     sweep_baselines: bool = setting(False, "sweep η for every baseline as well (a curve per run, not one point)")
     eta_steps: int = setting(10, "η grid 0, 1/N, …, 1 (N = 10: steps of 0.1)")
     include_slerp: bool = setting(True, "also evaluate the last WARP SLERP (final_slerp/) when the run has one")
@@ -384,12 +386,10 @@ class QuickstartConfig(WarpSettings, RunSettings):
 
 
 def derive(cls: type, source, exclude: tuple[str, ...] = (), **overrides):
-    """A ``cls`` config from the settings ``source`` shares with it by name (but ``exclude``, which keep
-    ``cls``'s defaults), then ``overrides``; validated.
+    """A ``cls`` config from the settings ``source`` shares with it by name (not ``exclude``), then ``overrides``.
 
-    How one command hands its settings to another (quickstart → align and pareto, pareto → evaluate) without
-    copying fields by hand. ``exclude`` names the few settings whose meaning differs between the two (e.g.
-    quickstart's ``batch_size`` is prompts per RL step, pareto's is prompts per generation batch).
+    How one command hands its settings to another (quickstart → align, pareto → evaluate). ``exclude``: settings
+    whose meaning differs (quickstart's ``batch_size`` is prompts per RL step, pareto's per generation batch).
     """
     names = {f.name for f in dataclasses.fields(cls)} - set(exclude)
     values = {f.name: getattr(source, f.name) for f in dataclasses.fields(source) if f.name in names}

@@ -8,7 +8,9 @@ preferred over a negative one) and seeded train/validation splits. Every failure
 
 from __future__ import annotations
 
+import hashlib
 import html
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -21,108 +23,12 @@ from warprl.errors import UserError, first_line
 
 TABLE_SUFFIXES = (".parquet", ".jsonl", ".json", ".csv")
 
-# Openings of movie reviews, written for warprl (no dataset text). Mixed in tone on purpose: a policy that
-# learns positivity must do it from neutral and negative starts too. The first 64 are for training, the
-# rest are held out for evaluation (see builtin_prompts).
-BUILTIN_OPENINGS: tuple[str, ...] = (
-    "I watched this movie last night and",
-    "This film tells the story of a",
-    "When I first heard about this movie, I",
-    "The plot of this film revolves around",
-    "I rented this on a whim and",
-    "As a fan of the original novel, I",
-    "The director's previous work was",
-    "My wife dragged me to see this, and",
-    "This is one of those movies that",
-    "The opening scene of the film",
-    "I have seen a lot of westerns, but",
-    "Going into this movie, my expectations were",
-    "The acting in this picture is",
-    "Halfway through the second act,",
-    "I am not usually a fan of musicals, but",
-    "The cinematography in this film",
-    "This sequel picks up where the first",
-    "Having grown up with the cartoon, I",
-    "The screenplay was written by",
-    "Let me start by saying that the soundtrack",
-    "It is rare that a horror movie",
-    "The lead actress plays a young widow who",
-    "I caught this documentary on late-night television and",
-    "From the very first frame, the film",
-    "My friends recommended this comedy, so",
-    "The special effects in this movie",
-    "Based on a true story, the film follows",
-    "Nobody in the theater expected",
-    "This low-budget thriller was shot in",
-    "After reading the reviews, I decided to",
-    "The characters in this movie are",
-    "Set in a small town in the fifties, the story",
-    "I saw this at a film festival and",
-    "The dialogue in the first half",
-    "Whoever edited this film",
-    "Fans of the genre will notice that",
-    "The movie begins with a car chase that",
-    "I bought the DVD because",
-    "It has been years since a romantic comedy",
-    "The villain of the story is",
-    "Watching this with my kids, I",
-    "The pacing of this film",
-    "This animated feature is aimed at",
-    "The ending of the movie",
-    "I went in knowing nothing about the plot, and",
-    "The cast includes several famous faces, but",
-    "Critics have called this film",
-    "The war scenes in this movie",
-    "Three friends set out on a road trip, and",
-    "I remember seeing the trailer and thinking",
-    "The costumes and sets of this period drama",
-    "This was the director's first feature, and",
-    "About twenty minutes into the film,",
-    "The score by the composer",
-    "I watched the extended version, which",
-    "The story is told through flashbacks that",
-    "Our book club chose to watch this adaptation, and",
-    "If you like slow-burning mysteries,",
-    "The chemistry between the two leads",
-    "This made-for-TV movie about a detective",
-    "The first time I saw this film was",
-    "The young actor who plays the son",
-    "Despite its long running time, the film",
-    "This remake of the 1970s classic",
-    # held out for evaluation
-    "I finally got around to watching this film, and",
-    "The premise of the movie sounded",
-    "The main character is a retired boxer who",
-    "When the credits rolled, I",
-    "This independent film was made on",
-    "I expected a lot more from a movie that",
-    "The humor in this film",
-    "Having seen all of the director's films, I",
-    "The second half of the movie",
-    "The story follows a family that moves to",
-    "I watched it twice because",
-    "The special edition comes with",
-    "This is the kind of film that",
-    "My grandmother loved the book, so",
-    "The action sequences in the film",
-    "Set on a spaceship far from Earth, the plot",
-    "I was surprised to learn that",
-    "The performances by the supporting cast",
-    "Every few years a movie comes along that",
-    "The script relies heavily on",
-    "My brother and I saw this at the drive-in and",
-    "The documentary interviews several",
-    "Although the film received an award,",
-    "The last thirty minutes of the movie",
-    "I can't remember the last time",
-    "The setting of the film is a",
-    "What struck me most about this movie was",
-    "The child actors in this film",
-    "Released the same year as its rival, this film",
-    "The monster in this creature feature",
-    "The narrator of the story",
-    "Of all the versions of this tale,",
-)
+# Openings of movie reviews, written for warprl (no dataset text), in assets/builtin_openings.txt. Mixed in tone
+# on purpose: a policy that learns positivity must do it from neutral and negative starts too. The first 64 are
+# for training, the rest are held out for evaluation (see builtin_prompts).
+BUILTIN_OPENINGS: tuple[str, ...] = tuple(
+    line.strip() for line in (Path(__file__).parent / "assets" / "builtin_openings.txt").read_text(encoding="utf-8")
+    .splitlines() if line.strip() and not line.startswith("#"))
 BUILTIN_TRAIN = 64
 
 
@@ -335,15 +241,74 @@ def make_prompts(texts: list[str], tokenizer, n_tokens: str | int = "8", seed: i
     return prompts
 
 
+# The train/eval split of prompts never depends on a training seed: a review (or a line of a .txt file) is
+# held out by a hash of its own text, so `warprl align --seed S` trains on the same side for every S and
+# `warprl evaluate` always evaluates on the other one.
+SPLIT_SALT = "warprl-split-v1"
+MIN_SPLIT_LINES = 2  # a .txt file must leave at least this many lines on each side
+
+
+def text_hash(text: str, salt: str = SPLIT_SALT) -> int:
+    """A 64-bit hash of ``text`` that is the same in every process and on every machine (unlike ``hash``)."""
+    return int.from_bytes(hashlib.blake2b(f"{salt}\0{text}".encode(), digest_size=8).digest(), "big")
+
+
+def is_held_out(text: str, val_fraction: float) -> bool:
+    """Whether a review belongs to the evaluation side: its hash, scaled to [0, 1), is below ``val_fraction``."""
+    return text_hash(text) / 2.0**64 < val_fraction
+
+
+def split_lines(lines: list[str], val_fraction: float, source: str = "") -> tuple[list[str], list[str]]:
+    """(training, evaluation) lines of a prompt file: the ⌈n·val_fraction⌉ lines of smallest hash are held out.
+
+    Duplicate lines are kept once (a line cannot be on both sides). Ranking by hash makes the split a
+    function of the file alone; a file too short for :data:`MIN_SPLIT_LINES` lines on each side is refused.
+    """
+    unique = list(dict.fromkeys(lines))
+    n_eval = math.ceil(len(unique) * val_fraction)
+    held = set(sorted(unique, key=text_hash)[:n_eval])
+    train = [ln for ln in unique if ln not in held]
+    evaluation = [ln for ln in unique if ln in held]
+    if len(train) < MIN_SPLIT_LINES or len(evaluation) < MIN_SPLIT_LINES:
+        need = max(math.ceil(MIN_SPLIT_LINES / val_fraction), MIN_SPLIT_LINES * 2) if val_fraction > 0 else 0
+        raise UserError(f"{source or 'prompt file'}: {len(unique)} distinct prompts leave {len(train)} for training and "
+                        f"{len(evaluation)} held out (validation fraction {val_fraction}); a prompt file needs at least "
+                        f"{MIN_SPLIT_LINES} on each side, i.e. at least {need} distinct lines")
+    return train, evaluation
+
+
+def cut_prompts(texts: list[str], tokenizer, n_tokens: str | int = "8") -> list[str]:
+    """The prompt of each review: its first N policy tokens, N fixed or drawn from LO-HI by a hash of the text.
+
+    A pure function of (text, N, tokenizer): the same review gives the same prompt for every seed, so the
+    training and evaluation prompt sets can be compared exactly. ``""`` where a review is not longer than N.
+    """
+    lo, hi = parse_prompt_tokens(n_tokens)
+    out: list[str] = []
+    for i in range(0, len(texts), 1024):  # batched: the fast tokenizer's batch call runs in Rust
+        chunk = texts[i : i + 1024]
+        # Only the start of a review matters; a bounded prefix keeps 25k reviews within seconds.
+        ids = tokenizer([clean_text(t[: 16 * hi + 64]) for t in chunk], add_special_tokens=False)["input_ids"]
+        for text, row in zip(chunk, ids, strict=True):
+            n = lo + text_hash(text, "prompt-length") % (hi - lo + 1)
+            out.append(tokenizer.decode(row[:n], skip_special_tokens=True).strip() if len(row) > n else "")
+    return out
+
+
 def load_prompts(spec: str, tokenizer=None, split: str = "train", n_tokens: str | int = "8", seed: int = 0,
                  limit: int = 0, val_fraction: float = 0.1) -> list[str]:
-    """Prompts for RL (``split="train"``) or evaluation (``split="eval"``), never overlapping.
+    """Prompts for RL (``split="train"``) or evaluation (``split="eval"``), never overlapping, for any seed.
 
-    ``builtin`` uses the built-in openings; a ``.txt`` file is one prompt per line; anything else is review
-    data, split with the same seed so that evaluation prompts are never trained on.
+    ``builtin`` uses the built-in openings (64 for training, the rest held out); a ``.txt`` file is one prompt
+    per line, split by :func:`split_lines`; anything else is review data, split by :func:`is_held_out` (a hash
+    of each review, independent of ``seed``), and an evaluation prompt that some training review also yields
+    is dropped. ``seed`` only orders the training prompts; evaluation prompts come in one fixed order.
     """
+    if split not in ("train", "eval", "validation", "test"):
+        raise ValueError(f"unknown split {split!r}")
+    train_side = split == "train"
     if spec == "builtin":
-        prompts = builtin_prompts("train" if split == "train" else "eval")
+        prompts = builtin_prompts("train" if train_side else "eval")
         return prompts[:limit] if limit else prompts
     path = Path(spec).expanduser()
     if path.suffix == ".txt":
@@ -352,18 +317,34 @@ def load_prompts(spec: str, tokenizer=None, split: str = "train", n_tokens: str 
         lines = [ln.strip() for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
         if not lines:
             raise UserError(f"{path}: no prompts (empty file)")
-        return lines[:limit] if limit else lines
+        train, held = split_lines(lines, val_fraction, str(path))
+        prompts = train if train_side else held
+        return prompts[:limit] if limit else prompts
     if tokenizer is None:
         raise ValueError("a tokenizer is needed to cut prompts from review data")
     df = load_reviews(spec, split="train")
     if "label" in df.columns:
         df = df[df["label"] != -1] if (df["label"] != -1).any() else df
-    train, val = split_train_val(df, val_fraction=val_fraction, seed=seed)
-    texts = (train if split == "train" else val)["text"].tolist()
-    random.Random(seed).shuffle(texts)
-    prompts = make_prompts(texts, tokenizer, n_tokens=n_tokens, seed=seed, limit=limit)
+    texts = list(dict.fromkeys(df["text"].tolist()))  # IMDB repeats a few reviews: one side each
+    held = [is_held_out(t, val_fraction) for t in texts]
+    train_texts = [t for t, h in zip(texts, held, strict=True) if not h]
+    if train_side:
+        random.Random(seed).shuffle(train_texts)
+        prompts = [p for p in cut_prompts(train_texts, tokenizer, n_tokens) if p]
+    else:
+        # Every prompt a training review yields (for any seed: prompts do not depend on it) is excluded.
+        seen = set(cut_prompts(train_texts, tokenizer, n_tokens))
+        eval_texts = sorted((t for t, h in zip(texts, held, strict=True) if h), key=text_hash)
+        prompts = []
+        for p in cut_prompts(eval_texts, tokenizer, n_tokens):
+            if p and p not in seen:
+                seen.add(p)
+                prompts.append(p)
+    prompts = prompts[:limit] if limit else prompts
     if not prompts:
-        raise UserError(f"{spec}: no texts longer than the prompt length {n_tokens}")
+        side = "training" if train_side else "held-out"
+        raise UserError(f"{spec}: no {side} texts longer than the prompt length {n_tokens} "
+                        f"(validation fraction {val_fraction})")
     return prompts
 
 

@@ -2,9 +2,9 @@
 
 import torch
 
-from tests.conftest import count_word_reward
+from tests.conftest import PROMPT_LINES, count_word_reward
 
-PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
+PROMPTS = PROMPT_LINES  # written to .txt files, which are split into training and held-out lines
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import warprl.rl.loop as T
-from tests.conftest import count_word_reward
+from tests.conftest import PROMPT_LINES, count_word_reward
 from warprl import merge
 from warprl.cli import main
 from warprl.commands.align import run_align as align_warp
@@ -26,10 +26,10 @@ from warprl.errors import UserError
 from warprl.rl.loop import RunInterrupted
 
 REPO = Path(__file__).resolve().parents[2]
-PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
+PROMPTS = PROMPT_LINES  # written to a .txt file, which is split into training and held-out lines
 # I=2, M=2, T=3; a large lr and μ so that three steps move the weights and the EMA visibly.
 TINY = dict(method="warp", iterations=2, runs=2, steps=3, batch_size=2, k=2, max_new_tokens=6, bf16=False,
-            lr=3e-2, beta=0.1, mu=0.1, lam=0.5, eta=0.5, checkpoint_every=2, progress=False)
+            lr=3e-2, beta=0.1, mu=0.1, lam=0.5, eta=0.5, checkpoint_every=2, kl_sft_every=3, progress=False)
 
 
 def tensor_reward(fn):
@@ -117,8 +117,9 @@ def test_layout_and_final_folders_load_with_transformers(reference):
     assert [r["iteration"] for r in rows] == [1, 2]
     for r in rows:
         assert 0.0 < r["charts/task_vector_angle_deg"] < 180.0 and r["charts/task_vector_norm_mean"] > 0.0
-        for key in ("charts/reward_mean", "charts/kl_mean", "time/merge_s"):
+        for key in ("charts/reward_mean", "charts/kl_mean", "charts/kl_anchor", "time/merge_s"):
             assert key in r
+        assert r["charts/kl_sft"] is not None and r["charts/kl_sft"] >= 0.0  # kl_sft_every=3: the last step
     assert summary["final"] == str(out / "final") and json.loads((out / "summary.json").read_text()) == summary
 
     for folder, weights in (("final", "iter_2/init.safetensors"), ("final_slerp", "iter_2/slerp.safetensors")):

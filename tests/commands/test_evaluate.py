@@ -72,10 +72,16 @@ def test_evaluate_cli_json(tiny_policy_dir, prompt_file, capsys):
     """Through the console entry point with the offline vader scorer as reward and judge."""
     code = main(["evaluate", "--policy", str(tiny_policy_dir), "--sft", str(tiny_policy_dir), "--reward", "vader",
                  "--judge", "vader", "--prompts", str(prompt_file), "--n-prompts", "4", "--samples-per-prompt", "2",
-                 "--max-new-tokens", "5", "--no-bf16", "--json"])
+                 "--max-new-tokens", "5", "--no-bf16", "--gold", "vader", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(METRIC_KEYS) <= set(result)
+    # 95 % bootstrap intervals over prompts, and the gold scorer beside reward and judge.
+    for key, ci in (("reward_mean", "reward_ci"), ("kl_mean", "kl_ci"), ("judge_positive_rate", "judge_positive_rate_ci"),
+                    ("gold_mean", "gold_ci")):
+        assert result[ci][0] <= result[key] <= result[ci][1], key
+    assert result["gold"] == "vader" and result["gold_mean"] == result["reward_mean"]
+    assert all("gold" in smp for smp in result["samples"])
     assert result["kl_mean"] == 0.0 and result["n_samples"] == 8 and len(result["samples"]) == 8
     assert -1.0 <= result["judge_mean"] <= 1.0 and result["reward_mean"] == result["judge_mean"]
 

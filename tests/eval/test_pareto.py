@@ -116,3 +116,45 @@ def test_compare_fronts_counts_points_above():
     assert c["matched"] == 1 and c["a_above"] == 1 and c["beyond"] == 1
     back = R.compare_fronts(b, a)  # RLOO's front at WARP's KLs 1 and 2: 0.25 and 0.5, below WARP's 0.5 and 1.0
     assert back["matched"] == 2 and back["a_above"] == 0 and back["mean_delta"] == pytest.approx(-0.375)
+
+
+def _point(eta: float, kl: float, rewards: list[float]) -> dict:
+    """A point with per-prompt samples (one sample per prompt p0, p1, …)."""
+    samples = [{"prompt": f"p{i}", "completion": "", "reward": r, "judge": 0.0, "kl": kl} for i, r in enumerate(rewards)]
+    return {"eta": eta, "kl_mean": kl, "reward_mean": sum(rewards) / len(rewards), "samples": samples}
+
+
+def test_compare_fronts_gives_a_paired_interval_and_a_verdict():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0, 2.0, 64)  # shared by both fronts: cancels in the paired difference
+    a = R.Series("A", "sweep", points=[_point(e, 2 * e, (difficulty + e + 0.5 * (e > 0) + rng.normal(0, .1, 64)).tolist())
+                                       for e in (0, 0.5, 1)])
+    b = R.Series("B", "sweep", points=[_point(e, 2 * e, (difficulty + e + rng.normal(0, .1, 64)).tolist())
+                                       for e in (0, 0.5, 1)])
+    up = R.compare_fronts(a, b)
+    assert up["verdict"] == "above" and up["ci_over"] == "prompts"
+    assert up["mean_delta_ci"][0] < up["mean_delta"] < up["mean_delta_ci"][1]
+    assert R.compare_fronts(b, a)["verdict"] == "below"
+    assert R.compare_fronts(a, a)["verdict"] == "within noise"
+    assert up["rows"][1]["delta_ci"] is not None
+
+
+def test_several_seeds_give_a_mean_front_and_an_interval_across_seeds():
+    per_seed_a = [[{"eta": e, "kl_mean": 2 * e, "reward_mean": e + d, "judge_positive_rate": 0.5} for e in (0, 0.5, 1)]
+                  for d in (0.4, 0.5, 0.6)]
+    per_seed_b = [[{"eta": e, "kl_mean": 2 * e, "reward_mean": e + d * e} for e in (0, 0.5, 1)] for d in (-0.1, 0.0, 0.1)]
+    a = R.seeded_series("A", "sweep", "", per_seed_a)
+    b = R.seeded_series("B", "sweep", "", per_seed_b)
+    assert a.name == "A (3 seeds)" and a.points[1]["reward_mean"] == pytest.approx(1.0)
+    assert a.points[1]["n_seeds"] == 3 and a.points[1]["reward_ci"] == pytest.approx([1.0 - 4.303 * 0.1 / 3 ** 0.5,
+                                                                                     1.0 + 4.303 * 0.1 / 3 ** 0.5])
+    c = R.compare_fronts(a, b)
+    assert c["ci_over"] == "seeds" and len(c["seed_deltas"]) == 3 and c["verdict"] == "above"
+    assert c["mean_delta_ci"][0] < c["seed_mean_delta"] < c["mean_delta_ci"][1]
+    assert R.seeded_series("one", "sweep", "", per_seed_a[:1]).points == per_seed_a[0]  # one seed: its own points
+
+
+def test_seed_groups_are_comma_lists():
+    assert R.seed_group("runs/a") == ["runs/a"] and R.seed_group("runs/a, runs/b,") == ["runs/a", "runs/b"]

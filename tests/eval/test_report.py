@@ -60,6 +60,7 @@ def test_report_renders_without_loading_a_model(tmp_path, monkeypatch):
     assert md.startswith("# Reward–KL Pareto front") and "![reward vs KL](pareto.png)" in md
     assert "## Before and after" in md and "## RLOO" in md and "| run |" in md
     assert "‡" in md  # the RLOO point lies beyond WARP's largest KL
+    assert "Verdict rule" in md and "bars: 95 %" not in md  # the rule is written in the report
     # One sample per prompt (samples of one prompt are adjacent), table pipes escaped, whitespace collapsed.
     assert md.count("*the movie was*") == 4 and "*I love*" not in md  # 4 points, the first prompt each
     assert "good \\| fun" in md

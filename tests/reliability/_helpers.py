@@ -8,8 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.conftest import PROMPT_LINES as PROMPTS  # noqa: F401  (re-exported: a .txt needs enough lines to split)
+
 REPO = Path(__file__).resolve().parents[2]
-PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and", "the end"]
 
 
 def align_flags(policy: Path | str, prompts: Path | str, reward: str = "vader") -> list[str]:

@@ -59,7 +59,9 @@ def test_kl_penalty_keeps_policy_closer(tiny_policy_dir, tmp_path):
 
 @pytest.mark.parametrize("bf16", [False, True])
 def test_resume_is_bit_identical(tiny_policy_dir, tmp_path, bf16):
-    cfg = tiny_cfg(steps=6, checkpoint_every=2, anchor="ema", mu=0.1, bf16=bf16)
+    # kl_sft_every=3: one KL-to-SFT measurement before the kill and one after the resume (from a θ_sft copy
+    # the resumed run must still have: its EMA anchor has moved).
+    cfg = tiny_cfg(steps=6, checkpoint_every=2, anchor="ema", mu=0.1, bf16=bf16, kl_sft_every=3)
     reward = tensor_reward(count_word_reward("good"))
     policy, tok = load_policy(str(tiny_policy_dir))
     run_rl(cfg, tmp_path / "full", policy, tok, reward, PROMPTS, method="rloo", anchor_kind="ema", seed=3,
@@ -96,6 +98,23 @@ def test_resume_is_bit_identical(tiny_policy_dir, tmp_path, bf16):
         return {k: v for k, v in json.loads(r).items() if not k.startswith(("time/", "charts/tokens_per_s",
                                                                                          "charts/samples_per_s", "charts/step_time"))}
     assert [strip(r) for r in full_rows] == [strip(r) for r in resumed_rows]
+    assert [json.loads(r)["step"] for r in resumed_rows if "charts/kl_sft" in r] == [3, 6]
+
+
+@pytest.mark.parametrize("anchor", ["sft", "ema"])
+def test_kl_to_the_anchor_and_kl_to_sft_are_named_apart(tiny_policy_dir, tmp_path, anchor):
+    # With an EMA anchor and μ = 1 the anchor is the previous step's policy: KL to it is one step's drift,
+    # while the KL to θ_sft accumulates. With the SFT anchor both measure the distance to the same model.
+    cfg = tiny_cfg(steps=8, kl_sft_every=4, anchor=anchor, mu=1.0)
+    policy, tok = load_policy(str(tiny_policy_dir))
+    run_rl(cfg, tmp_path, policy, tok, tensor_reward(count_word_reward("good")), PROMPTS, method="rloo",
+           anchor_kind=anchor, seed=0, resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "charts/kl_sft" in r] == [4, 8]
+    assert all(r["charts/kl_anchor"] == r["charts/kl_mean"] for r in rows)  # the old name is an alias
+    assert rows[-1]["charts/kl_sft"] > 0.05
+    if anchor == "ema":
+        assert rows[-1]["charts/kl_sft"] > 2 * abs(rows[-1]["charts/kl_anchor"])
 
 
 def test_non_finite_reward_stops_before_the_update(tiny_policy_dir, tmp_path):

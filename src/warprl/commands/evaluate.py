@@ -11,9 +11,16 @@ from pathlib import Path
 
 from warprl.commands import outdir
 from warprl.config import EvalConfig, ParetoConfig, to_dict
-from warprl.eval.evaluate import check_same_vocab, eval_prompts, evaluate_policy, load_scorers
-from warprl.eval.pareto import Evaluator, Series, eval_settings, model_folder, pareto_sweep
-from warprl.eval.report import check_readme, plot_front, render_report, results_fragment, update_readme
+from warprl.eval.evaluate import check_same_vocab, eval_prompts, evaluate_policy, load_gold, load_scorers
+from warprl.eval.pareto import Evaluator, Series, eval_settings, model_folder, pareto_sweep, seed_group
+from warprl.eval.report import (
+    check_readme,
+    has_gold,
+    plot_front,
+    render_report,
+    results_fragment,
+    update_readme,
+)
 from warprl.io import atomic_write_json, atomic_write_text
 from warprl.models import load_policy, pick_device
 
@@ -25,9 +32,11 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict:
     sft = policy if cfg.sft == cfg.policy else load_policy(cfg.sft, device=device)[0]
     check_same_vocab(policy, sft, cfg.policy, cfg.sft)
     reward_fn, judge_fn = load_scorers(cfg.reward, cfg.judge, device, cfg.bf16)
+    gold_fn = load_gold(cfg.gold, device, cfg.bf16)
     prompts = eval_prompts(cfg, tok)
-    result = evaluate_policy(policy, tok, sft, reward_fn, judge_fn, prompts, cfg, progress=progress)
-    return {"policy": cfg.policy, "sft": cfg.sft, "reward": cfg.reward, "judge": cfg.judge, **result}
+    result = evaluate_policy(policy, tok, sft, reward_fn, judge_fn, prompts, cfg, progress=progress, gold_fn=gold_fn)
+    return {"policy": cfg.policy, "sft": cfg.sft, "reward": cfg.reward, "judge": cfg.judge,
+            **({"gold": cfg.gold} if cfg.gold else {}), **result}
 
 
 def pareto(cfg: ParetoConfig, evaluator: Evaluator | None = None) -> dict:
@@ -36,9 +45,9 @@ def pareto(cfg: ParetoConfig, evaluator: Evaluator | None = None) -> dict:
     ``evaluator`` replaces building one from ``cfg`` (library use, tests: e.g. with toy scorers).
     """
     decision = outdir.check(cfg.out, outdir.REPORT, what="report")  # before anything is loaded
-    model_folder(cfg.final)  # fail on a bad path before loading anything
-    for b in cfg.baseline:
-        model_folder(b)
+    for spec in [cfg.final, *cfg.baseline]:  # fail on a bad path before loading anything
+        for folder in seed_group(spec):
+            model_folder(folder)
     if cfg.readme:
         check_readme(cfg.readme)  # fail now, not after the sweep
     ev = evaluator or Evaluator(cfg.sft, eval_settings(cfg), cfg.reward, cfg.judge, cfg.progress)
@@ -60,6 +69,9 @@ def write_outputs(out: Path, cfg, series: list[Series], comparisons: list[dict],
     """
     png = out / "pareto.png"
     plot_front(series, png, title=f"Reward vs KL to the SFT policy ({meta['reward']})")
+    if has_gold(series):
+        plot_front(series, out / "gold.png", title=f"Gold reward vs KL ({meta.get('gold')}, never optimised)",
+                   metric="gold_mean", ylabel="mean gold reward (held-out prompts)")
     atomic_write_text(out / "report.md", render_report(series, comparisons, meta, png.name, samples_shown,
                                                        before_after))
     fragment = results_fragment(series, comparisons, meta, png, before_after)

@@ -18,6 +18,11 @@ What each number means (one sample = one completion of one held-out prompt):
 * ``nll_sft``: mean per-token negative log-likelihood of the completion tokens under the SFT model at
   temperature 1 (token-weighted over all samples): is the text still language the SFT model finds likely?
 * ``length_mean``: mean completion length in policy tokens (``length_words``: in words).
+* ``gold_mean`` (with a gold scorer): a stronger reward model that RL never optimises, e.g. a MiniLM fine-tuned
+  on all training pairs (`warprl reward train`): if the proxy reward rises but the gold one does not, the policy
+  is over-optimising the proxy.
+* ``reward_ci``, ``kl_ci``, ``judge_positive_rate_ci`` (and ``gold_ci``): 95 % percentile bootstrap intervals
+  over *prompts* (the samples of a prompt are resampled together; :mod:`warprl.eval.stats`), as [low, high].
 
 Precision: with ``bf16`` both models are evaluated as bf16 *copies* (weights cast once), as the training loop
 does: generating with bf16 weights is far faster on a CPU than autocast, which re-casts every weight at every
@@ -31,7 +36,7 @@ the same random stream (common random numbers: their difference is less noisy th
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -39,6 +44,7 @@ from tqdm.auto import tqdm
 from warprl.config import EvalConfig
 from warprl.data import load_prompts
 from warprl.errors import UserError
+from warprl.eval import stats
 from warprl.eval import textmetrics as tm
 from warprl.precision import compute_copy
 from warprl.reward import load_reward
@@ -64,6 +70,7 @@ class SampleSet:
     kl: list[float]  # Σ_t log π − log π_sft per sample
     nll_sum: list[float]  # Σ_t −log π_sft(y_t) at temperature 1
     n_tokens: list[int]
+    gold: list[float] = field(default_factory=list)  # the gold reward per sample (empty without a gold scorer)
 
 
 # ------------------------------------------------------------------------------------------ pure metrics
@@ -104,7 +111,21 @@ def summarise(s: SampleSet) -> dict[str, float]:
         "length_words": tm.mean_length_words(s.completions),
         "n_prompts": len(dict.fromkeys(s.prompts)),
         "n_samples": len(s.completions),
+        **intervals(s),
     }
+
+
+def intervals(s: SampleSet) -> dict:
+    """95 % bootstrap intervals over prompts of the reward, KL, judge positive rate (and gold) means."""
+    if not s.completions:
+        return {}
+    out = {"reward_ci": list(stats.prompt_ci(s.prompts, s.rewards)), "kl_ci": list(stats.prompt_ci(s.prompts, s.kl)),
+           "judge_positive_rate_ci": list(stats.prompt_ci(
+               s.prompts, [float(j > JUDGE_POSITIVE_THRESHOLD) for j in s.judge]))}
+    if s.gold:
+        out["gold_mean"] = _mean(s.gold)
+        out["gold_ci"] = list(stats.prompt_ci(s.prompts, s.gold))
+    return out
 
 
 # ------------------------------------------------------------------------------------------- sampling
@@ -119,7 +140,7 @@ def _as_list(scores, n: int, what: str) -> list[float]:
 
 @torch.no_grad()
 def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[str], cfg: EvalConfig,
-                    progress: bool = False, desc: str = "evaluate") -> SampleSet:
+                    progress: bool = False, desc: str = "evaluate", gold_fn=None) -> SampleSet:
     """Sample ``cfg.samples_per_prompt`` completions per prompt and measure each one (see module doc)."""
     if not prompts:
         raise ValueError("no prompts to evaluate")
@@ -145,6 +166,8 @@ def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
         out.completions += roll.completions
         out.rewards += _as_list(reward_fn(roll.prompts, roll.completions), n, "reward")
         out.judge += _as_list(judge_fn(roll.prompts, roll.completions), n, "judge")
+        if gold_fn is not None:
+            out.gold += _as_list(gold_fn(roll.prompts, roll.completions), n, "gold")
         out.kl += A.sequence_kl(logp, logp_sft, roll.mask, "k1").tolist()
         out.nll_sum += (-A.masked_sum(logp_sft_t1, roll.mask, dim=-1)).tolist()
         out.n_tokens += [int(x) for x in roll.mask.sum(-1).tolist()]
@@ -152,18 +175,22 @@ def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
 
 
 def evaluate_policy(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[str], cfg: EvalConfig,
-                    progress: bool = False, desc: str = "evaluate") -> dict:
+                    progress: bool = False, desc: str = "evaluate", gold_fn=None) -> dict:
     """Evaluate ``policy`` against ``sft`` on ``prompts``: the metrics of :data:`METRIC_KEYS` plus ``samples``.
 
     ``reward_fn`` and ``judge_fn`` map (prompts, completions) to one score per completion (tensor or list).
-    ``sft`` may be the same object as ``policy`` (KL 0 without a second forward pass).
+    ``sft`` may be the same object as ``policy`` (KL 0 without a second forward pass). ``gold_fn`` (optional)
+    scores every sample with a gold reward model as well.
     """
-    s = collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts, cfg, progress=progress, desc=desc)
+    s = collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts, cfg, progress=progress, desc=desc,
+                        gold_fn=gold_fn)
     result = summarise(s)
     result["samples"] = [
         {"prompt": p, "completion": c, "reward": r, "judge": j, "kl": k}
         for p, c, r, j, k in zip(s.prompts, s.completions, s.rewards, s.judge, s.kl, strict=True)
     ]
+    for smp, g in zip(result["samples"], s.gold, strict=False):
+        smp["gold"] = g
     return result
 
 
@@ -171,10 +198,8 @@ def evaluate_policy(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
 
 
 def eval_prompts(cfg: EvalConfig, tokenizer) -> list[str]:
-    """The held-out prompts: the ``eval`` split of ``cfg.prompts`` (never the RL training split).
-
-    The split seed is 0, the default seed of `warprl align`, whose training prompts come from the other
-    half of the same split; the sampling seed ``cfg.seed`` does not move the split.
+    """The held-out prompts: the ``eval`` split of ``cfg.prompts`` (never the RL training split, whatever seed
+    `warprl align` ran with: the split is a hash of each review or line, see :func:`warprl.data.load_prompts`).
     """
     return load_prompts(cfg.prompts, tokenizer, split="eval", n_tokens=cfg.prompt_tokens, seed=0,
                         limit=cfg.n_prompts)
@@ -185,6 +210,11 @@ def load_scorers(reward: str, judge: str, device, bf16: bool, batch_size: int = 
     reward_fn = load_reward(reward, device=device, batch_size=batch_size, bf16=bf16)
     judge_fn = reward_fn if judge == reward else load_reward(judge, device=device, batch_size=batch_size, bf16=bf16)
     return reward_fn, judge_fn
+
+
+def load_gold(gold: str, device, bf16: bool, batch_size: int = 32):
+    """The gold scorer of ``--gold`` (None when not given): any reward spec, typically an RM folder."""
+    return load_reward(gold, device=device, batch_size=batch_size, bf16=bf16) if gold else None
 
 
 def check_same_vocab(policy, sft, policy_spec: str, sft_spec: str) -> None:

@@ -27,7 +27,9 @@ from tqdm.auto import tqdm
 from warprl import merge
 from warprl.config import EvalConfig, EvalSettings, ParetoConfig, derive
 from warprl.errors import UserError
-from warprl.eval.evaluate import eval_prompts, evaluate_policy, load_scorers
+from warprl.eval import stats
+from warprl.eval.evaluate import eval_prompts, evaluate_policy, load_gold, load_scorers
+from warprl.eval.stats import front_reward_at, pareto_points  # noqa: F401  (re-exported: the front maths)
 from warprl.models import load_policy, pick_device, resolve
 from warprl.precision import compute_copy
 
@@ -104,6 +106,9 @@ class Series:
     kind: str  # "sweep" (η from 0 to 1) or "points"
     source: str = ""
     points: list[dict] = field(default_factory=list)  # metrics (+ eta or label) + samples
+    # With several training seeds: each seed's own points; ``points`` are then their means over seeds, with
+    # across-seed intervals (``reward_ci``, ``kl_ci``, … and ``n_seeds``), see :func:`mean_over_seeds`.
+    seeds: list[list[dict]] = field(default_factory=list)
 
 
 def run_label(run_dir: Path) -> tuple[str, str]:
@@ -146,6 +151,7 @@ class Evaluator:
         self.work = compute_copy(self.sft, ecfg.bf16) if ecfg.bf16 else copy.deepcopy(self.sft)
         self.reward_fn, self.judge_fn = scorers or load_scorers(reward, judge, self.device, ecfg.bf16,
                                                                 ecfg.batch_size * 2)
+        self.gold_fn = load_gold(ecfg.gold, self.device, ecfg.bf16, ecfg.batch_size * 2) if ecfg.gold else None
         self.prompts = eval_prompts(ecfg, self.tok)
         self.ecfg = ecfg
         self.progress = progress
@@ -157,11 +163,11 @@ class Evaluator:
             if self._sft_result is None:
                 self._sft_result = evaluate_policy(self.sft_eval, self.tok, self.sft_eval, self.reward_fn,
                                                    self.judge_fn, self.prompts, self.ecfg, progress=self.progress,
-                                                   desc=desc)
+                                                   desc=desc, gold_fn=getattr(self, "gold_fn", None))
             return dict(self._sft_result)
         set_interpolated_weights(self.work, self.sft, weight_files(final), eta)
         return evaluate_policy(self.work, self.tok, self.sft_eval, self.reward_fn, self.judge_fn, self.prompts,
-                               self.ecfg, progress=self.progress, desc=desc)
+                               self.ecfg, progress=self.progress, desc=desc, gold_fn=getattr(self, "gold_fn", None))
 
     def sweep(self, final: Path, etas: list[float], name: str) -> list[dict]:
         rows = []
@@ -174,63 +180,119 @@ class Evaluator:
         return {"label": label, **self.at_eta(folder, 1.0, desc=label)}
 
 
+def seed_group(spec: str) -> list[str]:
+    """The run folders of one series: ``A`` or ``A,B,C`` (the same config trained with different seeds)."""
+    return [part.strip() for part in spec.split(",") if part.strip()]
+
+
 def pareto_sweep(cfg: ParetoConfig, ev: Evaluator) -> tuple[list[Series], list[dict], dict]:
-    """Evaluate the η sweep of ``cfg.final``, its last SLERP and the baselines; compare the fronts."""
-    final = model_folder(cfg.final)
-    baselines = [model_folder(b) for b in cfg.baseline]
+    """Evaluate the η sweep of ``cfg.final``, its last SLERP and the baselines; compare the fronts.
+
+    ``cfg.final`` and each baseline may list several run folders separated by commas (one per training
+    seed): their series is then the mean over seeds, with across-seed intervals.
+    """
+    finals = [model_folder(f) for f in seed_group(cfg.final)]
     etas = eta_grid(cfg.eta_steps)
-    method, label = run_label(run_folder(cfg.final))
-    series = [Series(label, "sweep", str(final), ev.sweep(final, etas, method.upper()))]
-    slerp = final.parent / "final_slerp"
-    if cfg.include_slerp and final.name == "final" and (slerp / "config.json").is_file():
-        series.append(Series("WARP last SLERP (before LITI)", "points", str(slerp),
-                             [ev.point(slerp, "last SLERP")]))
-    by_method: dict[str, Series] = {}
-    for b in baselines:
-        b_method, b_label = run_label(run_folder(str(b)))
+    method, label = run_label(run_folder(str(finals[0])))
+    series = [sweep_series(ev, finals, etas, label, method)]
+    slerps = [f.parent / "final_slerp" for f in finals]
+    if cfg.include_slerp and all(f.name == "final" and (s / "config.json").is_file() for f, s in zip(finals, slerps,
+                                                                                                     strict=True)):
+        series.append(seeded_series("WARP last SLERP (before LITI)", "points", str(slerps[0]),
+                                    [[ev.point(s, "last SLERP")] for s in slerps]))
+    by_method: dict[str, list] = {}
+    for spec in cfg.baseline:
+        group = [model_folder(b) for b in seed_group(spec)]
+        b_method, b_label = run_label(run_folder(str(group[0])))
         if cfg.sweep_baselines:
-            series.append(Series(b_label, "sweep", str(b), ev.sweep(b, etas, b_method.upper())))
+            series.append(sweep_series(ev, group, etas, b_label, b_method))
         else:  # one series per method, one point per run (e.g. RLOO at several β)
-            s = by_method.setdefault(b_method, Series(b_method.upper(), "points", ""))
-            s.points.append(ev.point(b, b_label))
-    series += list(by_method.values())
+            by_method.setdefault(b_method, []).append([ev.point(b, b_label) for b in group])
+    for b_method, per_run in by_method.items():
+        n = min(len(x) for x in per_run)  # seeds of every run: seed s of each run forms seed s's series
+        series.append(seeded_series(b_method.upper(), "points", "", [[run[s] for run in per_run] for s in range(n)]))
     comparisons = [compare_fronts(series[0], s) for s in series[1:]]
     # Another full front is also compared the other way round: is it above the main one at the main one's KLs?
     comparisons += [compare_fronts(s, series[0]) for s in series[1:] if s.kind == "sweep"]
-    meta = {"sft": cfg.sft, "final": str(final), "reward": cfg.reward, "judge": cfg.judge, "prompts": cfg.prompts,
-            "n_prompts": len(ev.prompts), "samples_per_prompt": cfg.samples_per_prompt,
-            "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "seed": cfg.seed}
+    meta = {"sft": cfg.sft, "final": ",".join(map(str, finals)), "reward": cfg.reward, "judge": cfg.judge,
+            "gold": cfg.gold, "prompts": cfg.prompts, "n_prompts": len(ev.prompts),
+            "samples_per_prompt": cfg.samples_per_prompt, "max_new_tokens": cfg.max_new_tokens,
+            "temperature": cfg.temperature, "seed": cfg.seed, "n_seeds": len(finals)}
     return series, comparisons, meta
+
+
+def sweep_series(ev: Evaluator, folders: list[Path], etas: list[float], label: str, method: str) -> Series:
+    """The η sweep of each run folder (one per seed) as one series."""
+    per_seed = [ev.sweep(f, etas, method.upper() + (f" seed {i + 1}" if len(folders) > 1 else ""))
+                for i, f in enumerate(folders)]
+    return seeded_series(label, "sweep", str(folders[0]), per_seed)
+
+
+def seeded_series(name: str, kind: str, source: str, per_seed: list[list[dict]]) -> Series:
+    """A series from each seed's points: the points themselves for one seed, else their means over seeds."""
+    if len(per_seed) == 1:
+        return Series(name, kind, source, per_seed[0])
+    return Series(f"{name} ({len(per_seed)} seeds)", kind, source, mean_over_seeds(per_seed), per_seed)
+
+
+# Metrics whose interval across seeds the points carry (the rest are plain means).
+CI_KEYS = {"reward_mean": "reward_ci", "kl_mean": "kl_ci", "judge_positive_rate": "judge_positive_rate_ci",
+           "gold_mean": "gold_ci"}
+
+
+def mean_over_seeds(per_seed: list[list[dict]]) -> list[dict]:
+    """Point j of the mean series: the mean over seeds of point j's metrics; the intervals are across seeds
+    (mean ± t·s/√n, :func:`warprl.eval.stats.t_interval`); samples are those of the first seed (for the report)."""
+    out = []
+    for pts in zip(*per_seed, strict=True):
+        first = pts[0]
+        p = {k: v for k, v in first.items() if not isinstance(v, int | float) or isinstance(v, bool)}
+        for key, v in first.items():
+            if isinstance(v, int | float) and not isinstance(v, bool) and all(key in q for q in pts):
+                p[key] = sum(q[key] for q in pts) / len(pts)
+        for key, ci in CI_KEYS.items():
+            if key in p:
+                _, lo, hi = stats.t_interval([q[key] for q in pts])
+                p[ci] = [lo, hi]
+        if "eta" in first:
+            p["eta"] = first["eta"]
+        p["n_seeds"] = len(pts)
+        p["ci_over"] = "seeds"
+        out.append(p)
+    return out
 
 
 # ------------------------------------------------------------------------------------ front comparison
 
 
-def pareto_points(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The non-dominated (KL, reward) points, sorted by KL: each has a higher reward than all at lower KL."""
-    front: list[tuple[float, float]] = []
-    for kl, r in sorted(points, key=lambda p: (p[0], -p[1])):
-        if not front or r > front[-1][1]:
-            front.append((kl, r))
-    return front
+def _per_prompt_arrays(points: list[dict]):
+    """[points, prompts] per-prompt KL and reward means, or None when a point lacks its samples."""
+    import numpy as np
 
-
-def front_reward_at(points: list[tuple[float, float]], kl: float) -> float | None:
-    """The front's reward at a KL budget: linear between non-dominated points, flat after the last one.
-
-    None below the smallest KL of the front (nothing there to compare with).
-    """
-    front = pareto_points(points)
-    if not front or kl < front[0][0]:
+    if not points or not all(p.get("samples") for p in points):
         return None
-    for (k0, r0), (k1, r1) in zip(front, front[1:], strict=False):
-        if k0 <= kl <= k1:
-            return r0 if k1 == k0 else r0 + (r1 - r0) * (kl - k0) / (k1 - k0)
-    return front[-1][1]
+    order = None
+    kls, rewards = [], []
+    for p in points:
+        prompts = [s["prompt"] for s in p["samples"]]
+        names, kl = stats.per_prompt(prompts, [s["kl"] for s in p["samples"]])
+        _, r = stats.per_prompt(prompts, [s["reward"] for s in p["samples"]])
+        if order is None:
+            order = names
+        elif names != order:
+            return None  # not the same prompts: no paired comparison
+        kls.append(kl)
+        rewards.append(r)
+    return order, np.stack(kls), np.stack(rewards)
 
 
 def compare_fronts(a: Series, b: Series) -> dict:
-    """For each point of ``b``: the reward of ``a``'s front at the same KL, and the difference a − b."""
+    """For each point of ``b``: the reward of ``a``'s front at the same KL, and the difference a − b.
+
+    The mean Δ over the matched points (η = 0 and points beyond a's largest KL left out) carries a 95 %
+    interval and a verdict (:func:`warprl.eval.stats.verdict`): with one seed each, a paired bootstrap over
+    prompts; with several seeds, mean ± t·s/√n over the seeds' own mean Δ (seed s of a against seed s of b).
+    """
     a_pts = [(p["kl_mean"], p["reward_mean"]) for p in a.points]
     rows = []
     for p in b.points:
@@ -241,7 +303,32 @@ def compare_fronts(a: Series, b: Series) -> dict:
                      "beyond": bool(a_pts) and p["kl_mean"] > max(k for k, _ in a_pts)})
     # Left out of the verdict: η = 0 (the SFT model in both, a tie by construction) and points beyond a's
     # largest KL (a's flat extension there is a bound, not a measurement at that KL).
-    deltas = [r["delta"] for r in rows if r["delta"] is not None and r["kl"] > 1e-6 and not r["beyond"]]
-    return {"a": a.name, "b": b.name, "rows": rows, "matched": len(deltas),
-            "a_above": sum(d > 0 for d in deltas), "mean_delta": sum(deltas) / len(deltas) if deltas else None,
-            "beyond": sum(r["beyond"] for r in rows)}
+    matched = [j for j, r in enumerate(rows) if r["delta"] is not None and r["kl"] > 1e-6 and not r["beyond"]]
+    deltas = [rows[j]["delta"] for j in matched]
+    out = {"a": a.name, "b": b.name, "rows": rows, "matched": len(deltas),
+           "a_above": sum(d > 0 for d in deltas), "mean_delta": sum(deltas) / len(deltas) if deltas else None,
+           "beyond": sum(r["beyond"] for r in rows), "mean_delta_ci": None, "ci_over": None}
+    if a.seeds or b.seeds:
+        a_seeds = a.seeds or [a.points]
+        b_seeds = b.seeds or [b.points]
+        n = max(len(a_seeds), len(b_seeds))
+        per_seed = [compare_fronts(Series(a.name, a.kind, a.source, a_seeds[s % len(a_seeds)]),
+                                   Series(b.name, b.kind, b.source, b_seeds[s % len(b_seeds)]))["mean_delta"]
+                    for s in range(n)]
+        per_seed = [d for d in per_seed if d is not None]
+        if len(per_seed) >= 2:
+            _, lo, hi = stats.t_interval(per_seed)
+            # The interval is around the mean of the seeds' own mean Δ (not the Δ of the seed-averaged fronts).
+            out.update(mean_delta_ci=[lo, hi], ci_over="seeds", seed_deltas=per_seed,
+                       seed_mean_delta=sum(per_seed) / len(per_seed))
+    else:
+        arrays_a, arrays_b = _per_prompt_arrays(a.points), _per_prompt_arrays(b.points)
+        if arrays_a and arrays_b and arrays_a[0] == arrays_b[0]:
+            res = stats.paired_front_deltas(arrays_a[1], arrays_a[2], arrays_b[1], arrays_b[2], matched)
+            for r, ci in zip(rows, res["rows"], strict=True):
+                r["delta_ci"] = list(ci) if ci is not None and r["delta"] is not None else None
+            if deltas and res["mean"] is not None:
+                out.update(mean_delta_ci=list(res["mean"]), ci_over="prompts")
+    ci = out["mean_delta_ci"]
+    out["verdict"] = stats.verdict(*ci) if ci else "no interval"
+    return out

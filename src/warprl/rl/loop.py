@@ -183,6 +183,9 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         "step": state.step,
         "charts/reward_mean": float(rewards.mean()),
         "charts/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
+        # KL to the anchor the penalty uses: the SFT policy (anchor "sft") or the EMA anchor (WARP, anchor
+        # "ema"). charts/kl_mean is the same number under its old name; charts/kl_sft is logged by run_rl.
+        "charts/kl_anchor": float(seq_kl.mean()),
         "charts/kl_mean": float(seq_kl.mean()),
         "charts/reward_kl_regularised": float(total.mean()),
         "charts/advantage_std": float(adv.std()) if adv.numel() > 1 else 0.0,
@@ -203,12 +206,29 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     }
 
 
+@torch.no_grad()
+def kl_to_sft(cfg: AlignConfig, policy, sft, tokenizer, prompts: list[str], seed: int) -> float:
+    """Mean sequence KL(π ‖ π_sft) on ``prompts``, one sample each, always with the same sampling seed.
+
+    The same prompts and seed at every measurement (common random numbers) make the curve smooth; it seeds
+    torch's global RNG, which every RL step re-seeds before it samples, so training is not perturbed.
+    """
+    scfg = SamplingConfig(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
+    roll = sample(policy, tokenizer, prompts, scfg, k=1, generator_seed=derive_seed(seed, "kl_sft"))
+    logp = anchor_logprobs(policy, roll, cfg.temperature)
+    logp_sft = anchor_logprobs(sft, roll, cfg.temperature)
+    return float(A.sequence_kl(logp, logp_sft, roll.mask, "k1").mean())
+
+
 def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompts: list[str], *,
-           method: str, anchor_kind: str, seed: int, resume: bool, desc: str = "") -> RunResult:
+           method: str, anchor_kind: str, seed: int, resume: bool, desc: str = "",
+           sft_weights: Path | None = None) -> RunResult:
     """T steps of RL starting from ``policy``'s current weights; trains ``policy`` in place.
 
     ``run_dir`` receives ``metrics.jsonl``, ``checkpoints/`` and, when the run is complete,
-    ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume).
+    ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume). Every
+    ``cfg.kl_sft_every`` steps ``charts/kl_sft`` is logged: the KL to θ_sft, read from ``sft_weights`` (a
+    WARP run starts from θ_init, not θ_sft) or, without it, the run's initial weights.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "done.json"
@@ -234,6 +254,11 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
                                weight_decay=cfg.weight_decay)
     ckpt_root = run_dir / "checkpoints"
     ema = anchor_master if anchor_kind == "ema" else None  # only an EMA anchor changes, so only it is saved
+    sft_master = None  # a frozen θ_sft for charts/kl_sft, unless the SFT anchor is one already
+    if cfg.kl_sft_every and not (anchor_kind == "sft" and sft_weights is None):
+        sft_master = copy.deepcopy(anchor_master)  # the run's initial weights, taken before a checkpoint loads
+        if sft_weights is not None:
+            load_model(sft_master, str(sft_weights))
     intact = intact_metrics_lines(run_dir / "metrics.jsonl") if resume else 0
     state = (load_checkpoint(ckpt_root, policy, ema, opt, metrics_lines=intact) if resume else None) or LoopState()
     # The bf16 copies keep q/k/v and gate/up as slices of one buffer: the rollout engine reads them as views.
@@ -241,6 +266,12 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
     mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False, prepare_copy=share_fused_storage)
     if cfg.bf16 and ema is None:
         mp_anchor.master = None  # a frozen anchor needs only its bf16 copy: free the fp32 one
+    # θ_sft for charts/kl_sft: the frozen SFT anchor itself when there is one, else a frozen compute copy.
+    sft_model = None
+    if cfg.kl_sft_every:
+        sft_model = mp_anchor.compute if sft_master is None else MixedPrecision(sft_master, cfg.bf16, False).compute
+    del sft_master
+    kl_prompts = prompts[: cfg.batch_size]
     del anchor_master
     log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines,
                      run_dir / "tensorboard" if cfg.tensorboard else None)
@@ -257,6 +288,8 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
             except NonFiniteError as e:
                 ckpt = save_checkpoint(ckpt_root, state, policy, ema, opt)
                 raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
+            if sft_model is not None and state.step % cfg.kl_sft_every == 0:
+                last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_model, tokenizer, kl_prompts, seed)
             log.write(last)
             state.metrics_lines = log.lines
             bar.update(1)

@@ -118,6 +118,7 @@ class RunJob:
     init_path: str
     seed: int
     desc: str
+    sft_path: str = ""  # θ_sft, for the run's charts/kl_sft (KL to the SFT policy, not to θ_init or the EMA)
 
 
 def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: list[str]) -> None:
@@ -126,7 +127,7 @@ def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: li
     # resume=True is always right here: prepare_out_dir validated the WARP folder once, so anything already
     # in a run folder was made with these settings (and a Ray task retried after a crash continues).
     run_rl(cfg, Path(job.run_dir), policy, tok, reward_fn, prompts, method=cfg.inner, anchor_kind="ema",
-           seed=job.seed, resume=True, desc=job.desc)
+           seed=job.seed, resume=True, desc=job.desc, sft_weights=Path(job.sft_path) if job.sft_path else None)
 
 
 def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], threads: int, device: str) -> str:
@@ -310,7 +311,14 @@ def _last_row(metrics_file: Path) -> dict:
     return json.loads(metrics_file.read_text().splitlines()[n - 1]) if n else {}
 
 
-def _mean(values: list[float]) -> float | None:
+def _last_value(metrics_file: Path, key: str) -> float | None:
+    """The last value of ``key`` in a metrics log (logged every few steps only, e.g. charts/kl_sft)."""
+    lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
+    return next((json.loads(x)[key] for x in reversed(lines) if f'"{key}"' in x), None)
+
+
+def _mean(values: list[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
 
@@ -329,8 +337,12 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
         seconds["time/liti_s"] = write_merge(next_init, init, [slerp_file], "liti", eta=cfg.eta)
     last = [_last_row(run_dir(out, i, m) / "metrics.jsonl") for m in range(1, cfg.runs + 1)]
     row = {"iteration": i, "step": i * cfg.steps, **task_vector_stats(init, runs)}
-    for key in ("charts/reward_mean", "charts/kl_mean", "charts/reward_kl_regularised"):
-        row[key] = _mean([r[key] for r in last if key in r])
+    # charts/kl_anchor (= charts/kl_mean): the runs' last KL to their EMA anchor; charts/kl_sft: their last
+    # measured KL to θ_sft (the KL of the merged θ_init is what `warprl evaluate` measures).
+    for key in ("charts/reward_mean", "charts/kl_anchor", "charts/kl_mean", "charts/kl_sft",
+                "charts/reward_kl_regularised"):
+        row[key] = _mean([_last_value(run_dir(out, i, m) / "metrics.jsonl", key) for m in range(1, cfg.runs + 1)]
+                         if key == "charts/kl_sft" else [r[key] for r in last if key in r])
     row.update({k: round(v, 3) for k, v in seconds.items()})
     row["time/merge_s"] = round(seconds["time/slerp_s"] + seconds["time/liti_s"], 3)
     return row
@@ -405,7 +417,7 @@ def run_warp(cfg: AlignConfig, out: Path, policy, tok, executor) -> list[dict]:
             if run_finished(run):  # a kill can land between done.json and removing the checkpoints
                 shutil.rmtree(run / "checkpoints", ignore_errors=True)
         jobs = [RunJob(i, m, str(run_dir(out, i, m)), str(init_path(out, i)), run_seed(cfg.seed, i, m),
-                       f"iter {i}/{cfg.iterations} run {m}/{cfg.runs}")
+                       f"iter {i}/{cfg.iterations} run {m}/{cfg.runs}", str(init_path(out, 1)))
                 for m in range(1, cfg.runs + 1) if not run_finished(run_dir(out, i, m))]
         t_runs = time.perf_counter()
         executor.run(jobs)

@@ -1,0 +1,396 @@
+"""Which parts of WARP pay off? Anchor, merging, LITI/iterations and the method itself, over several seeds.
+
+    .venv/bin/python benchmarks/bench_warp_ablation.py [--seeds 0 1 2] [--parts a b c d] [--out runs/ablation]
+    .venv/bin/python benchmarks/bench_warp_ablation.py --plan      # the runs and evaluations, with a time estimate
+    .venv/bin/python benchmarks/bench_warp_ablation.py --smoke     # tiny sizes: proves the pipeline, not a result
+
+Parts (every comparison at equal RL compute = the same number of RL steps of the same shape, S = I·M·T):
+
+(a) anchor: RLOO and REINFORCE, S steps each, KL to the SFT policy vs KL to an EMA anchor (μ).
+(b) merging: one WARP iteration of M = 4 runs of T steps: one run alone, LERP and SLERP of runs 1–2 (M = 2) and
+    of all four (M = 4), beside one RLOO run of 4T steps with the EMA anchor (the equal-compute single run);
+    the task vectors' mean pairwise angle is reported.
+(c) LITI and iterations: WARP M = 2, η ∈ {0.3, 0.5}, the θ_init after I = 1, 2, 3 iterations (one I = 3 run
+    each; iteration 1 does not depend on η, so sharing it would save 2T steps per seed: not done yet).
+(d) fronts at equal total RL steps: WARP vs RLOO vs REINFORCE under two named configs, swept towards the SFT
+    policy: ``paper`` (WARP paper: REINFORCE inside, β 0.1, μ 0.01, η 0.3, λ 0.5; its output is the last
+    SLERP) and ``task`` (the reference task: RLOO inside with k samples, β ∈ {0.01, 0.1}, η 0.5). WARP's
+    ``final`` (θ_init after the last LITI) and the paper's output (the last SLERP) are both swept.
+
+Every candidate policy is swept over η (θ_η = (1−η)·θ_sft + η·θ) and evaluated on the same held-out prompts
+(the IMDB split `warprl align` never trains on) with the proxy reward, the VADER judge and a gold reward model
+that RL never optimises (MiniLM fully fine-tuned on all training pairs by `warprl reward train`, trained here
+once and cached in --out, never committed). Fronts are compared at matched KL: per seed the paired bootstrap
+over prompts, across seeds mean ± t·s/√n of the per-seed mean Δ; the verdict rule is
+:data:`warprl.eval.stats.VERDICT_RULE`. Writes runs/ablation/{results.md, ablation.json, *.png}, and (not with
+--smoke) the section "WARP ablation" of benchmarks/RESULTS.md and docs/results/ablation_*.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine, write_section  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = "../shared/data/imdb/train.parquet"
+
+# Sizes. FULL is sized for the 3-hour target on 2 cores (see --plan); the reference task's T = 100 is scaled to
+# T = 15 there (pass --steps 100 for the real one). SMOKE only proves that every part runs end to end.
+FULL = dict(steps=15, batch_size=8, k=2, max_new_tokens=24, lr=5e-5, n_prompts=256, samples_per_prompt=2,
+            etas=(0.0, 0.25, 0.5, 0.75, 1.0), gold_pairs=0, gold_max_length=256, eval_batch=32)
+SMOKE = dict(steps=2, batch_size=2, k=2, max_new_tokens=8, lr=5e-5, n_prompts=16, samples_per_prompt=2,
+             etas=(0.0, 0.5, 1.0), gold_pairs=32, gold_max_length=64, eval_batch=16)
+# Rates used by --plan (measured on 2 shared cores, benchmarks/RESULTS.md): an RL step of 8 prompts × 2 × 24
+# tokens, one evaluated sample (generation, both log-probs, reward, judge, gold), the gold RM's full fine-tune.
+STEP_S, SAMPLE_S, GOLD_S = 3.1, 0.09, 34 * 60
+
+PAPER = dict(inner="reinforce", beta=0.1, mu=0.01, eta=0.3, lam=0.5)
+TASK = dict(inner="rloo", mu=0.01, eta=0.5, lam=0.5)
+
+
+@dataclass
+class Plan:
+    """What one seed trains (name → align settings) and evaluates (name → weights, group)."""
+
+    runs: dict[str, dict] = field(default_factory=dict)
+    candidates: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (weights spec, part)
+
+
+def plan_for(parts: list[str], T: int) -> Plan:
+    """The runs and candidates of one seed. Weights specs: ``RUN`` (its final/), ``RUN:slerp`` (final_slerp/),
+    ``RUN:iter<i>`` (θ_init after iteration i), ``RUN:merge:<op>:<m>`` (a merge of the first m runs of iteration 1)."""
+    p = Plan()
+    S = 4 * T  # I·M·T of WARP I = 2, M = 2: the compute of every single-run baseline
+    if "d" in parts or "a" in parts:
+        for beta in ((0.01, 0.1) if "d" in parts else (0.1,)):
+            for m in ("rloo", "reinforce"):
+                p.runs[f"{m}_sft_b{beta}"] = dict(method=m, anchor="sft", steps=S, beta=beta)
+    if "d" in parts or "c" in parts:
+        p.runs["warp_task_b0.1_eta0.5"] = dict(method="warp", iterations=3 if "c" in parts else 2, runs=2, steps=T,
+                                               beta=0.1, **TASK)
+    if "d" in parts:
+        p.runs["warp_task_b0.01_eta0.5"] = dict(method="warp", iterations=2, runs=2, steps=T, beta=0.01, **TASK)
+        p.runs["warp_paper"] = dict(method="warp", iterations=2, runs=2, steps=T, **PAPER)
+        for beta in (0.01, 0.1):
+            w = f"warp_task_b{beta}_eta0.5"
+            spec = w if beta == 0.01 or "c" not in parts else f"{w}:iter2"  # I = 2 of the I = 3 run
+            p.candidates[f"task β={beta}: WARP final (LITI)"] = (spec, "d")
+            p.candidates[f"task β={beta}: WARP last SLERP"] = (w + (":slerp2" if "c" in parts and beta == 0.1 else
+                                                                   ":slerp"), "d")
+            p.candidates[f"task β={beta}: RLOO"] = (f"rloo_sft_b{beta}", "d")
+            p.candidates[f"task β={beta}: REINFORCE"] = (f"reinforce_sft_b{beta}", "d")
+        p.candidates["paper: WARP last SLERP (its output)"] = ("warp_paper:slerp", "d")
+        p.candidates["paper: WARP final (LITI)"] = ("warp_paper", "d")
+        p.candidates["paper: REINFORCE"] = ("reinforce_sft_b0.1", "d")
+        p.candidates["paper: RLOO"] = ("rloo_sft_b0.1", "d")
+    if "a" in parts:
+        for m, name in (("rloo", "RLOO"), ("reinforce", "REINFORCE")):
+            p.runs[f"{m}_ema_b0.1"] = dict(method=m, anchor="ema", mu=0.01, steps=S, beta=0.1)
+            p.candidates[f"{name} SFT anchor"] = (f"{m}_sft_b0.1", "a")
+            p.candidates[f"{name} EMA anchor"] = (f"{m}_ema_b0.1", "a")
+    if "b" in parts:
+        p.runs["warp_m4"] = dict(method="warp", iterations=1, runs=4, steps=T, beta=0.1, **TASK)
+        p.runs.setdefault("rloo_ema_b0.1", dict(method="rloo", anchor="ema", mu=0.01, steps=S, beta=0.1))
+        p.candidates["one run (T steps)"] = ("warp_m4:merge:one:1", "b")
+        for op in ("lerp", "slerp"):
+            for m in (2, 4):
+                p.candidates[f"{op.upper()} M={m}"] = (f"warp_m4:merge:{op}:{m}", "b")
+        p.candidates["one RLOO run of 4T steps, EMA anchor"] = ("rloo_ema_b0.1", "b")
+    if "c" in parts:
+        p.runs["warp_task_b0.1_eta0.3"] = dict(method="warp", iterations=3, runs=2, steps=T, beta=0.1,
+                                               **{**TASK, "eta": 0.3})
+        for eta in (0.3, 0.5):
+            for i in (1, 2, 3):
+                p.candidates[f"η={eta} I={i}"] = (f"warp_task_b0.1_eta{eta}:iter{i}", "c")
+    return p
+
+
+def run_steps(run: dict) -> int:
+    return run["steps"] * run.get("iterations", 1) * run.get("runs", 1)
+
+
+def print_plan(plan: Plan, seeds: list[int], sizes: dict) -> float:
+    steps = sum(run_steps(r) for r in plan.runs.values())
+    shared = 0
+    specs = {spec for spec, _ in plan.candidates.values()}  # a policy in several parts is evaluated once
+    points = len(specs) * (len(sizes["etas"]) - 1) + 1
+    samples = points * sizes["n_prompts"] * sizes["samples_per_prompt"]
+    total = len(seeds) * ((steps - shared) * STEP_S + samples * SAMPLE_S) + GOLD_S
+    print(f"per seed: {len(plan.runs)} runs, {steps - shared} RL steps (≈ {(steps - shared) * STEP_S / 60:.0f} min at "
+          f"{STEP_S} s/step), {len(specs)} distinct candidates × {len(sizes['etas']) - 1} η + SFT = {points} "
+          f"evaluations of {sizes['n_prompts']} × {sizes['samples_per_prompt']} (≈ {samples * SAMPLE_S / 60:.0f} min at "
+          f"{SAMPLE_S} s/sample); {len(seeds)} seeds + gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ {total / 3600:.1f} h",
+          file=sys.stderr)
+    for name, run in plan.runs.items():
+        print(f"  run {name}: {run}", file=sys.stderr)
+    kept = sum(len(needed_files(plan, n)) + 1 + (run.get("method") == "warp") for n, run in plan.runs.items())
+    print(f"disk (SmolLM2-135M, 0.54 GB per fp32 weight file): ≈ {kept * 0.54 * len(seeds):.0f} GB kept after "
+          f"pruning, plus one unpruned run at a time (≤ {(2 + 4 * 3) * 0.54:.0f} GB)", file=sys.stderr)
+    return total
+
+
+# ------------------------------------------------------------------------------------------------- doing
+
+
+def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict[str, float]:
+    from warprl.commands.align import run_align
+    from warprl.config import AlignConfig
+
+    seconds, freed = {}, 0.0
+    for name, run in plan.runs.items():
+        out = seed_dir / name
+        if (out / "summary.json").is_file():
+            continue
+        cfg = AlignConfig(policy="smollm2-135m", reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
+                          batch_size=sizes["batch_size"], k=sizes["k"], max_new_tokens=sizes["max_new_tokens"],
+                          lr=sizes["lr"], seed=seed, checkpoint_every=0, progress=False, device="cpu",
+                          out=str(out), **run)
+        cfg.resume = (out / "config.yaml").is_file()  # an interrupted benchmark continues where it stopped
+        t0 = time.perf_counter()
+        run_align(cfg)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        freed += prune(plan, seed_dir)  # after every run: the disk holds one unpruned run at a time
+    freed += prune(plan, seed_dir)
+    print(f"seed {seed}: pruned {freed:.1f} GB of weights no candidate reads", file=sys.stderr)
+    return seconds
+
+
+def needed_files(plan: Plan, name: str) -> set[str]:
+    """The files of run ``name`` (relative to its folder) that the candidates read; the rest can go."""
+    need: set[str] = set()
+    for spec, _ in plan.candidates.values():
+        run, _, rest = spec.partition(":")
+        if run != name:
+            continue
+        if rest.startswith("merge"):
+            need |= {"sft.safetensors"} | {f"iter_1/run_{j}/weights.safetensors" for j in range(1, 5)}
+        elif rest.startswith("iter"):
+            need.add(f"iter_{int(rest[4:])}/init.safetensors")
+        elif rest.startswith("slerp") and rest != "slerp":
+            need.add(f"iter_{int(rest[5:])}/slerp.safetensors")
+    return need
+
+
+def prune(plan: Plan, seed_dir: Path) -> float:
+    """Delete the weight files of finished runs that no candidate reads (each is 0.54 GB for SmolLM2-135M in
+    fp32: unpruned, one seed of all four parts holds ≈ 37 GB); final/ and final_slerp/ stay. Returns GB freed."""
+    freed = 0
+    for name in plan.runs:
+        out = seed_dir / name
+        if not (out / "summary.json").is_file():
+            continue
+        keep = needed_files(plan, name)
+        for f in [out / "weights.safetensors", out / "sft.safetensors", *out.glob("iter_*/*.safetensors"),
+                  *out.glob("iter_*/run_*/weights.safetensors")]:
+            if f.is_file() and f.relative_to(out).as_posix() not in keep:
+                freed += f.stat().st_size
+                f.unlink()
+    return freed / 2**30
+
+
+def _link(src: Path, dst: Path) -> None:
+    """A hard link (no second copy on disk), or a copy across file systems."""
+    try:
+        dst.hardlink_to(src)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
+def weights_folder(seed_dir: Path, spec: str, work: Path) -> Path:
+    """An HF-style folder holding the weights a candidate spec names (merges are written here once)."""
+    from warprl import merge
+    from warprl.rl.warp import task_vector_stats
+
+    name, _, rest = spec.partition(":")
+    run = seed_dir / name
+    if not rest:
+        return run / "final"
+    if rest == "slerp":
+        return run / "final_slerp"
+    folder = work / spec.replace(":", "_")
+    target = folder / "model.safetensors"
+    if not target.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        if rest.startswith("iter"):
+            _link(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
+        elif rest.startswith("slerp"):
+            _link(run / f"iter_{int(rest[5:])}" / "slerp.safetensors", target)
+        else:  # merge:<op>:<m>
+            _, op, m = rest.split(":")
+            runs = [run / "iter_1" / f"run_{j}" / "weights.safetensors" for j in range(1, int(m) + 1)]
+            if op == "one":
+                _link(runs[0], target)
+            else:
+                merge.merge_files(run / "sft.safetensors", runs, target, op, lam=0.5 if int(m) == 2 else None)
+                stats = task_vector_stats(run / "sft.safetensors", runs)
+                (folder / "angle.json").write_text(json.dumps(stats))
+    return folder
+
+
+def train_gold(out: Path, sizes: dict, args) -> Path:
+    from warprl.commands.reward import train
+    from warprl.config import RewardTrainConfig
+
+    gold = out / "gold_rm"
+    if not (gold / "config.json").is_file():
+        print(f"training the gold RM into {gold} (full fine-tune of MiniLM)", file=sys.stderr)
+        train(RewardTrainConfig(data=args.data, backbone="minilm-l6", out=str(gold), pooling="mean",
+                                init_head="imdb-sentiment", lr=2e-5, max_pairs=sizes["gold_pairs"],
+                                max_length=sizes["gold_max_length"], val_pairs=64 if args.smoke else 1000,
+                                device="cpu", overwrite=True, progress=False))
+    return gold
+
+
+def evaluate_all(plan: Plan, seeds: list[int], out: Path, sizes: dict, gold: Path, args) -> dict:
+    from warprl.config import EvalConfig
+    from warprl.eval.pareto import Evaluator
+
+    ecfg = EvalConfig(prompts=args.data, prompt_tokens="5-10", n_prompts=sizes["n_prompts"],
+                      samples_per_prompt=sizes["samples_per_prompt"], max_new_tokens=sizes["max_new_tokens"],
+                      batch_size=sizes["eval_batch"], gold=str(gold), device="cpu")
+    ev = Evaluator("smollm2-135m", ecfg, "imdb-sentiment", "vader", progress=False)
+    etas = [e for e in sizes["etas"] if e > 0]
+    results: dict[str, list[list[dict]]] = {}  # candidate → per seed → points
+    angles: dict[str, list[float]] = {}
+    for seed in seeds:
+        seed_dir = out / f"seed{seed}"
+        done: dict[str, list[dict]] = {}  # spec → points: a policy named in several parts is evaluated once
+        for name, (spec, _) in plan.candidates.items():
+            folder = weights_folder(seed_dir, spec, seed_dir / "candidates")
+            if spec not in done:
+                done[spec] = [{"eta": 0.0, **ev.at_eta(folder, 0.0, "sft")}] + ev.sweep(folder, etas, name)
+            results.setdefault(name, []).append(done[spec])
+            if (folder / "angle.json").is_file():
+                a = json.loads((folder / "angle.json").read_text())["charts/task_vector_angle_deg"]
+                if a is not None:
+                    angles.setdefault(name, []).append(a)
+    return {"results": results, "angles": angles, "n_prompts": len(ev.prompts)}
+
+
+# ------------------------------------------------------------------------------------------------ report
+
+
+def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, smoke: bool, seconds: float) -> str:
+    from warprl.eval import stats
+    from warprl.eval.pareto import compare_fronts, seeded_series
+    from warprl.eval.report import _ci, plot_front
+
+    series = {n: seeded_series(n, "sweep", "", pts) for n, pts in ev["results"].items()}
+    lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if smoke else "")
+             + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); bundled SmolLM2-135M, reward `imdb-sentiment`, "
+             f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`); T = {sizes['steps']}, "
+             f"{sizes['batch_size']} prompts × {sizes['k']} samples per step, ≤ {sizes['max_new_tokens']} tokens; "
+             f"{ev['n_prompts']} held-out IMDB prompts × {sizes['samples_per_prompt']} samples per point, η ∈ "
+             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {machine()}; {seconds / 60:.1f} min.", "",
+             ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
+              "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
+              "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
+              "Each candidate: η = 1 reward / gold / KL with 95 % bootstrap intervals over prompts. Comparisons: "
+              "mean Δreward at matched KL (the first's front at the second's KLs), paired bootstrap over prompts. ")
+             + "Each pair is compared both ways; KL values beyond the first front's range are left out. "
+             + stats.VERDICT_RULE, ""]
+    names = {part: [n for n, (_, p) in plan.candidates.items() if p == part] for part in "abcd"}
+    titles = {"a": "(a) anchor: SFT vs EMA", "b": "(b) merging", "c": "(c) LITI η and iterations I",
+              "d": "(d) fronts at equal total RL steps"}
+    pairs = {"a": [("RLOO EMA anchor", "RLOO SFT anchor"), ("REINFORCE EMA anchor", "REINFORCE SFT anchor")],
+             "b": [(f"{op} M={m}", "one run (T steps)") for op in ("LERP", "SLERP") for m in (2, 4)]
+             + [("SLERP M=4", "one RLOO run of 4T steps, EMA anchor"), ("SLERP M=4", "LERP M=4")],
+             "c": [("η=0.3 I=3", "η=0.3 I=1"), ("η=0.5 I=3", "η=0.5 I=1"), ("η=0.3 I=3", "η=0.5 I=3")],
+             "d": [(f"task β={b}: WARP {w}", f"task β={b}: {m}") for b in (0.01, 0.1)
+                   for w in ("final (LITI)", "last SLERP") for m in ("RLOO", "REINFORCE")]
+             + [("paper: WARP last SLERP (its output)", "paper: REINFORCE"), ("paper: WARP final (LITI)",
+                                                                          "paper: REINFORCE"),
+                ("paper: WARP last SLERP (its output)", "paper: WARP final (LITI)")]}
+    summary: dict = {"comparisons": []}
+    for part in "abcd":
+        if not names[part]:
+            continue
+        lines += [f"### {titles[part]}", "", "| candidate | reward η=1 | gold η=1 | KL η=1 | seeds |", "|---|---:|---:|---:|---:|"]
+        for n in names[part]:
+            p = series[n].points[-1]
+            ang = ev["angles"].get(n)
+            lines.append(f"| {n}" + (f" (task vectors {sum(ang) / len(ang):.0f}°)" if ang else "")
+                         + f" | {p['reward_mean']:.2f} {_ci(p.get('reward_ci'), '{:.2f}')} | "
+                         f"{p.get('gold_mean', float('nan')):.2f} {_ci(p.get('gold_ci'), '{:.2f}')} | "
+                         f"{p['kl_mean']:.1f} {_ci(p.get('kl_ci'), '{:.1f}')} | {p.get('n_seeds', 1)} |")
+        lines += ["", "| comparison | matched KL | mean Δreward | 95 % interval | verdict |", "|---|---:|---:|---:|---|"]
+        for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
+            if a not in series or b not in series:
+                continue
+            c = compare_fronts(series[a], series[b])
+            summary["comparisons"].append({"part": part, **{k: v for k, v in c.items() if k != "rows"}})
+            center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
+            md = "–" if center is None else f"{center:+.3f}"
+            lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | {c['verdict']} |")
+        png = out / f"ablation_{part}.png"
+        plot_front([series[n] for n in names[part]], png, title=titles[part])
+        lines += ["", f"![{titles[part]}]({png.name})"]
+        if part == "d":
+            gpng = out / "ablation_d_gold.png"
+            plot_front([series[n] for n in names[part]], gpng, title="gold reward vs KL (never optimised)",
+                       metric="gold_mean", ylabel="mean gold reward")
+            lines += ["", f"![gold vs KL]({gpng.name})"]
+        lines.append("")
+    summary["series"] = {n: s.points for n, s in series.items()}
+    for s in summary["series"].values():
+        for p in s:
+            p.pop("samples", None)
+    (out / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--parts", nargs="+", default=list("abcd"), choices=list("abcd"))
+    ap.add_argument("--out", default="runs/ablation")
+    ap.add_argument("--data", default=DATA, help="labelled IMDB reviews (prompts, gold RM pairs)")
+    ap.add_argument("--steps", type=int, default=0, help="T per WARP run (default: 15; smoke: 2)")
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline, results mean nothing")
+    ap.add_argument("--plan", action="store_true", help="print the runs and a time estimate, run nothing")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on "
+                    "cores shared with other jobs)")
+    args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    sizes = dict(SMOKE if args.smoke else FULL)
+    sizes["steps"] = args.steps or sizes["steps"]
+    plan = plan_for(args.parts, sizes["steps"])
+    print_plan(plan, args.seeds, sizes)
+    if args.plan:
+        return 0
+    out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    gold = train_gold(out, sizes, args)
+    train_s = {}
+    for seed in args.seeds:
+        print(f"seed {seed}: training {len(plan.runs)} runs", file=sys.stderr)
+        train_s[seed] = train_runs(plan, out / f"seed{seed}", seed, sizes, args)
+    print("evaluating every candidate", file=sys.stderr)
+    ev = evaluate_all(plan, args.seeds, out, sizes, gold, args)
+    seconds = time.perf_counter() - t0
+    cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
+    text = report(plan, ev, args.seeds, sizes, out, args.smoke, seconds) + f"\nCommand: `{cmd}`; training seconds per run: {json.dumps(train_s)}.\n"
+    (out / "results.md").write_text(text)
+    print(text)
+    if not args.smoke:  # a smoke run is never written where results live
+        docs = ROOT / "docs" / "results"
+        for png in out.glob("ablation_*.png"):
+            shutil.copyfile(png, docs / png.name)
+        write_section("WARP ablation", text.replace("](ablation_", "](../docs/results/ablation_"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
