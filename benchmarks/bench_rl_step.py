@@ -10,7 +10,7 @@ the warm-up step. Remaining differences are printed beside the figures.
 Also measured in the same run: memory read bandwidth (→ decode bound = bf16 weight bytes / bandwidth),
 the bf16 matmul peak (→ update FLOP/s as a share of it), and a breakdown of one warprl update.
 
-    python3 -m venv /work/venv-trl && ... && pip install trl==1.16.0   # the bench needs TRL, warprl does not
+    python3 -m venv ../venv-trl && ... && pip install trl==1.16.0   # the bench needs TRL, warprl does not
     PYTHONPATH=src python benchmarks/bench_rl_step.py [--shapes 8x2x24 16x4x64] [--steps 7] [--json]
 """
 
