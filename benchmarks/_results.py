@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import tempfile
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -64,3 +65,17 @@ def write_section(title: str, markdown: str, path: Path = RESULTS) -> Path:
     finally:
         os.close(lock)  # closing releases the lock
     return path
+
+
+def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
+    """Bytes/s the cores read from memory: the best of ``reps`` sums over a ``gib`` GiB fp32 tensor."""
+    import torch
+
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
+    x.sum()  # fault the pages in first
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best

@@ -17,22 +17,12 @@ import statistics
 import time
 
 import torch
+from _results import read_bandwidth
 
 from warprl.data import builtin_prompts
 from warprl.models import load_policy
 from warprl.rl import engine as E
 from warprl.rl.rollout import tokenize_prompts
-
-
-def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
-    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
-    x.sum()
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t)
-    return x.numel() * 4 / best
 
 
 def weight_bytes(model) -> int:

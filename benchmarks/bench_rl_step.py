@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import torch
-from _results import machine, write_section
+from _results import machine, read_bandwidth, write_section
 
 from warprl import optim
 from warprl.config import AlignConfig
@@ -59,16 +59,6 @@ def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
             a @ b
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 * reps / best
-
-
-def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
-    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t)
-    return x.numel() * 4 / best
 
 
 def loadavg() -> float:
