@@ -7,17 +7,19 @@ excluded; GPT-2's Conv1D layers included). A saved adapter is peft's own folder 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel, get_peft_model, set_peft_model_state_dict
 from safetensors.torch import load_file, save_file
 
 from warprl.errors import UserError, first_line
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_LORA_FIELDS = {f.name for f in dataclasses.fields(LoraConfig) if f.init}
 
 
 def parse_targets(targets: str) -> str | list[str]:
@@ -97,10 +99,19 @@ def load_adapter(base, folder: str | Path, merged: bool = True):
     """Put the LoRA adapter in ``folder`` onto ``base``; return the merged plain model (or the peft model)."""
     folder = Path(folder)
     _check_adapter(base, folder)
+    # Built from the two files by hand rather than PeftModel.from_pretrained: only adapter_config.json (JSON)
+    # and adapter_model.safetensors are read, never a pickled adapter_model.bin and never a hub.
+    settings = json.loads((folder / ADAPTER_CONFIG).read_text())
     try:
-        model = PeftModel.from_pretrained(base, str(folder), is_trainable=False)
+        config = LoraConfig(**{k: v for k, v in settings.items() if k in _LORA_FIELDS})
+        config.inference_mode = True
+        model = PeftModel(base, config)
+        result = set_peft_model_state_dict(model, load_file(str(folder / ADAPTER_WEIGHTS)))
     except Exception as e:  # peft/safetensors raise ValueError, KeyError, RuntimeError on mismatches
         raise UserError(f"cannot apply adapter {folder}: {first_line(e)}") from None
+    unused = list(getattr(result, "unexpected_keys", []))
+    if unused:
+        raise UserError(f"cannot apply adapter {folder}: {len(unused)} tensors fit no layer, e.g. {unused[0]}")
     # Adapters stored in bf16/fp16 are upcast to the base's dtype (peft keeps the stored dtype otherwise).
     dtype = next(base.parameters()).dtype
     for n, p in model.named_parameters():

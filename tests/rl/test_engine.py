@@ -150,10 +150,11 @@ def test_levers_do_not_change_tokens(tiny, opts, monkeypatch):
 
 
 def test_unsupported_model_falls_back_to_generate():
-    import conftest
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    tok = conftest.make_word_tokenizer()
+    from tests.conftest import make_word_tokenizer
+
+    tok = make_word_tokenizer()
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=16, n_layer=1, n_head=2, n_positions=64,
                                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)).eval()
