@@ -13,6 +13,7 @@ from warprl.config.sections import (
     WarpSettings,
     _check_mu,
     _non_negative,
+    _open_unit_interval,
     _positive,
     _unit_interval,
     parse_prompt_tokens,
@@ -100,8 +101,7 @@ class RewardTrainConfig:
         _non_negative("center_rewards", self.center_rewards)
         _non_negative("max_grad_norm", self.max_grad_norm)
         _positive("val_pairs", self.val_pairs)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        _open_unit_interval("val_fraction", self.val_fraction)
 
 
 @dataclass
@@ -130,8 +130,7 @@ class RewardEvalConfig(RewardScorerSettings):
             raise UserError("reward eval needs --data (labelled reviews: a file, folder or hub dataset id)")
         if self.limit < 1 or self.batch_size < 1:
             raise UserError(f"--limit and --batch-size must be >= 1, got {self.limit} and {self.batch_size}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        _open_unit_interval("val_fraction", self.val_fraction)
 
 
 @dataclass
@@ -300,8 +299,7 @@ class SFTConfig:
         for name in ("max_tokens", "max_texts", "eval_every", "checkpoint_every", "weight_decay", "max_grad_norm"):
             _non_negative(name, getattr(self, name))
         _unit_interval("warmup_ratio", self.warmup_ratio)
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        _open_unit_interval("val_fraction", self.val_fraction)
 
 
 @dataclass
@@ -327,7 +325,6 @@ class SFTEvalConfig:
         _positive("batch_size", self.batch_size)
         if self.max_length < 2:
             raise UserError(f"--max-length must be >= 2, got {self.max_length}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise UserError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
+        _open_unit_interval("val_fraction", self.val_fraction)
 
 

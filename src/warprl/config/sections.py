@@ -185,6 +185,12 @@ def _unit_interval(name: str, value: float) -> None:
         raise UserError(f"--{_flag(name)} must be in [0, 1], got {value}")
 
 
+def _open_unit_interval(name: str, value: float) -> None:
+    """A share that must leave something on both sides (e.g. a validation fraction)."""
+    if not (isinstance(value, int | float) and 0.0 < value < 1.0):
+        raise UserError(f"--{_flag(name)} must be in (0, 1), got {value}")
+
+
 def _check_mu(mu: float) -> None:
     if not (isinstance(mu, int | float) and 0.0 < mu <= 1.0):
         raise UserError(f"--mu must be in (0, 1], got {mu}")
