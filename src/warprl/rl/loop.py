@@ -62,6 +62,18 @@ class StopFlag:
     requested: str | None = None
 
 
+def checkpoint_due(step: int, every: int, end: bool) -> bool:
+    """A checkpoint after this step: at the end, every ``every`` steps (0 = never between), or on a stop request."""
+    return end or bool(every and step % every == 0) or bool(StopFlag.requested)
+
+
+def stop_if_requested(step: int, end: bool, what: str) -> None:
+    """After the checkpoint of a stop request: end the run with a one-line error (unless it just finished)."""
+    if StopFlag.requested and not end:
+        raise RunInterrupted(f"stopped by {StopFlag.requested} after step {step} of {what}; "
+                             f"checkpoint saved — rerun the same command with --resume to continue")
+
+
 @contextmanager
 def graceful_stop():
     previous = {}
@@ -295,11 +307,9 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
             bar.update(1)
             bar.set_postfix(reward=f"{last['charts/reward_mean']:.3f}", kl=f"{last['charts/kl_mean']:.2f}")
             end = state.step == cfg.steps
-            if end or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or StopFlag.requested:
+            if checkpoint_due(state.step, cfg.checkpoint_every, end):
                 save_checkpoint(ckpt_root, state, policy, ema, opt)
-            if StopFlag.requested and not end:
-                raise RunInterrupted(f"stopped by {StopFlag.requested} after step {state.step} of {desc or method}; "
-                                     f"checkpoint saved — rerun the same command with --resume to continue")
+            stop_if_requested(state.step, end, desc or method)
     finally:
         bar.close()
         log.close()

@@ -27,7 +27,7 @@ from warprl.io import atomic_write_json, remove_stale_temp_files
 from warprl.optim import warmup_cosine
 from warprl.precision import MixedPrecision
 from warprl.rl.checkpoint import MetricsLog, load_optimizer_state, optimizer_tensors
-from warprl.rl.loop import NonFiniteError, RunInterrupted, StopFlag
+from warprl.rl.loop import NonFiniteError, checkpoint_due, stop_if_requested
 from warprl.seeding import derive_seed
 from warprl.sft.data import Batch
 from warprl.sft.nll import corpus_nll, nll_sum
@@ -177,11 +177,9 @@ def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[i
             bar.update(1)
             bar.set_postfix(loss=f"{row['losses/train_nll']:.3f}", tok_s=f"{n_tok / dt:.0f}",
                             **({"val": f"{row['losses/val_nll']:.3f}"} if "losses/val_nll" in row else {}))
-            if end or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0) or StopFlag.requested:
+            if checkpoint_due(state.step, cfg.checkpoint_every, end):
                 save_checkpoint(ckpt, state, model, opt)
-            if StopFlag.requested and not end:
-                raise RunInterrupted(f"stopped by {StopFlag.requested} after step {state.step} of {total}; "
-                                     f"checkpoint saved — rerun the same command with --resume to continue")
+            stop_if_requested(state.step, end, str(total))
     finally:
         bar.close()
         log.close()
