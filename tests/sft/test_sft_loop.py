@@ -70,3 +70,11 @@ def test_checkpoint_holds_only_the_adapter(tiny_policy_dir, texts_file, tmp_path
     ckpt = sorted((tmp_path / "c" / "checkpoints").glob("step_*"))[-1]
     keys = load_file(str(ckpt / "trainable.safetensors")).keys()
     assert keys and all("lora_" in k for k in keys)
+
+
+def test_eval_every_0_still_measures_the_end(tiny_policy_dir, texts_file, tmp_path):
+    """--eval-every 0 means "only at the start and the end": the end point must be a new measurement."""
+    out = run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "e", eval_every=0, lora_dropout=0.0))
+    steps = [row[0] for row in out["val_curve"]]
+    assert steps == [0, out["steps"]]
+    assert out["val_nll_end"] == out["val_curve"][-1][2] != out["val_nll_start"]

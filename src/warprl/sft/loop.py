@@ -169,7 +169,7 @@ def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[i
                    "charts/lr": lr, "charts/tokens_seen": state.tokens_seen, "charts/tokens_per_s": n_tok / dt,
                    "time/step_s": dt}
             end = state.step == total
-            if val_rows and cfg.eval_every and (state.step % cfg.eval_every == 0 or end):
+            if val_rows and (end or (cfg.eval_every and state.step % cfg.eval_every == 0)):
                 row["losses/val_nll"] = validate()
                 row["charts/val_perplexity"] = math.exp(row["losses/val_nll"])
             log.write(row)
