@@ -21,6 +21,12 @@ from warprl.config.sections import (
 )
 from warprl.errors import UserError
 
+# The SFT policy every RL/evaluation command starts from or measures KL against by default: the bundled
+# SmolLM2-135M-Instruct with the embedded IMDB LoRA adapter (`warprl sft`), so completions read as reviews, as
+# lvwerra/gpt2-imdb's do in the reference setting. `warprl sft` itself starts from the plain base.
+SFT_POLICY = "smollm2-imdb"
+BASE_POLICY = "smollm2-135m"
+
 # ------------------------------------------------------------------------------------------------ commands
 
 
@@ -28,7 +34,7 @@ from warprl.errors import UserError
 class GenerateConfig(SamplingSettings):
     """`warprl generate`: sample continuations from a policy."""
 
-    policy: str = setting("smollm2-135m", "policy: alias, HF folder, .gguf file or hub id")
+    policy: str = setting(SFT_POLICY, "policy: alias, HF folder, .gguf file or hub id")
     prompt: list[str] = setting([], "prompt text (repeat the flag for several)")
     num_samples: int = setting(1, "completions per prompt")
     max_new_tokens: int = setting(40, "maximum new tokens per completion")
@@ -152,7 +158,7 @@ class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, Run
 
     method: str = setting("rloo", "RL method", choices=("reinforce", "rloo", "warp"))
     inner: str = setting("rloo", "estimator inside each WARP run", choices=("reinforce", "rloo"))
-    policy: str = setting("smollm2-135m", "initial (SFT) policy: alias, HF folder, .gguf or hub id")
+    policy: str = setting(SFT_POLICY, "initial (SFT) policy: alias, HF folder, .gguf or hub id")
     reward: str = setting("imdb-sentiment", "reward: alias (imdb-sentiment, vader), RM folder or hub id")
     prompts: str = setting("builtin", "prompts: builtin, a data file/folder, a .txt (one per line) or hub id")
     prompt_tokens: str = setting("8", "prompt length in policy tokens: N, or a range such as 5-15")
@@ -182,15 +188,15 @@ class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, Run
 class EvalConfig(EvalSettings):
     """`warprl evaluate`: reward, KL to the SFT policy, judge and diversity on held-out prompts."""
 
-    policy: str = setting("smollm2-135m", "policy to evaluate")
-    sft: str = setting("smollm2-135m", "reference (SFT) policy for the KL and NLL")
+    policy: str = setting(SFT_POLICY, "policy to evaluate")
+    sft: str = setting(SFT_POLICY, "reference (SFT) policy for the KL and NLL")
 
 
 @dataclass
 class ParetoConfig(EvalSettings):
     """`warprl pareto`: sweep θ_η = (1−η)·θ_sft + η·θ_final, evaluate each point, plot reward against KL."""
 
-    sft: str = setting("smollm2-135m", "SFT policy θ_sft (η = 0)")
+    sft: str = setting(SFT_POLICY, "SFT policy θ_sft (η = 0)")
     final: str = setting("", "aligned policy θ_final (η = 1): `warprl align` output or HF folder; A,B,C = seeds")
     baseline: list[str] = setting([], "another `warprl align` run as its own series (repeat; A,B,C = seeds)")
     sweep_baselines: bool = setting(False, "sweep η for every baseline as well (a curve per run, not one point)")
@@ -218,7 +224,7 @@ class QuickstartConfig(WarpSettings, RunSettings):
     """
 
     out: str = setting("runs/quickstart", "output folder: final/, report.md, pareto.png, summary.json")
-    policy: str = setting("smollm2-135m", "SFT policy")
+    policy: str = setting(SFT_POLICY, "SFT policy")
     reward: str = setting("imdb-sentiment", "reward model or alias")
     judge: str = setting("vader", "independent judge reward (never trained on)")
     prompts: str = setting("builtin", "training prompts and held-out evaluation prompts")
@@ -252,7 +258,7 @@ class QuickstartConfig(WarpSettings, RunSettings):
 class SFTConfig:
     """`warprl sft`: supervised fine-tuning of a causal LM on text (full or LoRA), the first stage of the pipeline."""
 
-    policy: str = setting("smollm2-135m", "model to fine-tune: alias, HF folder, .gguf or hub id")
+    policy: str = setting(BASE_POLICY, "model to fine-tune: alias, HF folder, .gguf or hub id")
     data: str = setting("", "texts: parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id ('text' column)")
     val_data: str = setting("", "validation texts from another source (its held-out split); empty: the held-out split of --data")
     val_fraction: float = setting(0.1, "share of the texts held out for validation (seeded by --seed)")
@@ -306,7 +312,7 @@ class SFTConfig:
 class SFTEvalConfig:
     """`warprl sft eval`: per-token NLL and perplexity of texts under a policy."""
 
-    policy: str = setting("smollm2-135m", "policy: alias, HF folder, .gguf, `warprl sft` output folder or hub id")
+    policy: str = setting(SFT_POLICY, "policy: alias, HF folder, .gguf, `warprl sft` output folder or hub id")
     data: str = setting("", "texts: parquet/jsonl/csv file or folder, aclImdb/ folder, or hub dataset id")
     split: str = setting("val", "all texts, or the validation split `warprl sft` holds out (same --val-fraction, --seed)",
                          choices=("all", "val"))
