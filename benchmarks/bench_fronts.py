@@ -94,33 +94,34 @@ def main() -> int:
         return rows
 
     warp_pts, rloo_pts = series[warp_name]["points"], series[rloo_name]["points"]
-    # Noise level of one point: the standard error of its mean reward (typical over both sweeps).
-    ses = sorted(p["reward_std"] / p["n_samples"] ** 0.5 for p in warp_pts + rloo_pts if p["eta"] > 0)
-    se = ses[len(ses) // 2]
     overlap = min(max(p["kl_mean"] for p in warp_pts), max(p["kl_mean"] for p in rloo_pts))
 
     def verdict() -> str:
+        """The rule of the report (``eval.stats.verdict`` on each direction's 95 % interval of the mean Δ)."""
         a, b = w_over_r, r_over_w  # a: WARP's front at RLOO's KLs; b: RLOO's front at WARP's KLs
         if not a["matched"] and not b["matched"]:
             return "The two fronts do not overlap in KL: no matched comparison is possible."
-        da, db = a["mean_delta"] or 0.0, b["mean_delta"] or 0.0
-        if abs(da) <= 2 * se and abs(db) <= 2 * se:
-            head = "**Neither front lies above the other beyond noise**"
-        elif da > 0 and db <= 0:
+        va, vb = a["verdict"], b["verdict"]
+        if va == "above" and vb != "above":
             head = "**WARP's front lies above RLOO's**"
-        elif da < 0 and db >= 0:
+        elif vb == "above" and va != "above":
             head = "**RLOO's front lies above WARP's**"
+        elif va in ("within noise", "no interval", "no comparison") and vb in ("within noise", "no interval",
+                                                                             "no comparison"):
+            head = "**The fronts are within noise of each other**"
         else:
             head = "**Neither front dominates**"
         parts = []
-        if a["matched"]:
-            parts.append(f"at RLOO's {a['matched']} KL values inside WARP's range WARP's front is above at "
-                         f"{a['a_above']} (mean Δreward {da:+.3f})")
-        if b["matched"]:
-            parts.append(f"at WARP's {b['matched']} KL values RLOO's front is above at {b['a_above']} "
-                         f"(mean Δreward {db:+.3f})")
-        return (f"{head} in the KL range both cover (0–{overlap:.1f} nats): " + "; ".join(parts)
-                + f". The standard error of one point's mean reward is ≈ {se:.2f}.")
+        for c, what in ((a, "WARP − RLOO at RLOO's KL values"), (b, "RLOO − WARP at WARP's KL values")):
+            if c["matched"]:
+                ci = c.get("mean_delta_ci")
+                ci_text = f"[{ci[0]:+.3f}, {ci[1]:+.3f}]" if ci else "no interval"
+                parts.append(f"{what}: mean Δ {c['mean_delta']:+.3f}, 95 % interval {ci_text} over "
+                             f"{c['matched']} points → {c['verdict']}")
+        rule = ("Rule: a front is above the other when the 95 % interval of its mean reward difference at the "
+                "other's KL values lies above 0 and the reverse interval does not; within noise when no "
+                "interval excludes 0.")
+        return f"{head} in the KL range both cover (0–{overlap:.1f} nats). " + "; ".join(parts) + ". " + rule
 
     def endpoint(name: str, p: dict) -> str:
         return (f"{name} at η = 1: reward {p['reward_mean']:.2f} at KL {p['kl_mean']:.1f}, distinct-2 "
