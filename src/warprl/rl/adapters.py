@@ -1,0 +1,155 @@
+"""LoRA in an RL run: a frozen base θ_init plus trainable factors, seen by the loop as plain models.
+
+The rollout engine reads plain Llama weights (fused q/k/v and gate/up views), so no peft wrapper takes part.
+LoRA is a parametrisation instead (:class:`warprl.lora.Factors`):
+
+* the base θ_init stays as loaded (fp32) and frozen; the trainable parameters are the fp32 factors A and B
+  of each target layer, scale s = alpha/r;
+* the compute copy that samples, scores and back-propagates is a plain model whose target weights hold
+  W0 + s·B·A (computed in fp32, then cast to the compute dtype), refreshed after every optimiser step;
+* only its target weights require a gradient; their gradient G gives the factors' exact gradients by the
+  chain rule, dL/dA = s·Bᵀ·G and dL/dB = s·G·Aᵀ (:func:`warprl.lora.factor_grads`), and AdamW, clipping
+  and the NaN guard act on the factors alone;
+* the EMA anchor is an EMA of the factors, θ_ema ← (1−μ)·θ_ema + μ·θ per tensor, and its compute copy
+  (W0 + s·B_ema·A_ema on the targets) shares every other tensor (embeddings, norms) with the policy's copy;
+  the SFT anchor is W0 itself. Memory grows by the target layers of one copy, not by a model.
+
+:class:`LoraWeights` has the interface of :class:`warprl.precision.MixedPrecision` that ``rl_step`` uses
+(``compute``, ``master``, ``grads_to_master``, ``sync``), so one step serves both kinds of run.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+from warprl.lora import Factors, Target, delta, factor_grads, find_targets, peft_target_modules, read_adapter
+from warprl.rl.engine import share_fused_storage
+from warprl.seeding import derive_seed
+
+ADAPTER_DIR = "adapter"  # inside a LoRA run folder: peft's adapter_config.json + adapter_model.safetensors
+
+
+def plain_copy(model: torch.nn.Module, dtype: torch.dtype | None, share: set[int]) -> torch.nn.Module:
+    """A copy of ``model`` that shares the tensors whose ids are in ``share`` and holds copies (cast to
+    ``dtype`` when given, floating-point tensors only) of the others; nothing else is copied first, so a bf16
+    copy of an fp32 model never holds a second fp32 model."""
+    memo: dict[int, object] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in memo:
+            continue
+        if id(t) in share:
+            memo[id(t)] = t
+            continue
+        c = t.detach().to(dtype if dtype is not None and t.is_floating_point() else t.dtype, copy=True)
+        memo[id(t)] = torch.nn.Parameter(c, requires_grad=False) if isinstance(t, torch.nn.Parameter) else c
+    return copy.deepcopy(model, memo)
+
+
+def _weights(model: torch.nn.Module, targets: list[Target]) -> list[torch.nn.Parameter]:
+    modules = dict(model.named_modules())
+    return [modules[t.name].weight for t in targets]
+
+
+class LoraWeights:
+    """A plain ``compute`` model whose target weights are W0 + s·B·A of ``master`` (a :class:`Factors`), or W0
+    itself when ``master`` is None (a frozen model: W0 is dropped once copied)."""
+
+    def __init__(self, w0: list[torch.Tensor], master: Factors | None, compute: torch.nn.Module, trainable: bool,
+                 targets: list[Target]):
+        self.master, self.compute, self.targets = master, compute, targets
+        self._w0: list[torch.Tensor] | None = w0
+        self._w = _weights(compute, targets)
+        for p in compute.parameters():
+            p.requires_grad_(False)
+        for w in self._w:
+            w.requires_grad_(trainable)
+        compute.eval()
+        self.sync()
+        if master is None:
+            self._w0 = None
+
+    def grads_to_master(self) -> None:
+        """The factors' gradients from the compute copy's target-weight gradients (chain rule, fp32)."""
+        for t, w, (a, b) in zip(self.targets, self._w, self.master.pairs, strict=True):
+            g, w.grad = w.grad, None
+            if g is None:
+                a.grad = b.grad = None
+                continue
+            a.grad, b.grad = factor_grads(g.to(a.dtype), a.detach(), b.detach(), self.master.scale,
+                                          t.fan_in_fan_out)
+
+    @torch.no_grad()
+    def sync(self) -> None:
+        """Target weights ← W0 + s·B·A (fp32, then the compute dtype); bumps their versions for the engine."""
+        if self._w0 is None:
+            return
+        pairs = self.master.pairs if self.master is not None else [None] * len(self.targets)
+        for t, w0, w, pair in zip(self.targets, self._w0, self._w, pairs, strict=True):
+            w.copy_(w0 if pair is None else w0 + delta(pair[0], pair[1], self.master.scale, t.fan_in_fan_out))
+
+
+class LoraRun:
+    """The parts of one LoRA RL run on ``base`` (θ_init, frozen while the run lives): the trainable factors,
+    their EMA (anchor ``ema``) and, once a checkpoint has been loaded into those, the compute models."""
+
+    def __init__(self, cfg, base: torch.nn.Module, anchor_kind: str, seed: int):
+        self.base = base
+        self.targets = find_targets(base, cfg.lora_targets)
+        device = next(base.parameters()).device
+        # Each run draws its own A (WARP's M runs differ from their first step, as full runs do by sampling).
+        self.factors = Factors(self.targets, cfg.lora_r, cfg.lora_alpha, seed=derive_seed(seed, "lora_init"),
+                               device=device, target_modules=peft_target_modules(base, self.targets))
+        self.ema = copy.deepcopy(self.factors) if anchor_kind == "ema" else None
+        self._requires_grad = [p.requires_grad for p in base.parameters()]
+        for p in base.parameters():
+            p.requires_grad_(False)
+
+    def models(self, bf16: bool, sft_weights: Path | None, kl_sft: bool):
+        """(policy, anchor, θ_sft model or None): the policy's compute copy (bf16, or fp32 sharing the base's
+        frozen tensors) with the rollout engine's fused storage; the anchor's and θ_sft's copies share every
+        non-target tensor with it."""
+        base, targets = self.base, self.targets
+        w0 = _weights(base, targets)
+        own = {id(w) for w in w0}
+        share = set() if bf16 else {id(t) for t in [*base.parameters(), *base.buffers()] if id(t) not in own}
+        compute = plain_copy(base, torch.bfloat16 if bf16 else None, share)
+        share_fused_storage(compute)  # q/k/v and gate/up as slices of one buffer: the engine reads views
+        policy = LoraWeights(w0, self.factors, compute, True, targets)
+        own = {id(w) for w in policy._w}
+        shared = {id(t) for t in [*compute.parameters(), *compute.buffers()] if id(t) not in own}
+        anchor = LoraWeights(w0, self.ema, plain_copy(compute, None, shared), False, targets)
+        if not kl_sft:
+            return policy, anchor, None
+        if self.ema is None and sft_weights is None:
+            return policy, anchor, anchor.compute  # the SFT anchor is θ_sft
+        if sft_weights is None:
+            sft_w0 = w0
+        else:
+            with safe_open(str(sft_weights), framework="pt", device=str(w0[0].device)) as f:
+                sft_w0 = [f.get_tensor(f"{t.name}.weight") for t in targets]
+        return policy, anchor, LoraWeights(sft_w0, None, plain_copy(compute, None, shared), False, targets).compute
+
+    @torch.no_grad()
+    def fold(self) -> None:
+        """The base's target weights ← W0 + s·B·A of the trained factors (fp32): the run's final policy, the
+        same numbers as :func:`fold_adapter` of its saved adapter."""
+        for t, w, (a, b) in zip(self.targets, _weights(self.base, self.targets), self.factors.pairs, strict=True):
+            w.copy_(w + delta(a, b, self.factors.scale, t.fan_in_fan_out))
+
+    def close(self) -> None:
+        for p, flag in zip(self.base.parameters(), self._requires_grad, strict=True):
+            p.requires_grad_(flag)
+
+
+@torch.no_grad()
+def fold_adapter(model: torch.nn.Module, folder: str | Path) -> None:
+    """``model``'s target weights += s·B·A of the adapter in ``folder`` (fp32), as :meth:`LoraRun.fold` does."""
+    scale, fan, pairs = read_adapter(folder)
+    modules = dict(model.named_modules())
+    for name, (a, b) in pairs.items():
+        w = modules[name].weight
+        w.copy_(w + delta(a.to(w.device), b.to(w.device), scale, fan))
