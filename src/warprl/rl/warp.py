@@ -130,7 +130,7 @@ def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: li
     # in a run folder was made with these settings (and a Ray task retried after a crash continues).
     run_rl(cfg, Path(job.run_dir), policy, tok, reward_fn, prompts, method=cfg.inner, anchor_kind="ema",
            seed=job.seed, resume=True, desc=job.desc, sft_weights=Path(job.sft_path) if job.sft_path else None,
-           base_name=job.init_path)
+           base_name=os.path.relpath(job.init_path, job.run_dir))  # the adapter's base, wherever --out moves
 
 
 def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], threads: int, device: str) -> str:
