@@ -127,11 +127,12 @@ class LoraRun:
         if self.ema is None and sft_weights is None:
             return policy, anchor, anchor.compute  # the SFT anchor is θ_sft
         if sft_weights is None:
-            sft_w0 = w0
-        else:
-            with safe_open(str(sft_weights), framework="pt", device=str(w0[0].device)) as f:
-                sft_w0 = [f.get_tensor(f"{t.name}.weight") for t in targets]
-        return policy, anchor, LoraWeights(sft_w0, None, plain_copy(compute, None, shared), False, targets).compute
+            return policy, anchor, LoraWeights(w0, None, plain_copy(compute, None, shared), False, targets).compute
+        sft = plain_copy(compute, None, shared)
+        with safe_open(str(sft_weights), framework="pt", device=str(w0[0].device)) as f, torch.no_grad():
+            for t, w in zip(targets, _weights(sft, targets), strict=True):
+                w.copy_(f.get_tensor(f"{t.name}.weight"))  # one fp32 tensor in memory at a time
+        return policy, anchor, sft
 
     @torch.no_grad()
     def fold(self) -> None:
