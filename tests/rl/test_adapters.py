@@ -120,12 +120,14 @@ def test_bf16_copies_share_the_frozen_tensors():
     policy copy's tensors."""
     base = tiny_gpt2()
     run = LoraRun(lora_cfg(anchor="ema"), base, "ema", seed=0)
-    policy, anchor, sft = run.models(bf16=True, sft_weights=None, kl_sft=True)
+    policy, anchor, sft_of = run.models(bf16=True, sft_weights=None, kl_sft=True)
     p, a = dict(policy.compute.named_parameters()), dict(anchor.compute.named_parameters())
     targets = {f"{t.name}.weight" for t in run.targets}
     assert all(v.dtype == torch.bfloat16 for v in p.values())
     assert all((a[k] is v) == (k not in targets) for k, v in p.items())
-    assert sft is not anchor.compute and sft is not policy.compute  # EMA anchor: θ_sft is a third copy
+    sft = dict(sft_of().named_parameters())  # EMA anchor: θ_sft is a third copy, made for each measurement
+    assert all((sft[k] is v) == (k not in targets) for k, v in p.items())
+    assert all(torch.equal(sft[k].float(), v.float()) for k, v in p.items())  # ΔW = 0: θ_sft = W0 = the policy
     assert all(v.dtype == torch.float32 for v in base.parameters())
 
 

@@ -8,11 +8,13 @@ LoRA is a parametrisation instead (:class:`warprl.lora.Factors`):
 * the compute copy that samples, scores and back-propagates is a plain model whose target weights hold
   W0 + s·B·A (computed in fp32, then cast to the compute dtype), refreshed after every optimiser step;
 * only its target weights require a gradient; their gradient G gives the factors' exact gradients by the
-  chain rule, dL/dA = s·Bᵀ·G and dL/dB = s·G·Aᵀ (:func:`warprl.lora.factor_grads`), and AdamW, clipping
-  and the NaN guard act on the factors alone;
+  chain rule, dL/dA = s·Bᵀ·G and dL/dB = s·G·Aᵀ (:func:`warprl.lora.factor_grads`), handed over layer by
+  layer as the backward pass produces G (so no full set of weight gradients is ever held), and AdamW,
+  clipping and the NaN guard act on the factors alone;
 * the EMA anchor is an EMA of the factors, θ_ema ← (1−μ)·θ_ema + μ·θ per tensor, and its compute copy
   (W0 + s·B_ema·A_ema on the targets) shares every other tensor (embeddings, norms) with the policy's copy;
-  the SFT anchor is W0 itself. Memory grows by the target layers of one copy, not by a model.
+  the SFT anchor is W0 itself; θ_sft for ``charts/kl_sft`` is built only while it is measured. Memory grows by
+  the target layers of one copy, not by a model.
 
 :class:`LoraWeights` has the interface of :class:`warprl.precision.MixedPrecision` that ``rl_step`` uses
 (``compute``, ``master``, ``grads_to_master``, ``sync``), so one step serves both kinds of run.
@@ -24,9 +26,9 @@ import copy
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 
 from warprl.lora import Factors, Target, delta, factor_grads, find_targets, peft_target_modules, read_adapter
+from warprl.merge import open_streaming
 from warprl.rl.engine import share_fused_storage
 from warprl.seeding import derive_seed
 
@@ -54,6 +56,21 @@ def _weights(model: torch.nn.Module, targets: list[Target]) -> list[torch.nn.Par
     return [modules[t.name].weight for t in targets]
 
 
+def _hand_over(t: Target, pair: tuple[torch.Tensor, torch.Tensor], scale: float):
+    """A hook run as soon as the backward pass has accumulated a target weight's gradient G: the factors'
+    gradients += the chain rule of G (fp32), and G is dropped. It holds the factors only: a reference back to
+    the compute copy would be a cycle through the weight's hooks that Python's collector does not see."""
+    a, b = pair
+
+    def hook(w: torch.Tensor) -> None:
+        g, w.grad = w.grad, None
+        da, db = factor_grads(g.to(a.dtype), a.detach(), b.detach(), scale, t.fan_in_fan_out)
+        a.grad = da if a.grad is None else a.grad.add_(da)
+        b.grad = db if b.grad is None else b.grad.add_(db)
+
+    return hook
+
+
 class LoraWeights:
     """A plain ``compute`` model whose target weights are W0 + s·B·A of ``master`` (a :class:`Factors`), or W0
     itself when ``master`` is None (a frozen model: W0 is dropped once copied)."""
@@ -67,20 +84,16 @@ class LoraWeights:
             p.requires_grad_(False)
         for w in self._w:
             w.requires_grad_(trainable)
+        if trainable:
+            for t, w, pair in zip(targets, self._w, master.pairs, strict=True):
+                w.register_post_accumulate_grad_hook(_hand_over(t, pair, master.scale))
         compute.eval()
         self.sync()
         if master is None:
             self._w0 = None
 
     def grads_to_master(self) -> None:
-        """The factors' gradients from the compute copy's target-weight gradients (chain rule, fp32)."""
-        for t, w, (a, b) in zip(self.targets, self._w, self.master.pairs, strict=True):
-            g, w.grad = w.grad, None
-            if g is None:
-                a.grad = b.grad = None
-                continue
-            a.grad, b.grad = factor_grads(g.to(a.dtype), a.detach(), b.detach(), self.master.scale,
-                                          t.fan_in_fan_out)
+        """Nothing left to do: the backward pass handed each layer's gradient to the factors (:func:`_hand_over`)."""
 
     @torch.no_grad()
     def sync(self) -> None:
@@ -109,9 +122,10 @@ class LoraRun:
             p.requires_grad_(False)
 
     def models(self, bf16: bool, sft_weights: Path | None, kl_sft: bool):
-        """(policy, anchor, θ_sft model or None): the policy's compute copy (bf16, or fp32 sharing the base's
-        frozen tensors) with the rollout engine's fused storage; the anchor's and θ_sft's copies share every
-        non-target tensor with it."""
+        """(policy, anchor, θ_sft or None): the policy's compute copy (bf16, or fp32 sharing the base's frozen
+        tensors) with the rollout engine's fused storage; the anchor's copy shares every non-target tensor with
+        it. θ_sft is a function that returns its model: the SFT anchor, or a copy made for the measurement
+        (sharing the same tensors) and dropped after it, so that it costs no memory during the RL steps."""
         base, targets = self.base, self.targets
         w0 = _weights(base, targets)
         own = {id(w) for w in w0}
@@ -125,13 +139,17 @@ class LoraRun:
         if not kl_sft:
             return policy, anchor, None
         if self.ema is None and sft_weights is None:
-            return policy, anchor, anchor.compute  # the SFT anchor is θ_sft
-        if sft_weights is None:
-            return policy, anchor, LoraWeights(w0, None, plain_copy(compute, None, shared), False, targets).compute
-        sft = plain_copy(compute, None, shared)
-        with safe_open(str(sft_weights), framework="pt", device=str(w0[0].device)) as f, torch.no_grad():
-            for t, w in zip(targets, _weights(sft, targets), strict=True):
-                w.copy_(f.get_tensor(f"{t.name}.weight"))  # one fp32 tensor in memory at a time
+            return policy, anchor, lambda: anchor.compute  # the SFT anchor is θ_sft
+
+        def sft() -> torch.nn.Module:
+            model = plain_copy(compute, None, shared)
+            if sft_weights is None:
+                return LoraWeights(w0, None, model, False, targets).compute
+            with open_streaming(sft_weights, str(w0[0].device)) as f, torch.no_grad():
+                for t, w in zip(targets, _weights(model, targets), strict=True):
+                    w.copy_(f.get_tensor(f"{t.name}.weight"))  # one fp32 tensor in memory at a time
+            return model
+
         return policy, anchor, sft
 
     @torch.no_grad()

@@ -307,7 +307,7 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
     intact = intact_metrics_lines(run_dir / "metrics.jsonl") if resume else 0
     state = (load_checkpoint(ckpt_root, trainable, ema, opt, metrics_lines=intact) if resume else None) or LoopState()
     if lora_run is not None:
-        mp_policy, mp_anchor, sft_model = lora_run.models(cfg.bf16, sft_weights, bool(cfg.kl_sft_every))
+        mp_policy, mp_anchor, sft_of = lora_run.models(cfg.bf16, sft_weights, bool(cfg.kl_sft_every))
     else:
         # The bf16 copies keep q/k/v and gate/up as slices of one buffer: the rollout engine reads them as views.
         mp_policy = MixedPrecision(policy, cfg.bf16, prepare_copy=share_fused_storage)
@@ -318,6 +318,7 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
         sft_model = None
         if cfg.kl_sft_every:
             sft_model = mp_anchor.compute if sft_master is None else MixedPrecision(sft_master, cfg.bf16, False).compute
+        sft_of = None if sft_model is None else (lambda: sft_model)
         del sft_master, anchor_master
     kl_prompts = prompts[: cfg.batch_size]
     log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines,
@@ -335,8 +336,8 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
             except NonFiniteError as e:
                 ckpt = save_checkpoint(ckpt_root, state, trainable, ema, opt)
                 raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
-            if sft_model is not None and state.step % cfg.kl_sft_every == 0:
-                last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_model, tokenizer, kl_prompts, seed)
+            if sft_of is not None and state.step % cfg.kl_sft_every == 0:
+                last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_of(), tokenizer, kl_prompts, seed)
             log.write(last)
             state.metrics_lines = log.lines
             bar.update(1)
@@ -354,7 +355,7 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
         atomic_write(weights, lambda tmp: save_model(policy, tmp))
         record = {"steps": state.step, "sha256": file_digest(weights), "last": kept}
     else:
-        del mp_policy, mp_anchor, sft_model
+        del mp_policy, mp_anchor, sft_of
         weights = run_dir / ADAPTER_DIR
         atomic_dir(weights, lambda tmp: write_adapter(lora_run.factors, tmp, base=base_name))
         lora_run.fold()

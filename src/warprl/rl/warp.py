@@ -35,7 +35,6 @@ a file. With fixed seeds on a CPU the resumed result is bit-identical to an unin
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -65,6 +64,7 @@ from warprl.io import (
 )
 from warprl.models import load_policy
 from warprl.models import save_model as save_hf
+from warprl.precision import release_memory
 from warprl.reward import load_reward
 from warprl.rl.adapters import ADAPTER_DIR
 from warprl.rl.checkpoint import finished_run_damage, intact_metrics_lines, note
@@ -162,9 +162,7 @@ class SequentialExecutor:
         for job in jobs:
             _check_stop(f"before run {job.run} of iteration {job.iteration}")
             train_run(self.cfg, job, self.policy, self.tok, self.reward_fn, self.prompts)
-            gc.collect()  # the run's anchor copy and optimiser state go before the next run starts
-            if self.policy.device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_memory(self.policy.device)  # the run's copies and optimiser state go before the next run
 
     def close(self) -> None:
         pass
