@@ -95,7 +95,14 @@ def _assert_clean(out: Path) -> None:
     assert not list(out.rglob("checkpoints"))
 
 
-def test_lora_rloo_killed_at_drawn_write_events_resumes_bit_identical(setup):
+def _table(reliability_table, suite: str, events: list[str]) -> None:
+    for k, event in enumerate(events, 1):
+        reliability_table.add("fault", suite=suite, order=k, signal="SIGKILL", where=f"write event: {event}",
+                              evidence="the io fault hook (WARPRL_FAULT)", exit="killed (-9)",
+                              outcome="resumed, finished", identical="yes", clean="yes")
+
+
+def test_lora_rloo_killed_at_drawn_write_events_resumes_bit_identical(setup, reliability_table):
     ref = _reference(setup, "rloo")
     out = setup["root"] / "rloo_killed"
     events = _kill_chain(setup["rloo"], out, random.Random(SEED), lo=3, hi=8)
@@ -104,9 +111,10 @@ def test_lora_rloo_killed_at_drawn_write_events_resumes_bit_identical(setup):
     assert weights_equal(out / "final" / "model.safetensors", ref / "final" / "model.safetensors") == []
     _assert_same_adapters(out, ref, ["."])
     _assert_clean(out)
+    _table(reliability_table, "LoRA RLOO (--lora-r 4, EMA anchor), drawn write events: SIGKILL + --resume", events)
 
 
-def test_lora_warp_killed_at_drawn_write_events_resumes_bit_identical(setup):
+def test_lora_warp_killed_at_drawn_write_events_resumes_bit_identical(setup, reliability_table):
     ref = _reference(setup, "warp")
     out = setup["root"] / "warp_killed"
     events = _kill_chain(setup["warp"], out, random.Random(SEED + 1), lo=8, hi=20)
@@ -117,3 +125,5 @@ def test_lora_warp_killed_at_drawn_write_events_resumes_bit_identical(setup):
         assert weights_equal(out / name, ref / name) == [], name
     _assert_same_adapters(out, ref, [f"iter_{i}/run_{m}" for i in (1, 2) for m in (1, 2)])
     _assert_clean(out)
+    _table(reliability_table, "LoRA WARP (--lora-r 4, I=2 × M=2 × T=2), drawn write events: SIGKILL + --resume",
+           events)

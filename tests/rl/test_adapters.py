@@ -177,14 +177,15 @@ def test_only_the_factors_train_and_the_ema_follows_its_formula(tiny_policy_dir,
     assert all(p.requires_grad for p in policy.parameters())  # the base's flags are given back
 
 
-def test_a_lora_run_learns_the_toy_reward(tiny_policy_dir, tmp_path):
+@pytest.mark.parametrize("method", ["reinforce", "rloo"])
+def test_a_lora_run_learns_the_toy_reward(tiny_policy_dir, tmp_path, method):
     policy, tok = load_policy(str(tiny_policy_dir))
     # The tiny model's tied embeddings (std 0.02) bound its logits after the final RMSNorm to about ±0.6: no
     # change of the inner layers can make "good" likely. Larger embeddings give the adapters room.
     with torch.no_grad():
         policy.model.embed_tokens.weight.mul_(5.0)
     run_rl(lora_cfg(steps=30, beta=0.0, lora_r=8, lora_alpha=16.0, kl_sft_every=0), tmp_path, policy, tok,
-           tensor_reward(count_word_reward("good")), PROMPTS, method="rloo", anchor_kind="sft", seed=0, resume=False)
+           tensor_reward(count_word_reward("good")), PROMPTS, method=method, anchor_kind="sft", seed=0, resume=False)
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     first = sum(r["charts/reward_mean"] for r in rows[:5]) / 5
     last = sum(r["charts/reward_mean"] for r in rows[-5:]) / 5
