@@ -1,6 +1,6 @@
 """LoRA WARP against full fine-tuning WARP: peak memory, run-folder size, step time, and (--quality) the fronts.
 
-    .venv/bin/python benchmarks/bench_lora.py [--policy smollm2-135m] [--iterations 2] [--runs 4] [--steps 10]
+    .venv/bin/python benchmarks/bench_lora.py [--policy ALIAS] [--iterations 2] [--runs 4] [--steps 10]
         [--lora-r 16] [--lora-alpha 32] [--lr 5e-5] [--lora-lr 5e-4] [--repeats 1] [--quality] [--seeds 1]
         [--ema-gap] [--json]
     .venv/bin/python benchmarks/bench_lora.py --smoke --json     # every part on a tiny random model, in seconds
@@ -320,7 +320,7 @@ def render(args, result: dict, command: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--policy", default="smollm2-135m")
+    ap.add_argument("--policy", default="", help="the SFT policy (default: the quickstart's, an embedded one)")
     ap.add_argument("--reward", default="imdb-sentiment")
     ap.add_argument("--prompts", default="builtin")
     ap.add_argument("--iterations", type=int, default=2)
@@ -348,6 +348,10 @@ def main() -> None:
     if args.child:
         child(args.child)
         return
+    if not args.policy:
+        from warprl.config import QuickstartConfig
+
+        args.policy = QuickstartConfig().policy
     command = "python benchmarks/bench_lora.py " + " ".join(sys.argv[1:])
     result: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_lora_") as tmp_name:
