@@ -22,8 +22,9 @@ comparison of the fronts at matched KL (mean Δ reward, its interval, the verdic
 short LoRA RLOO run with an EMA anchor keeps the EMA of ΔW = s·B·A beside it and, at the end, scores the
 policy's samples under both anchors: mean |Δ log p| per token, and KL(π ‖ anchor) under each.
 
-Writes the section "LoRA WARP" of benchmarks/RESULTS.md (not with --smoke); --json prints one JSON object
-as the last line of stdout.
+Writes the sections "LoRA WARP: resources", "LoRA WARP: quality" and "LoRA WARP: EMA anchor of the factors" of
+benchmarks/RESULTS.md, one per part that ran (not with --smoke); --json prints one JSON object as the last line
+of stdout.
 """
 
 from __future__ import annotations
@@ -167,7 +168,9 @@ def quality(args, base: dict, tmp: Path) -> dict:
     comparisons = [{k: c.get(k) for k in ("a", "b", "matched", "mean_delta", "mean_delta_ci", "ci_over", "verdict")}
                    for c in summary["comparisons"]]
     return {"settings": {**qs, "lr_full": args.lr, "lr_lora": args.lora_lr, "seeds": args.seeds},
-            "fronts": fronts, "comparisons": comparisons, "results_md": (tmp / "pareto" / "results.md").read_text()}
+            "fronts": fronts, "comparisons": comparisons,
+            "results_md": "".join(line for line in (tmp / "pareto" / "results.md").read_text().splitlines(True)
+                                  if not line.startswith("!["))}  # the plot stays in the temporary folder
 
 
 def ema_gap(args, base: dict, tmp: Path) -> dict:
@@ -270,9 +273,12 @@ def gb(x: float) -> str:
     return f"{x / GiB:.2f} GiB"
 
 
-def render(args, result: dict, command: str) -> str:
-    lines = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}.", "", f"Command: `{command}`", ""]
+def render(args, result: dict, command: str) -> dict[str, str]:
+    """One RESULTS.md section per part that ran, so that the parts can be run (and rerun) separately."""
+    head = [f"Measured {time.strftime('%Y-%m-%d %H:%M')} on {machine()}.", "", f"Command: `{command}`", ""]
+    sections = {}
     if "resources" in result:
+        lines = list(head)
         res = result["resources"]
         f, lo, r = res["full"], res["lora"], res["ratios"]
         lines += [
@@ -293,10 +299,11 @@ def render(args, result: dict, command: str) -> str:
             f"| task-vector angle per iteration | {', '.join(f'{a:.1f}°' for a in f['angle_deg'])} | "
             f"{', '.join(f'{a:.1f}°' for a in lo['angle_deg'])} | | |", "",
             "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["targets"].items()) + ".", ""]
+        sections["LoRA WARP: resources"] = "\n".join(lines)
     if "quality" in result:
         q = result["quality"]
         st = q["settings"]
-        lines += [f"Quality at equal steps: the quickstart's WARP settings (I={st['iterations']} × M={st['runs']} × "
+        lines = head + [f"Quality at equal steps: the quickstart's WARP settings (I={st['iterations']} × M={st['runs']} × "
                   f"T={st['steps']}, batch {st['batch_size']} × k {st['k']}, β {st['beta']}, μ {st['mu']}, "
                   f"λ {st['lam']}, η {st['eta']}), full fine-tuning at lr {st['lr_full']}, LoRA at lr "
                   f"{st['lr_lora']}, {st['seeds']} seed(s) each; `warprl pareto` with both fronts swept:", "",
@@ -307,15 +314,17 @@ def render(args, result: dict, command: str) -> str:
                          f"[{ci[0]:+.3f}, {ci[1]:+.3f}] over {c['ci_over']} → **{c['verdict']}**" if ci else
                          f"- {c['a']} vs {c['b']}: {c['verdict']}")
         lines.append("")
+        sections["LoRA WARP: quality"] = "\n".join(lines)
     if "ema_gap" in result:
         g = result["ema_gap"]
         gs = ", ".join(f"{k} {v}" for k, v in g["settings"].items())
-        lines += [f"EMA of the factors vs EMA of ΔW (LoRA RLOO, EMA anchor; {gs}): on {g['tokens']} sampled tokens the two "
+        lines = head + [f"EMA of the factors vs EMA of ΔW (LoRA RLOO, EMA anchor; {gs}): on {g['tokens']} sampled tokens the two "
                   f"anchors' log-probs differ by {g['mean_abs_dlogp']:.2e} per token on average (max "
                   f"{g['max_abs_dlogp']:.2e}); KL(π ‖ anchor) {g['kl_to_factor_ema']:.4f} with the EMA of the factors, "
                   f"{g['kl_to_dw_ema']:.4f} with the EMA of ΔW; the two anchors' ΔW differ by "
                   f"{g['rel_dw_difference']:.1%} (relative Frobenius norm, mean over layers).", ""]
-    return "\n".join(lines)
+        sections["LoRA WARP: EMA anchor of the factors"] = "\n".join(lines)
+    return sections
 
 
 def main() -> None:
@@ -371,10 +380,10 @@ def main() -> None:
             result["quality"] = quality(args, base, tmp)
         if args.ema_gap:
             result["ema_gap"] = ema_gap(args, {**base, "method": "rloo"}, tmp)
-    text = render(args, result, command.strip())
-    print(text)
-    if not args.smoke:
-        print(f"\nwritten to {write_section('LoRA WARP', text)}", file=sys.stderr)
+    for title, text in render(args, result, command.strip()).items():
+        print(f"## {title}\n\n{text}")
+        if not args.smoke:
+            print(f"written to {write_section(title, text)}", file=sys.stderr)
     if args.json:
         result.get("quality", {}).pop("results_md", None)
         print(json.dumps(result))
