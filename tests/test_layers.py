@@ -10,7 +10,7 @@ LAYERS = [
     {"errors", "io", "seeding", "precision", "optim"},
     {"config"},
     {"models", "data", "lora"},
-    {"merge"},
+    {"merge", "lora_merge"},  # lora_merge: WARP's merge of LoRA runs (their ΔW = s·B·A) with merge's kernels
     {"reward"},
     {"rl"},
     {"sft"},  # reuses the RL run's machinery (stop flag, checkpoint helpers, metrics log)

@@ -80,3 +80,51 @@ def test_bad_lora_settings(tiny_policy_dir):
         lora.apply_lora(model, r=0, alpha=8, dropout=0.0)
     with pytest.raises(UserError, match="--lora-targets"):
         lora.apply_lora(model, r=2, alpha=8, dropout=0.0, targets="no_such_layer")
+
+
+# ------------------------------------------------------------------------------ LoRA as a parametrisation
+
+
+def test_targets_are_peft_s_all_linear_or_named_layers(tiny_policy_dir):
+    model, _ = load_policy(str(tiny_policy_dir))
+    every = lora.find_targets(model, "all-linear")
+    assert {t.name.rsplit(".", 1)[-1] for t in every} == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj",
+                                                           "up_proj", "down_proj"}
+    assert len(every) == 2 * 7 and not any("lm_head" in t.name for t in every)
+    q = next(t for t in every if t.name == "model.layers.0.self_attn.q_proj")
+    assert (q.d_out, q.d_in, q.fan_in_fan_out) == (32, 32, False)
+    named = lora.find_targets(model, "q_proj, v_proj")
+    assert [t.name.rsplit(".", 1)[-1] for t in named] == ["q_proj", "v_proj"] * 2
+    assert lora.peft_target_modules(model, named) == ["q_proj", "v_proj"]
+    one = lora.find_targets(model, "layers.1.mlp.up_proj")
+    assert lora.peft_target_modules(model, one) == ["model.layers.1.mlp.up_proj"]  # the short name would take both
+    for bad in ("nosuchlayer", "q_proj,nosuchlayer", "lm_head"):
+        with pytest.raises(UserError, match=r"--lora-targets .*llama has no layer named .*q_proj"):
+            lora.find_targets(model, bad)
+
+
+def test_factors_start_as_peft_does_from_their_seed():
+    targets = [lora.Target("a.layer", 64, 256), lora.Target("b.layer", 8, 16)]
+    f = lora.Factors(targets, r=4, alpha=8.0, seed=7)
+    assert f.scale == 2.0
+    assert list(dict(f.named_parameters())) == ["a.layer.lora_A.weight", "a.layer.lora_B.weight",
+                                                "b.layer.lora_A.weight", "b.layer.lora_B.weight"]
+    (a, b), (a2, _) = [(x.detach(), y.detach()) for x, y in f.pairs]
+    assert a.shape == (4, 256) and b.shape == (64, 4) and a2.shape == (4, 16)
+    assert float(b.abs().max()) == 0.0  # B = 0: ΔW starts at 0
+    # kaiming_uniform(a=√5) on [r, d_in]: U(−1/√d_in, 1/√d_in), as peft (and nn.Linear) initialise A.
+    assert float(a.abs().max()) <= 1 / 16 and float(a.abs().max()) > 0.9 / 16
+    assert float(a.std()) == pytest.approx(1 / 16 / 3**0.5, rel=0.1)
+    again, other = lora.Factors(targets, 4, 8.0, seed=7), lora.Factors(targets, 4, 8.0, seed=8)
+    assert torch.equal(again.pairs[0][0], a) and not torch.equal(other.pairs[0][0], a)
+
+
+def test_delta_and_factor_grads_by_hand():
+    a = torch.tensor([[1.0, 2.0, 0.0]])  # r = 1, d_in = 3
+    b = torch.tensor([[3.0], [-1.0]])  # d_out = 2
+    assert torch.equal(lora.delta(a, b, 0.5), torch.tensor([[1.5, 3.0, 0.0], [-0.5, -1.0, 0.0]]))
+    assert torch.equal(lora.delta(a, b, 0.5, fan_in_fan_out=True), lora.delta(a, b, 0.5).T)
+    g = torch.tensor([[1.0, 0.0, 1.0], [0.0, 2.0, 0.0]])  # dL/dW
+    da, db = lora.factor_grads(g, a, b, 0.5)
+    # dL/dA = s·Bᵀ·G = 0.5·[3, −2, 3];  dL/dB = s·G·Aᵀ = 0.5·[1, 4]ᵀ
+    assert torch.equal(da, torch.tensor([[1.5, -1.0, 1.5]])) and torch.equal(db, torch.tensor([[0.5], [2.0]]))

@@ -209,7 +209,13 @@ def _slerp_tensor(
     collinear_threshold: float = 1 - 1e-6,
 ) -> torch.Tensor:
     """SLERP of the task vectors ``t - init`` for one tensor; see :func:`slerp`."""
-    deltas = [t - init for t in ts]
+    return init + _slerp_deltas([t - init for t in ts], lam, method=method, eps=eps,
+                                collinear_threshold=collinear_threshold)
+
+
+def _slerp_deltas(deltas: list[torch.Tensor], lam: float | None = None, *, method: str = "iterative",
+                  eps: float = 1e-8, collinear_threshold: float = 1 - 1e-6) -> torch.Tensor:
+    """The merged task vector of :func:`_slerp_tensor`, from the task vectors themselves (LoRA runs' ΔW)."""
     m = len(deltas)
     if method == "iterative":
         acc = deltas[0]
@@ -223,7 +229,7 @@ def _slerp_tensor(
         merged = _spherical_mean(deltas, weights, eps)
     else:
         raise ValueError(f"unknown slerp method {method!r}; expected 'iterative' or 'spherical_mean'")
-    return init + merged
+    return merged
 
 
 def _angle_terms(init: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:

@@ -87,6 +87,8 @@ def test_run_labels_come_from_the_run_config(tmp_path):
     rloo.mkdir()
     (rloo / "config.yaml").write_text("method: rloo\nsteps: 8\nbeta: 0.05\n")
     assert R.run_label(rloo) == ("rloo", "RLOO T=8 β=0.05")
+    (warp / "config.yaml").write_text("method: warp\niterations: 2\nruns: 4\nsteps: 25\nbeta: 0.05\nlora_r: 16\n")
+    assert R.run_label(warp) == ("warp", "WARP I=2 M=4 T=25 β=0.05 LoRA r=16")
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "config.yaml").write_text("method: [unclosed\n")

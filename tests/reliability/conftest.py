@@ -22,7 +22,8 @@ import pytest
 from tests.reliability._helpers import PROMPTS, align_flags, make_tiny_llama, run_cli
 
 HERE = Path(__file__).resolve().parent
-MODULES = {"test_faults.py", "test_bad_inputs.py", "test_safety.py", "test_damage.py", "test_concurrency.py"}
+MODULES = {"test_faults.py", "test_bad_inputs.py", "test_safety.py", "test_damage.py", "test_concurrency.py",
+           "test_lora_faults.py"}
 REGENERATE = "make reliability-report"
 
 # ------------------------------------------------------------------------------------------- the table

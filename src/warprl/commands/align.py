@@ -14,6 +14,7 @@ from warprl.commands import outdir
 from warprl.config import AlignConfig
 from warprl.data import load_prompts
 from warprl.io import WriteError, atomic_write_json
+from warprl.lora import find_targets
 from warprl.models import load_policy, pick_device, save_model
 from warprl.reward import load_reward
 from warprl.rl.loop import graceful_stop, run_rl
@@ -44,6 +45,8 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
         check_ray_address(cfg.ray_address)  # seconds, before minutes of loading
     # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
     policy, tok = load_policy(cfg.policy, device="cpu" if ray else device)
+    if cfg.lora_r:
+        find_targets(policy, cfg.lora_targets)  # a --lora-targets that names no layer: refused before the folder
     prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
     if reward_fn is None and not ray:
         reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
@@ -58,7 +61,7 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
             else:
                 result = run_rl(cfg, out, policy, tok, reward_fn, prompts, method=cfg.method,
                                 anchor_kind=cfg.anchor, seed=derive_seed(cfg.seed, "run", 0),
-                                resume=decision.resume, desc=cfg.method)
+                                resume=decision.resume, desc=cfg.method, base_name=cfg.policy)
                 save_model(policy, tok, out / "final")
     finally:
         if executor is not None:

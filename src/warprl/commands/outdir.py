@@ -26,6 +26,7 @@ re-entrant within a process (a quickstart checks its folder, then its WARP run c
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -108,7 +109,11 @@ def _settings_diff(saved_file: Path, cfg) -> list[str]:
         raise UserError(f"--resume: {saved_file} was edited after the run started (its settings no longer match "
                         f"their recorded sha256); restore it or start a new --out")
     mine = config_identity(cfg)
-    diff = sorted(k for k in set(mine) | set(saved) if k not in RUN_CONTROL_KEYS and saved.get(k) != mine.get(k))
+    # A setting added to warprl after the folder was made is not in its config.yaml: at its default it matches
+    # (the run was made with what that default does, e.g. --lora-r 0 = full fine-tuning).
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    diff = sorted(k for k in set(mine) | set(saved) if k not in RUN_CONTROL_KEYS and saved.get(k) != mine.get(k)
+                  and not (k not in saved and k in defaults and mine.get(k) == defaults[k]))
     return [f"{k}: {saved.get(k)!r} → {mine.get(k)!r}" for k in diff]
 
 

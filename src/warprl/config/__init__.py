@@ -24,6 +24,7 @@ from warprl.config.commands import (  # noqa: F401
 from warprl.config.sections import (  # noqa: F401
     RUN_CONTROL_KEYS,
     EvalSettings,
+    LoraSettings,
     OptimSettings,
     RLSettings,
     RunSettings,

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from warprl.config.sections import (
     EvalSettings,
+    LoraSettings,
     OptimSettings,
     RLSettings,
     RunSettings,
@@ -153,7 +154,7 @@ class RewardScoreConfig(RewardScorerSettings):
 
 
 @dataclass
-class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, RunSettings):
+class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, LoraSettings, RunSettings):
     """`warprl align`: REINFORCE, RLOO or WARP on a KL-regularised reward r − β·KL."""
 
     method: str = setting("rloo", "RL method", choices=("reinforce", "rloo", "warp"))
@@ -180,6 +181,7 @@ class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, Run
         if self.min_new_tokens > self.max_new_tokens:
             raise UserError("--min-new-tokens is larger than --max-new-tokens")
         WarpSettings.validate(self)
+        LoraSettings.validate(self)
         _non_negative("checkpoint_every", self.checkpoint_every)
         parse_prompt_tokens(self.prompt_tokens)
 

@@ -122,6 +122,31 @@ class WarpSettings:
 
 
 @dataclass
+class LoraSettings:
+    """LoRA instead of full fine-tuning: the base weights frozen, trainable A and B per target layer."""
+
+    lora_r: int = setting(0, "LoRA rank r (0 = full fine-tuning): freeze the base, train A [r, d_in] and B [d_out, r] "
+                          "per target layer, W = W0 + alpha/r · B·A")
+    lora_alpha: float = setting(32.0, "LoRA scaling alpha (the update is alpha/r · B·A); LoRA usually wants ~10x the lr")
+    lora_targets: str = setting("all-linear", "layers that get an adapter: all-linear (attention + MLP) or names, "
+                                "e.g. q_proj,v_proj")
+    lora_dropout: float = setting(0.0, "must be 0: the adapter is folded into the plain weights that sample and "
+                                  "train, where no dropout on its input exists")
+
+    def validate(self) -> None:
+        if not (isinstance(self.lora_r, int) and not isinstance(self.lora_r, bool) and self.lora_r >= 0):
+            raise UserError(f"--lora-r must be an integer >= 0 (0 = full fine-tuning), got {self.lora_r}")
+        if self.lora_dropout != 0:
+            raise UserError(f"--lora-dropout must be 0 here, got {self.lora_dropout}: the adapter is folded into the "
+                            f"plain weights the rollout engine samples and trains with, where no dropout on its "
+                            f"input exists")
+        if self.lora_r:
+            _positive("lora_alpha", self.lora_alpha)
+            if not [t for t in str(self.lora_targets).split(",") if t.strip()]:
+                raise UserError("--lora-targets is empty (use all-linear or names such as q_proj,v_proj)")
+
+
+@dataclass
 class RunSettings:
     """Where and how a command runs; none of these change a result but ``seed``."""
 

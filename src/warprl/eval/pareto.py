@@ -127,6 +127,8 @@ def run_label(run_dir: Path) -> tuple[str, str]:
         label = f"{method.upper()} T={c.get('steps')} β={c.get('beta')}"
     else:
         label = run_dir.name
+    if method in ("warp", "rloo", "reinforce") and c.get("lora_r"):
+        label += f" LoRA r={c['lora_r']}"
     return method, label
 
 

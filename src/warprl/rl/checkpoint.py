@@ -152,7 +152,9 @@ def load_checkpoint(ckpt_root: Path, policy, anchor, opt, metrics_lines: int | N
 
 
 def finished_run_damage(run_dir: Path) -> str | None:
-    """Why a run folder's ``done.json`` + ``weights.safetensors`` cannot be reused, or None (a finished run)."""
+    """Why a run folder's ``done.json`` + its result cannot be reused, or None (a finished run). The result is
+    ``weights.safetensors``, or for a LoRA run the file ``done.json`` names (``adapter/adapter_model.safetensors``,
+    with ``config_sha256`` for the ``adapter_config.json`` beside it)."""
     try:
         done = json.loads((run_dir / "done.json").read_text())
     except FileNotFoundError:
@@ -161,11 +163,18 @@ def finished_run_damage(run_dir: Path) -> str | None:
         return "done.json damaged"
     if not isinstance(done, dict) or "steps" not in done:
         return "done.json damaged"
-    weights = run_dir / "weights.safetensors"
+    name = str(done.get("weights", "weights.safetensors"))
+    weights = run_dir / name
     if "sha256" not in done:  # written before the digests: trust a present file
-        return None if weights.is_file() else "weights.safetensors missing"
+        return None if weights.is_file() else f"{name} missing"
     why = damage(weights, str(done["sha256"]))
-    return f"weights.safetensors: {why}" if why else None
+    if why:
+        return f"{name}: {why}"
+    if "config_sha256" in done:
+        config = weights.parent / "adapter_config.json"
+        why = damage(config, str(done["config_sha256"]))
+        return f"{config.relative_to(run_dir)}: {why}" if why else None
+    return None
 
 
 # -------------------------------------------------------------------------------------------- metrics

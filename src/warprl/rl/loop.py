@@ -28,9 +28,18 @@ from tqdm.auto import tqdm
 from warprl import merge, optim
 from warprl.config import AlignConfig
 from warprl.errors import UserError
-from warprl.io import atomic_write, atomic_write_json, file_digest, recover_dirs, remove_stale_temp_files
+from warprl.io import (
+    atomic_dir,
+    atomic_write,
+    atomic_write_json,
+    file_digest,
+    recover_dirs,
+    remove_stale_temp_files,
+)
+from warprl.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter
 from warprl.precision import MixedPrecision
 from warprl.rl import algorithms as A
+from warprl.rl.adapters import ADAPTER_DIR, LoraRun, fold_adapter
 from warprl.rl.checkpoint import (
     LoopState,
     MetricsLog,
@@ -99,7 +108,7 @@ def graceful_stop():
 
 @dataclass
 class RunResult:
-    weights: Path  # safetensors of the final policy
+    weights: Path  # safetensors of the final policy (a LoRA run: its adapter folder)
     steps: int
     last_metrics: dict = field(default_factory=dict)
 
@@ -234,57 +243,84 @@ def kl_to_sft(cfg: AlignConfig, policy, sft, tokenizer, prompts: list[str], seed
 
 def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompts: list[str], *,
            method: str, anchor_kind: str, seed: int, resume: bool, desc: str = "",
-           sft_weights: Path | None = None) -> RunResult:
+           sft_weights: Path | None = None, base_name: str = "") -> RunResult:
     """T steps of RL starting from ``policy``'s current weights; trains ``policy`` in place.
 
     ``run_dir`` receives ``metrics.jsonl``, ``checkpoints/`` and, when the run is complete,
     ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume). Every
     ``cfg.kl_sft_every`` steps ``charts/kl_sft`` is logged: the KL to θ_sft, read from ``sft_weights`` (a
     WARP run starts from θ_init, not θ_sft) or, without it, the run's initial weights.
+
+    With ``cfg.lora_r`` the run trains LoRA factors on the frozen ``policy`` (:mod:`warprl.rl.adapters`):
+    checkpoints hold the factors, their EMA and the optimiser; the result is ``adapter/`` (peft's format,
+    ``base_name`` recorded as its base) instead of ``weights.safetensors``, and at the end ``policy`` holds
+    W0 + s·B·A, as after a full fine-tune.
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "done.json"
-    weights = run_dir / "weights.safetensors"
+    lora = cfg.lora_r > 0
+    weights = run_dir / (ADAPTER_DIR if lora else "weights.safetensors")
     if resume:
         for folder in (run_dir, run_dir / "checkpoints"):
-            recover_dirs(folder)  # a kill between the two renames of a checkpoint folder
+            recover_dirs(folder)  # a kill between the two renames of a checkpoint (or adapter/) folder
             remove_stale_temp_files(folder)
         why = finished_run_damage(run_dir)
         if why is None:
-            load_model(policy, str(weights))
+            if lora:
+                fold_adapter(policy, weights)
+            else:
+                load_model(policy, str(weights))
             info = json.loads(done.read_text())
             return RunResult(weights, info["steps"], info.get("last", {}))
         if done.exists():  # a finished run whose result is damaged: train it again (seeded: same result)
             note(f"{run_dir} is damaged ({why}): training the run again")
             done.unlink()
 
-    # The anchor starts as a frozen copy of the initial weights (SFT anchor or EMA start point).
-    anchor_master = copy.deepcopy(policy).eval()
-    for p in anchor_master.parameters():
-        p.requires_grad_(False)
-    opt = optim.make_optimizer([p for p in policy.parameters() if p.requires_grad], cfg.lr, kind=cfg.optimizer,
-                               weight_decay=cfg.weight_decay)
+    lora_run = LoraRun(cfg, policy, anchor_kind, seed) if lora else None
+    try:
+        return _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_kind, seed, resume, desc,
+                      sft_weights, base_name, lora_run)
+    finally:
+        if lora_run is not None:
+            lora_run.close()
+
+
+def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_kind, seed, resume, desc, sft_weights,
+           base_name, lora_run: LoraRun | None) -> RunResult:
     ckpt_root = run_dir / "checkpoints"
-    ema = anchor_master if anchor_kind == "ema" else None  # only an EMA anchor changes, so only it is saved
+    if lora_run is None:
+        # The anchor starts as a frozen copy of the initial weights (SFT anchor or EMA start point).
+        anchor_master = copy.deepcopy(policy).eval()
+        for p in anchor_master.parameters():
+            p.requires_grad_(False)
+        trainable = policy
+        ema = anchor_master if anchor_kind == "ema" else None  # only an EMA anchor changes, so only it is saved
+    else:  # the factors are what trains and what a checkpoint holds
+        trainable, ema = lora_run.factors, lora_run.ema
+    opt = optim.make_optimizer([p for p in trainable.parameters() if p.requires_grad], cfg.lr, kind=cfg.optimizer,
+                               weight_decay=cfg.weight_decay)
     sft_master = None  # a frozen θ_sft for charts/kl_sft, unless the SFT anchor is one already
-    if cfg.kl_sft_every and not (anchor_kind == "sft" and sft_weights is None):
+    if lora_run is None and cfg.kl_sft_every and not (anchor_kind == "sft" and sft_weights is None):
         sft_master = copy.deepcopy(anchor_master)  # the run's initial weights, taken before a checkpoint loads
         if sft_weights is not None:
             load_model(sft_master, str(sft_weights))
     intact = intact_metrics_lines(run_dir / "metrics.jsonl") if resume else 0
-    state = (load_checkpoint(ckpt_root, policy, ema, opt, metrics_lines=intact) if resume else None) or LoopState()
-    # The bf16 copies keep q/k/v and gate/up as slices of one buffer: the rollout engine reads them as views.
-    mp_policy = MixedPrecision(policy, cfg.bf16, prepare_copy=share_fused_storage)
-    mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False, prepare_copy=share_fused_storage)
-    if cfg.bf16 and ema is None:
-        mp_anchor.master = None  # a frozen anchor needs only its bf16 copy: free the fp32 one
-    # θ_sft for charts/kl_sft: the frozen SFT anchor itself when there is one, else a frozen compute copy.
-    sft_model = None
-    if cfg.kl_sft_every:
-        sft_model = mp_anchor.compute if sft_master is None else MixedPrecision(sft_master, cfg.bf16, False).compute
-    del sft_master
+    state = (load_checkpoint(ckpt_root, trainable, ema, opt, metrics_lines=intact) if resume else None) or LoopState()
+    if lora_run is not None:
+        mp_policy, mp_anchor, sft_of = lora_run.models(cfg.bf16, sft_weights, bool(cfg.kl_sft_every))
+    else:
+        # The bf16 copies keep q/k/v and gate/up as slices of one buffer: the rollout engine reads them as views.
+        mp_policy = MixedPrecision(policy, cfg.bf16, prepare_copy=share_fused_storage)
+        mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False, prepare_copy=share_fused_storage)
+        if cfg.bf16 and ema is None:
+            mp_anchor.master = None  # a frozen anchor needs only its bf16 copy: free the fp32 one
+        # θ_sft for charts/kl_sft: the frozen SFT anchor itself when there is one, else a frozen compute copy.
+        sft_model = None
+        if cfg.kl_sft_every:
+            sft_model = mp_anchor.compute if sft_master is None else MixedPrecision(sft_master, cfg.bf16, False).compute
+        sft_of = None if sft_model is None else (lambda: sft_model)
+        del sft_master, anchor_master
     kl_prompts = prompts[: cfg.batch_size]
-    del anchor_master
     log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines,
                      run_dir / "tensorboard" if cfg.tensorboard else None)
     sub_cfg = copy.copy(cfg)
@@ -298,25 +334,34 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
             try:
                 last = rl_step(sub_cfg, mp_policy, mp_anchor, tokenizer, reward_fn, batch, state, opt, method, seed)
             except NonFiniteError as e:
-                ckpt = save_checkpoint(ckpt_root, state, policy, ema, opt)
+                ckpt = save_checkpoint(ckpt_root, state, trainable, ema, opt)
                 raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
-            if sft_model is not None and state.step % cfg.kl_sft_every == 0:
-                last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_model, tokenizer, kl_prompts, seed)
+            if sft_of is not None and state.step % cfg.kl_sft_every == 0:
+                last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_of(), tokenizer, kl_prompts, seed)
             log.write(last)
             state.metrics_lines = log.lines
             bar.update(1)
             bar.set_postfix(reward=f"{last['charts/reward_mean']:.3f}", kl=f"{last['charts/kl_mean']:.2f}")
             end = state.step == cfg.steps
             if checkpoint_due(state.step, cfg.checkpoint_every, end):
-                save_checkpoint(ckpt_root, state, policy, ema, opt)
+                save_checkpoint(ckpt_root, state, trainable, ema, opt)
             stop_if_requested(state.step, end, desc or method)
     finally:
         bar.close()
         log.close()
-    atomic_write(weights, lambda tmp: save_model(policy, tmp))
-    atomic_write_json(done, {"steps": state.step, "sha256": file_digest(weights),
-                             "last": {k: v for k, v in last.items() if k != "samples/first"}})
+    kept = {k: v for k, v in last.items() if k != "samples/first"}
+    if lora_run is None:
+        weights = run_dir / "weights.safetensors"
+        atomic_write(weights, lambda tmp: save_model(policy, tmp))
+        record = {"steps": state.step, "sha256": file_digest(weights), "last": kept}
+    else:
+        del mp_policy, mp_anchor, sft_of
+        weights = run_dir / ADAPTER_DIR
+        atomic_dir(weights, lambda tmp: write_adapter(lora_run.factors, tmp, base=base_name))
+        lora_run.fold()
+        record = {"steps": state.step, "weights": f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}",
+                  "sha256": file_digest(weights / ADAPTER_WEIGHTS),
+                  "config_sha256": file_digest(weights / ADAPTER_CONFIG), "last": kept}
+    atomic_write_json(run_dir / "done.json", record)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished weights supersede the checkpoints
     return RunResult(weights, state.step, last)
-
-

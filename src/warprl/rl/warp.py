@@ -17,7 +17,8 @@ Output folder::
 
     DIR/config.yaml                     resolved settings (a resume must match them)
     DIR/sft.safetensors                 θ_sft, the first θ_init
-    DIR/iter_<i>/run_<m>/               one RL run (metrics.jsonl, checkpoints/, weights.safetensors, done.json)
+    DIR/iter_<i>/run_<m>/               one RL run (metrics.jsonl, checkpoints/, weights.safetensors, done.json;
+                                        with --lora-r adapter/ instead of weights.safetensors: ΔW = s·B·A)
     DIR/iter_<i>/slerp.safetensors      merge of the M runs
     DIR/iter_<i>/init.safetensors       θ_init after LITI (the next iteration's start)
     DIR/iter_<i>/iteration.json         the iteration's metrics row; written last = the iteration is done
@@ -34,7 +35,6 @@ a file. With fixed seeds on a CPU the resumed result is bit-identical to an unin
 from __future__ import annotations
 
 import dataclasses
-import gc
 import json
 import math
 import os
@@ -48,7 +48,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_model, save_model
 
-from warprl import merge
+from warprl import lora_merge, merge
 from warprl.config import AlignConfig
 from warprl.errors import UserError, first_line
 from warprl.io import (
@@ -64,7 +64,9 @@ from warprl.io import (
 )
 from warprl.models import load_policy
 from warprl.models import save_model as save_hf
+from warprl.precision import release_memory
 from warprl.reward import load_reward
+from warprl.rl.adapters import ADAPTER_DIR
 from warprl.rl.checkpoint import finished_run_damage, intact_metrics_lines, note
 from warprl.rl.loop import RunInterrupted, StopFlag, graceful_stop, run_rl
 from warprl.seeding import derive_seed
@@ -127,7 +129,8 @@ def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: li
     # resume=True is always right here: prepare_out_dir validated the WARP folder once, so anything already
     # in a run folder was made with these settings (and a Ray task retried after a crash continues).
     run_rl(cfg, Path(job.run_dir), policy, tok, reward_fn, prompts, method=cfg.inner, anchor_kind="ema",
-           seed=job.seed, resume=True, desc=job.desc, sft_weights=Path(job.sft_path) if job.sft_path else None)
+           seed=job.seed, resume=True, desc=job.desc, sft_weights=Path(job.sft_path) if job.sft_path else None,
+           base_name=os.path.relpath(job.init_path, job.run_dir))  # the adapter's base, wherever --out moves
 
 
 def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], threads: int, device: str) -> str:
@@ -159,9 +162,7 @@ class SequentialExecutor:
         for job in jobs:
             _check_stop(f"before run {job.run} of iteration {job.iteration}")
             train_run(self.cfg, job, self.policy, self.tok, self.reward_fn, self.prompts)
-            gc.collect()  # the run's anchor copy and optimiser state go before the next run starts
-            if self.policy.device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_memory(self.policy.device)  # the run's copies and optimiser state go before the next run
 
     def close(self) -> None:
         pass
@@ -284,24 +285,27 @@ def _check_stop(where: str) -> None:
 # ----------------------------------------------------------------------------------------------- merges
 
 
-def task_vector_stats(init: str | Path, paths: list[str | Path]) -> dict[str, float | None]:
-    """The norms of the task vectors θ_m − θ_init and their mean pairwise angle (degrees), in one streaming pass.
+def task_vector_stats(init: str | Path, paths: list[str | Path], gram: list[list[float]] | None = None
+                      ) -> dict[str, float | None]:
+    """The norms of the task vectors θ_m − θ_init and their mean pairwise angle (degrees), in one streaming pass
+    (or from their Gram matrix ``gram``, e.g. of LoRA runs' ΔW).
 
     The angle is None where undefined (one run, or a zero task vector): JSON has no NaN.
     """
     m = len(paths)
-    gram = merge.task_vector_gram_files(init, paths)
+    if gram is None:
+        gram = merge.task_vector_gram_files(init, paths)
     angles = [merge.angle_degrees(gram[a][b], gram[a][a], gram[b][b]) for a in range(m) for b in range(a + 1, m)]
     defined = m > 1 and not any(math.isnan(x) for x in angles)
     return {"charts/task_vector_angle_deg": sum(angles) / len(angles) if defined else None,
             "charts/task_vector_norm_mean": sum(math.sqrt(gram[a][a]) for a in range(m)) / m}
 
 
-def write_merge(out_file: Path, init: Path, paths: list[Path], op: str, **kw) -> float:
+def write_merge(out_file: Path, init: Path, paths: list[Path], op: str, adapters: bool = False, **kw) -> float:
     """merge_files into ``out_file`` (atomically: temp file, fsync, rename), then its ``.sha256``; returns the
-    seconds it took."""
+    seconds it took. With ``adapters``, ``paths`` are LoRA runs' adapter folders (lora_merge)."""
     t0 = time.perf_counter()
-    merge.merge_files(init, paths, out_file, op, **kw)
+    (lora_merge.merge_adapter_files if adapters else merge.merge_files)(init, paths, out_file, op, **kw)
     write_digest(out_file)
     return time.perf_counter() - t0
 
@@ -326,17 +330,19 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
     """SLERP of the M runs, LITI towards θ_init, and the iteration's metrics row (skipping what exists)."""
     idir = iter_dir(out, i)
     init = init_path(out, i)
-    runs = [run_dir(out, i, m) / "weights.safetensors" for m in range(1, cfg.runs + 1)]
+    lora = cfg.lora_r > 0  # a LoRA run's task vector: its ΔW = s·B·A per adapted matrix (lora_merge)
+    runs = [run_dir(out, i, m) / (ADAPTER_DIR if lora else "weights.safetensors") for m in range(1, cfg.runs + 1)]
     slerp_file, next_init = idir / "slerp.safetensors", idir / "init.safetensors"
     seconds = {"time/slerp_s": 0.0, "time/liti_s": 0.0}
     if not reusable(slerp_file):
         # λ weighs two runs; with more, the iterated SLERP uses 1/m weights (merge.slerp's rule).
         lam = cfg.lam if cfg.runs == 2 else None
-        seconds["time/slerp_s"] = write_merge(slerp_file, init, runs, cfg.merge, lam=lam)
+        seconds["time/slerp_s"] = write_merge(slerp_file, init, runs, cfg.merge, lam=lam, adapters=lora)
     if not reusable(next_init):
         seconds["time/liti_s"] = write_merge(next_init, init, [slerp_file], "liti", eta=cfg.eta)
     last = [_last_row(run_dir(out, i, m) / "metrics.jsonl") for m in range(1, cfg.runs + 1)]
-    row = {"iteration": i, "step": i * cfg.steps, **task_vector_stats(init, runs)}
+    gram = lora_merge.task_vector_gram_adapters(runs) if lora else None
+    row = {"iteration": i, "step": i * cfg.steps, **task_vector_stats(init, runs, gram)}
     # charts/kl_anchor (= charts/kl_mean): the runs' last KL to their EMA anchor; charts/kl_sft: their last
     # measured KL to θ_sft (the KL of the merged θ_init is what `warprl evaluate` measures).
     for key in ("charts/reward_mean", "charts/kl_anchor", "charts/kl_mean", "charts/kl_sft",
