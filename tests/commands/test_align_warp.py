@@ -120,6 +120,16 @@ def test_layout_and_final_folders_load_with_transformers(reference):
         for key in ("charts/reward_mean", "charts/kl_mean", "charts/kl_anchor", "time/merge_s"):
             assert key in r
         assert r["charts/kl_sft"] is not None and r["charts/kl_sft"] >= 0.0  # kl_sft_every=3: the last step
+        # Where the runs' time went, summed over the iteration's runs from their done.json (bench_warp_overhead).
+        runs = [json.loads((out / f"iter_{r['iteration']}" / f"run_{m}" / "done.json").read_text())["time"]
+                for m in (1, 2)]
+        for phase in ("load_init", "setup", "steps", "kl_sft", "metrics", "checkpoint", "finish"):
+            assert r[f"time/run_{phase}_s"] == pytest.approx(sum(t[phase] for t in runs), abs=2e-3)
+            assert r[f"time/run_{phase}_s"] >= 0.0
+        steps = sum(json.loads(x)["charts/step_time_s"] for m in (1, 2) for x in
+                    (out / f"iter_{r['iteration']}" / f"run_{m}" / "metrics.jsonl").read_text().splitlines())
+        assert steps <= r["time/run_steps_s"] + 2e-3  # the steps' own clocks sit inside the run's
+        assert sum(v for k, v in r.items() if k.startswith("time/run_")) <= r["time/runs_s"] + 2e-3
     assert summary["final"] == str(out / "final") and json.loads((out / "summary.json").read_text()) == summary
 
     for folder, weights in (("final", "iter_2/init.safetensors"), ("final_slerp", "iter_2/slerp.safetensors")):

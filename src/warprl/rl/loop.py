@@ -106,6 +106,25 @@ def graceful_stop():
 # ----------------------------------------------------------------------------------------------- the run
 
 
+class PhaseClock:
+    """Seconds spent per named phase of a run, steps included: where a run's time outside its RL steps goes
+    (copies, checkpoints, the KL-to-SFT measurement, the final write), recorded in ``done.json``."""
+
+    def __init__(self, **seconds: float):
+        self.seconds: dict[str, float] = dict(seconds)
+
+    @contextmanager
+    def __call__(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+    def rounded(self) -> dict[str, float]:
+        return {k: round(v, 3) for k, v in self.seconds.items()}
+
+
 @dataclass
 class RunResult:
     weights: Path  # safetensors of the final policy (a LoRA run: its adapter folder)
@@ -243,7 +262,7 @@ def kl_to_sft(cfg: AlignConfig, policy, sft, tokenizer, prompts: list[str], seed
 
 def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompts: list[str], *,
            method: str, anchor_kind: str, seed: int, resume: bool, desc: str = "",
-           sft_weights: Path | None = None, base_name: str = "") -> RunResult:
+           sft_weights: Path | None = None, base_name: str = "", clock: PhaseClock | None = None) -> RunResult:
     """T steps of RL starting from ``policy``'s current weights; trains ``policy`` in place.
 
     ``run_dir`` receives ``metrics.jsonl``, ``checkpoints/`` and, when the run is complete,
@@ -255,7 +274,12 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
     checkpoints hold the factors, their EMA and the optimiser; the result is ``adapter/`` (peft's format,
     ``base_name`` recorded as its base) instead of ``weights.safetensors``, and at the end ``policy`` holds
     W0 + s·B·A, as after a full fine-tune.
+
+    ``clock`` (a :class:`PhaseClock`, e.g. with the caller's own load time) receives the run's phases; their
+    seconds are written to ``done.json`` under ``time``.
     """
+    clock = clock if clock is not None else PhaseClock()
+    t_setup = time.perf_counter()
     run_dir.mkdir(parents=True, exist_ok=True)
     done = run_dir / "done.json"
     lora = cfg.lora_r > 0
@@ -277,16 +301,18 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
             done.unlink()
 
     lora_run = LoraRun(cfg, policy, anchor_kind, seed) if lora else None
+    clock.seconds["setup"] = time.perf_counter() - t_setup
     try:
         return _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_kind, seed, resume, desc,
-                      sft_weights, base_name, lora_run)
+                      sft_weights, base_name, lora_run, clock)
     finally:
         if lora_run is not None:
             lora_run.close()
 
 
 def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_kind, seed, resume, desc, sft_weights,
-           base_name, lora_run: LoraRun | None) -> RunResult:
+           base_name, lora_run: LoraRun | None, clock: PhaseClock) -> RunResult:
+    t_setup = time.perf_counter()
     ckpt_root = run_dir / "checkpoints"
     if lora_run is None:
         # The anchor starts as a frozen copy of the initial weights (SFT anchor or EMA start point).
@@ -328,27 +354,34 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
     last: dict = {}
     bar = tqdm(total=cfg.steps, initial=state.step, desc=desc or method, disable=not cfg.progress,
                dynamic_ncols=True, leave=False)
+    clock.seconds["setup"] = clock.seconds.get("setup", 0.0) + time.perf_counter() - t_setup
     try:
         while state.step < cfg.steps:
             batch = prompt_batch(prompts, cfg.batch_size, seed, state.step * cfg.batch_size)
             try:
-                last = rl_step(sub_cfg, mp_policy, mp_anchor, tokenizer, reward_fn, batch, state, opt, method, seed)
+                with clock("steps"):
+                    last = rl_step(sub_cfg, mp_policy, mp_anchor, tokenizer, reward_fn, batch, state, opt, method,
+                                   seed)
             except NonFiniteError as e:
                 ckpt = save_checkpoint(ckpt_root, state, trainable, ema, opt)
                 raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
             if sft_of is not None and state.step % cfg.kl_sft_every == 0:
-                last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_of(), tokenizer, kl_prompts, seed)
-            log.write(last)
+                with clock("kl_sft"):
+                    last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_of(), tokenizer, kl_prompts, seed)
+            with clock("metrics"):
+                log.write(last)
             state.metrics_lines = log.lines
             bar.update(1)
             bar.set_postfix(reward=f"{last['charts/reward_mean']:.3f}", kl=f"{last['charts/kl_mean']:.2f}")
             end = state.step == cfg.steps
             if checkpoint_due(state.step, cfg.checkpoint_every, end):
-                save_checkpoint(ckpt_root, state, trainable, ema, opt)
+                with clock("checkpoint"):
+                    save_checkpoint(ckpt_root, state, trainable, ema, opt)
             stop_if_requested(state.step, end, desc or method)
     finally:
         bar.close()
         log.close()
+    t_finish = time.perf_counter()
     kept = {k: v for k, v in last.items() if k != "samples/first"}
     if lora_run is None:
         weights = run_dir / "weights.safetensors"
@@ -362,6 +395,8 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
         record = {"steps": state.step, "weights": f"{ADAPTER_DIR}/{ADAPTER_WEIGHTS}",
                   "sha256": file_digest(weights / ADAPTER_WEIGHTS),
                   "config_sha256": file_digest(weights / ADAPTER_CONFIG), "last": kept}
+    clock.seconds["finish"] = time.perf_counter() - t_finish  # the result and its sha256, before done.json
+    record["time"] = clock.rounded()
     atomic_write_json(run_dir / "done.json", record)
     shutil.rmtree(ckpt_root, ignore_errors=True)  # the finished weights supersede the checkpoints
     return RunResult(weights, state.step, last)

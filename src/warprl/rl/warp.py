@@ -68,7 +68,7 @@ from warprl.precision import release_memory
 from warprl.reward import load_reward
 from warprl.rl.adapters import ADAPTER_DIR
 from warprl.rl.checkpoint import finished_run_damage, intact_metrics_lines, note
-from warprl.rl.loop import RunInterrupted, StopFlag, graceful_stop, run_rl
+from warprl.rl.loop import PhaseClock, RunInterrupted, StopFlag, graceful_stop, run_rl
 from warprl.seeding import derive_seed
 
 RESUME_HINT = "rerun the same command with --resume to continue"
@@ -125,12 +125,15 @@ class RunJob:
 
 def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: list[str]) -> None:
     """θ_m ← θ_init, then T steps of RL with an EMA anchor; run_rl writes the run folder."""
+    t0 = time.perf_counter()
     load_model(policy, job.init_path)  # the anchor is copied from these weights inside run_rl
+    clock = PhaseClock(load_init=time.perf_counter() - t0)
     # resume=True is always right here: prepare_out_dir validated the WARP folder once, so anything already
     # in a run folder was made with these settings (and a Ray task retried after a crash continues).
     run_rl(cfg, Path(job.run_dir), policy, tok, reward_fn, prompts, method=cfg.inner, anchor_kind="ema",
            seed=job.seed, resume=True, desc=job.desc, sft_weights=Path(job.sft_path) if job.sft_path else None,
-           base_name=os.path.relpath(job.init_path, job.run_dir))  # the adapter's base, wherever --out moves
+           base_name=os.path.relpath(job.init_path, job.run_dir),  # the adapter's base, wherever --out moves
+           clock=clock)
 
 
 def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], threads: int, device: str) -> str:
@@ -349,6 +352,11 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
                 "charts/reward_kl_regularised"):
         row[key] = _mean([_last_value(run_dir(out, i, m) / "metrics.jsonl", key) for m in range(1, cfg.runs + 1)]
                          if key == "charts/kl_sft" else [r[key] for r in last if key in r])
+    # Where the runs' time went (summed over the M runs, from their done.json): steps and everything around them.
+    phases = [json.loads((run_dir(out, i, m) / "done.json").read_text()).get("time", {})
+              for m in range(1, cfg.runs + 1)]
+    for phase in sorted({k for t in phases for k in t}):
+        row[f"time/run_{phase}_s"] = round(sum(t.get(phase, 0.0) for t in phases), 3)
     row.update({k: round(v, 3) for k, v in seconds.items()})
     row["time/merge_s"] = round(seconds["time/slerp_s"] + seconds["time/liti_s"], 3)
     return row
