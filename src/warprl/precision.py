@@ -35,6 +35,23 @@ def release_memory(device: torch.device | None = None) -> None:
         pass
 
 
+def plain_copy(model: torch.nn.Module, dtype: torch.dtype | None = None, share: set[int] = frozenset()
+               ) -> torch.nn.Module:
+    """A copy of ``model`` that shares the tensors whose ids are in ``share`` and holds copies (cast to
+    ``dtype`` when given, floating-point tensors only) of the others; nothing else is copied first, so a bf16
+    copy of an fp32 model never holds a second fp32 model."""
+    memo: dict[int, object] = {}
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) in memo:
+            continue
+        if id(t) in share:
+            memo[id(t)] = t
+            continue
+        c = t.detach().to(dtype if dtype is not None and t.is_floating_point() else t.dtype, copy=True)
+        memo[id(t)] = torch.nn.Parameter(c, requires_grad=False) if isinstance(t, torch.nn.Parameter) else c
+    return copy.deepcopy(model, memo)
+
+
 def compute_copy(model, bf16: bool):
     """The model to sample and score with: a bf16 copy when ``bf16`` (unless it already is bf16), else itself."""
     if not bf16 or next(model.parameters()).dtype == torch.bfloat16:
@@ -54,7 +71,7 @@ class MixedPrecision:
     def __init__(self, master: torch.nn.Module, bf16: bool, trainable: bool = True,
                  prepare_copy: Callable[[torch.nn.Module], object] | None = None):
         self.master = master
-        self.compute = copy.deepcopy(master).to(torch.bfloat16) if bf16 else master
+        self.compute = plain_copy(master, torch.bfloat16) if bf16 else master  # no fp32 copy on the way
         if self.compute is not master and prepare_copy is not None:
             prepare_copy(self.compute)  # e.g. the rollout engine's fused weight buffers (rl.engine)
         for p in self.compute.parameters():

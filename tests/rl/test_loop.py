@@ -117,6 +117,24 @@ def test_kl_to_the_anchor_and_kl_to_sft_are_named_apart(tiny_policy_dir, tmp_pat
         assert rows[-1]["charts/kl_sft"] > 2 * abs(rows[-1]["charts/kl_anchor"])
 
 
+def test_no_checkpoint_after_the_last_step(tiny_policy_dir, tmp_path, monkeypatch):
+    """The run's weights and done.json supersede a checkpoint of its last step: none is written (it cost WARP a
+    full weights + EMA + optimiser write per run, deleted right after); done.json says where the time went."""
+    saved = []
+    real = T.save_checkpoint
+    monkeypatch.setattr(T, "save_checkpoint", lambda root, state, *a, **kw: saved.append(state.step) or
+                        real(root, state, *a, **kw))
+    policy, tok = load_policy(str(tiny_policy_dir))
+    run_rl(tiny_cfg(steps=4, checkpoint_every=2, kl_sft_every=2), tmp_path, policy, tok,
+           tensor_reward(count_word_reward("good")), PROMPTS, method="rloo", anchor_kind="sft", seed=0, resume=False)
+    assert saved == [2]
+    assert not (tmp_path / "checkpoints").exists()
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert set(done["time"]) == {"setup", "steps", "kl_sft", "metrics", "checkpoint", "finish"}
+    steps = sum(json.loads(x)["charts/step_time_s"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines())
+    assert steps <= done["time"]["steps"] + 2e-3 and all(v >= 0 for v in done["time"].values())
+
+
 def test_non_finite_reward_stops_before_the_update(tiny_policy_dir, tmp_path):
     policy, tok = load_policy(str(tiny_policy_dir))
     before = {k: v.clone() for k, v in policy.state_dict().items()}

@@ -29,26 +29,11 @@ import torch
 
 from warprl.lora import Factors, Target, delta, factor_grads, find_targets, peft_target_modules, read_adapter
 from warprl.merge import open_streaming
+from warprl.precision import plain_copy
 from warprl.rl.engine import share_fused_storage
 from warprl.seeding import derive_seed
 
 ADAPTER_DIR = "adapter"  # inside a LoRA run folder: peft's adapter_config.json + adapter_model.safetensors
-
-
-def plain_copy(model: torch.nn.Module, dtype: torch.dtype | None, share: set[int]) -> torch.nn.Module:
-    """A copy of ``model`` that shares the tensors whose ids are in ``share`` and holds copies (cast to
-    ``dtype`` when given, floating-point tensors only) of the others; nothing else is copied first, so a bf16
-    copy of an fp32 model never holds a second fp32 model."""
-    memo: dict[int, object] = {}
-    for t in [*model.parameters(), *model.buffers()]:
-        if id(t) in memo:
-            continue
-        if id(t) in share:
-            memo[id(t)] = t
-            continue
-        c = t.detach().to(dtype if dtype is not None and t.is_floating_point() else t.dtype, copy=True)
-        memo[id(t)] = torch.nn.Parameter(c, requires_grad=False) if isinstance(t, torch.nn.Parameter) else c
-    return copy.deepcopy(model, memo)
 
 
 def _weights(model: torch.nn.Module, targets: list[Target]) -> list[torch.nn.Parameter]:

@@ -37,7 +37,7 @@ from warprl.io import (
     remove_stale_temp_files,
 )
 from warprl.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter
-from warprl.precision import MixedPrecision
+from warprl.precision import MixedPrecision, plain_copy
 from warprl.rl import algorithms as A
 from warprl.rl.adapters import ADAPTER_DIR, LoraRun, fold_adapter
 from warprl.rl.checkpoint import (
@@ -325,11 +325,12 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
         trainable, ema = lora_run.factors, lora_run.ema
     opt = optim.make_optimizer([p for p in trainable.parameters() if p.requires_grad], cfg.lr, kind=cfg.optimizer,
                                weight_decay=cfg.weight_decay)
-    sft_master = None  # a frozen θ_sft for charts/kl_sft, unless the SFT anchor is one already
+    sft_model = None  # a frozen θ_sft for charts/kl_sft in the compute dtype, unless the SFT anchor is one already
     if lora_run is None and cfg.kl_sft_every and not (anchor_kind == "sft" and sft_weights is None):
-        sft_master = copy.deepcopy(anchor_master)  # the run's initial weights, taken before a checkpoint loads
+        # The run's initial weights (taken before a checkpoint loads), cast on the way: no second fp32 model.
+        sft_model = plain_copy(anchor_master, torch.bfloat16 if cfg.bf16 else None)
         if sft_weights is not None:
-            load_model(sft_master, str(sft_weights))
+            load_model(sft_model, str(sft_weights))  # fp32 file into the compute dtype: the same rounding as a cast
     intact = intact_metrics_lines(run_dir / "metrics.jsonl") if resume else 0
     state = (load_checkpoint(ckpt_root, trainable, ema, opt, metrics_lines=intact) if resume else None) or LoopState()
     if lora_run is not None:
@@ -340,12 +341,11 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
         mp_anchor = MixedPrecision(anchor_master, cfg.bf16, trainable=False, prepare_copy=share_fused_storage)
         if cfg.bf16 and ema is None:
             mp_anchor.master = None  # a frozen anchor needs only its bf16 copy: free the fp32 one
-        # θ_sft for charts/kl_sft: the frozen SFT anchor itself when there is one, else a frozen compute copy.
-        sft_model = None
-        if cfg.kl_sft_every:
-            sft_model = mp_anchor.compute if sft_master is None else MixedPrecision(sft_master, cfg.bf16, False).compute
+        # θ_sft for charts/kl_sft: the frozen SFT anchor itself when there is one, else the frozen copy above.
+        if cfg.kl_sft_every and sft_model is None:
+            sft_model = mp_anchor.compute
         sft_of = None if sft_model is None else (lambda: sft_model)
-        del sft_master, anchor_master
+        del anchor_master
     kl_prompts = prompts[: cfg.batch_size]
     log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines,
                      run_dir / "tensorboard" if cfg.tensorboard else None)
@@ -374,7 +374,9 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
             bar.update(1)
             bar.set_postfix(reward=f"{last['charts/reward_mean']:.3f}", kl=f"{last['charts/kl_mean']:.2f}")
             end = state.step == cfg.steps
-            if checkpoint_due(state.step, cfg.checkpoint_every, end):
+            # No checkpoint after the last step: the run's weights and done.json, written next, supersede it (a
+            # kill before done.json replays the steps after the last checkpoint, seeded: the same result).
+            if not end and checkpoint_due(state.step, cfg.checkpoint_every, end):
                 with clock("checkpoint"):
                     save_checkpoint(ckpt_root, state, trainable, ema, opt)
             stop_if_requested(state.step, end, desc or method)

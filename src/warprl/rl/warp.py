@@ -40,6 +40,7 @@ import math
 import os
 import shutil
 import socket
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -125,15 +126,14 @@ class RunJob:
 
 def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: list[str]) -> None:
     """θ_m ← θ_init, then T steps of RL with an EMA anchor; run_rl writes the run folder."""
-    t0 = time.perf_counter()
-    load_model(policy, job.init_path)  # the anchor is copied from these weights inside run_rl
-    clock = PhaseClock(load_init=time.perf_counter() - t0)
+    clock = PhaseClock()
+    with clock("load_init"):
+        load_model(policy, job.init_path)  # the anchor is copied from these weights inside run_rl
     # resume=True is always right here: prepare_out_dir validated the WARP folder once, so anything already
     # in a run folder was made with these settings (and a Ray task retried after a crash continues).
     run_rl(cfg, Path(job.run_dir), policy, tok, reward_fn, prompts, method=cfg.inner, anchor_kind="ema",
            seed=job.seed, resume=True, desc=job.desc, sft_weights=Path(job.sft_path) if job.sft_path else None,
-           base_name=os.path.relpath(job.init_path, job.run_dir),  # the adapter's base, wherever --out moves
-           clock=clock)
+           base_name=os.path.relpath(job.init_path, job.run_dir), clock=clock)  # base: wherever --out moves
 
 
 def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], threads: int, device: str) -> str:
@@ -296,8 +296,7 @@ def task_vector_stats(init: str | Path, paths: list[str | Path], gram: list[list
     The angle is None where undefined (one run, or a zero task vector): JSON has no NaN.
     """
     m = len(paths)
-    if gram is None:
-        gram = merge.task_vector_gram_files(init, paths)
+    gram = merge.task_vector_gram_files(init, paths) if gram is None else gram
     angles = [merge.angle_degrees(gram[a][b], gram[a][a], gram[b][b]) for a in range(m) for b in range(a + 1, m)]
     defined = m > 1 and not any(math.isnan(x) for x in angles)
     return {"charts/task_vector_angle_deg": sum(angles) / len(angles) if defined else None,
@@ -325,8 +324,7 @@ def _last_value(metrics_file: Path, key: str) -> float | None:
 
 
 def _mean(values: list[float | None]) -> float | None:
-    values = [v for v in values if v is not None]
-    return sum(values) / len(values) if values else None
+    return statistics.fmean(v for v in values if v is not None) if any(v is not None for v in values) else None
 
 
 def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
@@ -353,10 +351,8 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
         row[key] = _mean([_last_value(run_dir(out, i, m) / "metrics.jsonl", key) for m in range(1, cfg.runs + 1)]
                          if key == "charts/kl_sft" else [r[key] for r in last if key in r])
     # Where the runs' time went (summed over the M runs, from their done.json): steps and everything around them.
-    phases = [json.loads((run_dir(out, i, m) / "done.json").read_text()).get("time", {})
-              for m in range(1, cfg.runs + 1)]
-    for phase in sorted({k for t in phases for k in t}):
-        row[f"time/run_{phase}_s"] = round(sum(t.get(phase, 0.0) for t in phases), 3)
+    phases = [json.loads((run_dir(out, i, m) / "done.json").read_text()).get("time", {}) for m in range(1, cfg.runs + 1)]
+    row.update({f"time/run_{k}_s": round(sum(t.get(k, 0.0) for t in phases), 3) for k in sorted(set().union(*phases))})
     row.update({k: round(v, 3) for k, v in seconds.items()})
     row["time/merge_s"] = round(seconds["time/slerp_s"] + seconds["time/liti_s"], 3)
     return row
