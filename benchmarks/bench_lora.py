@@ -283,8 +283,8 @@ def render(args, result: dict, command: str) -> dict[str, str]:
         f, lo, r = res["full"], res["lora"], res["ratios"]
         lines += [
             f"WARP I={args.iterations} × M={args.runs} × T={args.steps} on `{args.policy}` (reward "
-            f"`{args.reward}`, batch {args.batch_size} × k {args.k}, ≤ {args.max_new_tokens} tokens, bf16 compute "
-            f"copy), full fine-tuning (lr {args.lr}) against `--lora-r {args.lora_r} --lora-alpha {args.lora_alpha}` "
+            f"`{args.reward}`, batch {args.batch_size} × k {args.k}, ≤ {args.max_new_tokens} tokens, "
+            f"{'bf16 compute copy' if result['bf16'] else 'fp32 (this CPU has no native bf16)'}), full fine-tuning (lr {args.lr}) against `--lora-r {args.lora_r} --lora-alpha {args.lora_alpha}` "
             f"(lr {args.lora_lr}); each a fresh process, {args.repeats} repeat(s), medians.", "",
             "| | full fine-tuning | LoRA | LoRA / full | target |", "|---|---:|---:|---:|---|",
             f"| peak RSS (`ru_maxrss`) | {gb(f['peak_rss'])} | {gb(lo['peak_rss'])} | {r['peak_rss']:.2f} | ≤ 0.6 |",
@@ -361,6 +361,8 @@ def main() -> None:
         from warprl.config import QuickstartConfig
 
         args.policy = QuickstartConfig().policy
+    from warprl.commands.flags import default_bf16
+
     command = "python benchmarks/bench_lora.py " + " ".join(sys.argv[1:])
     result: dict = {}
     with tempfile.TemporaryDirectory(prefix="bench_lora_") as tmp_name:
@@ -373,7 +375,9 @@ def main() -> None:
             args.lora_lr = 1e-2  # the tiny model's outputs move at this lr within a few steps
         base = {"method": "warp", "policy": args.policy, "reward": args.reward, "prompts": args.prompts,
                 "batch_size": args.batch_size, "k": args.k, "max_new_tokens": args.max_new_tokens,
-                "device": args.device, "progress": False, "bf16": not args.smoke}
+                "device": args.device, "progress": False,
+                "bf16": not args.smoke and default_bf16(args.device)}  # the commands' default: bf16 where native
+        result["bf16"] = base["bf16"]
         if not args.no_resources:
             result["resources"] = resources(args, base, tmp)
         if args.quality:

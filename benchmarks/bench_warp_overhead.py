@@ -66,13 +66,14 @@ def breakdown(out: Path, train_seconds: float) -> dict:
 
 def run(args, tmp: Path) -> dict:
     from warprl.commands.align import run_align
+    from warprl.commands.flags import default_bf16
     from warprl.config import AlignConfig
 
     settings = dict(method="warp", inner="rloo", iterations=args.iterations, runs=args.runs, steps=args.steps,
                     batch_size=args.batch_size, k=args.k, max_new_tokens=args.max_new_tokens, lr=args.lr,
                     beta=args.beta, checkpoint_every=args.checkpoint_every, kl_sft_every=args.kl_sft_every,
                     policy=args.policy, reward=args.reward, prompts=args.prompts, out=str(tmp / "warp"),
-                    progress=False)
+                    progress=False, bf16=default_bf16("auto"))  # the commands' default: bf16 where it is native
     if args.smoke:
         settings.update(policy=str(tiny_policy(tmp / "tiny")), reward="vader", bf16=False)
     cfg = AlignConfig(**settings)
@@ -93,7 +94,7 @@ def render(got: dict, command: str) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M')} · {machine()} · `{command}`",
         "",
         f"WARP I={s['iterations']} × M={s['runs']} × T={s['steps']} ({s['batch_size']} prompts × k={s['k']}, "
-        f"≤ {s['max_new_tokens']} tokens, RLOO inside, policy `{s['policy']}`, checkpoint every "
+        f"≤ {s['max_new_tokens']} tokens, {'bf16 compute copy' if s['bf16'] else 'fp32'}, RLOO inside, policy `{s['policy']}`, checkpoint every "
         f"{s['checkpoint_every'] or 'run end only'}, KL to SFT every {s['kl_sft_every']} steps): "
         f"**{got['train_seconds']:.1f} s**, of which RL steps {steps:.1f} s. Time outside the steps: "
         f"**{got['outside_steps_s']:.1f} s = {100 * got['outside_share']:.1f} % of the step time** "

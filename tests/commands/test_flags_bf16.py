@@ -1,0 +1,43 @@
+"""The bf16 default follows the machine: on where bf16 matmuls are native, off (with a note) where they are emulated;
+a flag or a YAML value always wins."""
+
+import pytest
+import torch
+
+from warprl import precision
+from warprl.commands import flags as F
+from warprl.config import AlignConfig, RewardScoreConfig
+
+
+@pytest.fixture
+def speedup(monkeypatch):
+    def set_to(x: float):
+        monkeypatch.setattr(precision, "bf16_speedup", lambda device_type="cpu": x)
+    return set_to
+
+
+def test_default_is_off_where_bf16_is_emulated(speedup, capsys):
+    speedup(0.02)  # an AVX2-only CPU: bf16 matmuls 50x slower than fp32
+    assert F.build_config(AlignConfig, {}, {"device": "cpu"}).bf16 is False
+    assert "50× slower than fp32" in capsys.readouterr().err
+    assert F.build_config(AlignConfig, {}, {"device": "cpu", "bf16": True}).bf16 is True  # the flag wins
+    assert F.build_config(AlignConfig, {"bf16": True}, {"device": "cpu"}).bf16 is True  # so does the YAML
+    assert capsys.readouterr().err == ""
+
+
+def test_default_is_on_where_bf16_is_native(speedup, capsys):
+    speedup(3.0)  # AMX or AVX512-BF16
+    assert F.build_config(AlignConfig, {}, {"device": "cpu"}).bf16 is True
+    assert F.build_config(AlignConfig, {}, {"device": "cpu", "bf16": False}).bf16 is False
+    assert capsys.readouterr().err == ""
+
+
+def test_a_false_default_stays_false(speedup):
+    speedup(3.0)
+    assert F.build_config(RewardScoreConfig, {}, {"text": ["a fine film"]}).bf16 is False  # fp32 unless asked
+
+
+def test_the_probe_measures_this_machine():
+    x = precision.bf16_speedup("cpu")
+    assert x > 0 and precision.bf16_speedup("cpu") == x  # measured once per process
+    assert precision.bf16_is_native(torch.device("cpu")) == (x >= 0.8)
