@@ -57,7 +57,8 @@ def write_section(title: str, markdown: str, path: Path = RESULTS) -> Path:
                 break
         else:
             sections.append((title, body))
-        out = preamble.rstrip("\n") + "\n\n" + "".join(f"## {t}{b}" for t, b in sections)
+        # Each body ends with one blank line (the file's last lost it to the final rstrip when it was written).
+        out = preamble.rstrip("\n") + "\n\n" + "".join(f"## {t}{b.rstrip()}\n\n" for t, b in sections)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(out.rstrip("\n") + "\n")
