@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from warprl import config as C
 from warprl.commands import outdir
+from warprl.commands.flags import NOTES as notes
 from warprl.commands.flags import add_arguments, config_from_args
 from warprl.errors import UserError
 
@@ -344,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         outdir.release_all()  # the output folders' one-writer locks end with the command
     sys.stdout.flush()
+    if code != EXIT_BAD_INPUT:
+        for note in notes:
+            print(note, file=sys.stderr)
+    notes.clear()
     return code
 
 

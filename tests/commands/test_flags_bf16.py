@@ -16,10 +16,11 @@ def speedup(monkeypatch):
     return set_to
 
 
-def test_default_is_off_where_bf16_is_emulated(speedup, capsys):
+def test_default_is_off_where_bf16_is_emulated(speedup, capsys, monkeypatch):
+    monkeypatch.setattr(F, "NOTES", [])
     speedup(0.02)  # an AVX2-only CPU: bf16 matmuls 50x slower than fp32
     assert F.build_config(AlignConfig, {}, {"device": "cpu"}).bf16 is False
-    assert "50× slower than fp32" in capsys.readouterr().err
+    assert len(F.NOTES) == 1 and "50× slower than fp32" in F.NOTES[0]  # cli.py prints it once the command ran
     assert F.build_config(AlignConfig, {}, {"device": "cpu", "bf16": True}).bf16 is True  # the flag wins
     assert F.build_config(AlignConfig, {"bf16": True}, {"device": "cpu"}).bf16 is True  # so does the YAML
     assert capsys.readouterr().err == ""
@@ -41,3 +42,15 @@ def test_the_probe_measures_this_machine():
     x = precision.bf16_speedup("cpu")
     assert x > 0 and precision.bf16_speedup("cpu") == x  # measured once per process
     assert precision.bf16_is_native(torch.device("cpu")) == (x >= 0.8)
+
+
+def test_the_note_follows_a_run_and_never_a_bad_input(speedup, capsys, tmp_path):
+    from warprl.cli import main
+
+    speedup(0.02)
+    assert main(["reward", "score", "--device", "cpu", "--bf16", "a fine film"]) == 0  # bf16 set: no note
+    assert "note:" not in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    code = main(["align", "--device", "cpu", "--out", str(tmp_path / "file" / "x"), "--steps", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("error:")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -97,9 +96,15 @@ def default_bf16(device: str) -> bool:
         return True  # validate() names the bad device
     if bf16_is_native(dev):
         return True
-    print(f"note: bf16 matmuls run {1 / max(bf16_speedup(dev.type), 1e-3):.0f}× slower than fp32 on this {dev.type} "
-          "(no native bf16): computing in fp32; --bf16 forces bf16, --no-bf16 silences this", file=sys.stderr)
+    note = (f"note: bf16 matmuls run {1 / max(bf16_speedup(dev.type), 1e-3):.0f}× slower than fp32 on this "
+            f"{dev.type} (no native bf16), so this command computed in fp32; --bf16 forces bf16, --no-bf16 silences this")
+    if note not in NOTES:
+        NOTES.append(note)
     return False
+
+
+# Notes for the user that cli.py prints once the command has run (a bad input stays a one-line error).
+NOTES: list[str] = []
 
 
 def add_arguments(parser: argparse.ArgumentParser, cls: type, exclude: tuple[str, ...] = ()) -> None:
