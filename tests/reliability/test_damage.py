@@ -157,9 +157,10 @@ def test_write_errors_at_drawn_writes_end_with_one_line_and_resume_bit_identical
 
 @pytest.fixture(scope="module")
 def stopped(inproc, reference) -> Path:
-    """A run stopped by a write error while saving iteration 2, run 2's checkpoint of step 3: iteration 1 is
-    done; iteration 2's run 1 is finished, run 2 has the checkpoints of steps 1 and 2 and three metrics rows."""
-    target = ("dir", f"iter_2/run_{RUNS}/checkpoints/step_{STEPS:06d}")
+    """A run stopped by a write error while saving iteration 2, run 2's weights after its last step (no checkpoint
+    of that step is written: the weights supersede it): iteration 1 is done; iteration 2's run 1 is finished, run
+    2 has the checkpoints of steps 1 and 2 and three metrics rows."""
+    target = ("write", f"iter_2/run_{RUNS}/weights.safetensors")
     n = reference["events"].index(target) + 1
     out = inproc["root"] / "stopped"
     code, err = run_main([*inproc["argv"], "--out", str(out)], fault=(n, "EIO"))

@@ -164,7 +164,7 @@ class AlignConfig(SamplingSettings, OptimSettings, RLSettings, WarpSettings, Lor
     prompts: str = setting("builtin", "prompts: builtin, a data file/folder, a .txt (one per line) or hub id")
     prompt_tokens: str = setting("8", "prompt length in policy tokens: N, or a range such as 5-15")
     seed: int = setting(0, "random seed (each run derives its own from it)")
-    checkpoint_every: int = setting(10, "steps between checkpoints (0 = only at the end of a run)")
+    checkpoint_every: int = setting(10, "steps between checkpoints (0 = none; a finished run keeps only its weights)")
     out: str = setting("runs/align", "output folder")
     resume: bool = setting(False, "continue the run in --out from its last checkpoint")
     overwrite: bool = setting(False, "replace a finished run in --out")
