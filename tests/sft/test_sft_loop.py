@@ -64,9 +64,11 @@ def test_stopped_run_resumes_bit_identical(tiny_policy_dir, texts_file, tmp_path
     assert strip_times(tmp_path / "a" / "metrics.jsonl") == strip_times(tmp_path / "b" / "metrics.jsonl")
 
 
-def test_checkpoint_holds_only_the_adapter(tiny_policy_dir, texts_file, tmp_path, monkeypatch):
+@pytest.mark.parametrize("bf16", [False, True])
+def test_checkpoint_holds_only_the_adapter(tiny_policy_dir, texts_file, tmp_path, monkeypatch, bf16):
+    """Without bf16 the compute copy is the model itself: its frozen base must stay frozen there too."""
     monkeypatch.setattr(loop.shutil, "rmtree", lambda *a, **k: None)  # keep the checkpoints for a look
-    run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "c", max_tokens=40))
+    run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "c", max_tokens=40, bf16=bf16))
     ckpt = sorted((tmp_path / "c" / "checkpoints").glob("step_*"))[-1]
     keys = load_file(str(ckpt / "trainable.safetensors")).keys()
     assert keys and all("lora_" in k for k in keys)
