@@ -85,9 +85,8 @@ BF16_DEFAULT = "on where the device computes bf16 natively (CUDA, a CPU with AVX
 def default_bf16(device: str) -> bool:
     """The ``bf16`` a command uses when neither a flag nor the YAML sets it: on only where bf16 matmuls are native.
     On an AVX2-only CPU they are ~100× slower than fp32 (an RL step of SmolLM2-135M: 143 s instead of 15 s)."""
-    from warprl.models import (
-        pick_device,  # torch: imported only when a command runs (cli.py keeps --help fast)
-    )
+    # torch comes with these: imported only when a command runs (cli.py keeps --help fast)
+    from warprl.models import pick_device
     from warprl.precision import bf16_is_native, bf16_speedup
 
     try:
