@@ -284,7 +284,8 @@ def render(args, result: dict, command: str) -> dict[str, str]:
         lines += [
             f"WARP I={args.iterations} × M={args.runs} × T={args.steps} on `{args.policy}` (reward "
             f"`{args.reward}`, batch {args.batch_size} × k {args.k}, ≤ {args.max_new_tokens} tokens, "
-            f"{'bf16 compute copy' if result['bf16'] else 'fp32 (this CPU has no native bf16)'}), full fine-tuning (lr {args.lr}) against `--lora-r {args.lora_r} --lora-alpha {args.lora_alpha}` "
+            f"{'bf16 compute copy' if result['bf16'] else 'fp32 (this CPU has no native bf16)'}), full fine-tuning "
+            f"(lr {args.lr}) against `--lora-r {args.lora_r} --lora-alpha {args.lora_alpha}` "
             f"(lr {args.lora_lr}); each a fresh process, {args.repeats} repeat(s), medians.", "",
             "| | full fine-tuning | LoRA | LoRA / full | target |", "|---|---:|---:|---:|---|",
             f"| peak RSS (`ru_maxrss`) | {gb(f['peak_rss'])} | {gb(lo['peak_rss'])} | {r['peak_rss']:.2f} | ≤ 0.6 |",

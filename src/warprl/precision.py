@@ -103,8 +103,10 @@ class MixedPrecision:
         self.compute = plain_copy(master, torch.bfloat16) if bf16 else master  # no fp32 copy on the way
         if self.compute is not master and prepare_copy is not None:
             prepare_copy(self.compute)  # e.g. the rollout engine's fused weight buffers (rl.engine)
-        for p in self.compute.parameters():
-            p.requires_grad_(trainable)
+        # The copy trains what the master trains (a frozen LoRA base stays frozen: no weight gradients); when the
+        # copy is the master itself this only ever freezes.
+        for pm, pc in zip(master.parameters(), self.compute.parameters(), strict=True):
+            pc.requires_grad_(trainable and pm.requires_grad)
         self.compute.eval()
 
     def grads_to_master(self) -> None:

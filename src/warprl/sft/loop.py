@@ -116,11 +116,7 @@ def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[i
     opt = torch.optim.AdamW(list(trainable(model).values()), lr=cfg.lr, weight_decay=cfg.weight_decay,
                             betas=(0.9, 0.95), fused=True)
     state = (load_checkpoint(ckpt, model, opt) if resume else None) or SFTState()
-    frozen = [not p.requires_grad for p in model.parameters()]
-    mp = MixedPrecision(model, cfg.bf16)  # without bf16 its compute copy is the model itself, all made trainable
-    for f, pm, pc in zip(frozen, mp.master.parameters(), mp.compute.parameters(), strict=True):
-        pm.requires_grad_(not f)
-        pc.requires_grad_(not f)  # a frozen base stays frozen in the compute copy: no weight grads
+    mp = MixedPrecision(model, cfg.bf16)  # the compute copy trains only what the model trains (the adapter)
     warmup = round(cfg.warmup_ratio * total)
     log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines)
     bar = tqdm(total=total, initial=state.step, desc="sft", disable=not cfg.progress, dynamic_ncols=True)
