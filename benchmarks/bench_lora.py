@@ -204,7 +204,7 @@ def ema_gap(args, base: dict, tmp: Path) -> dict:
         for t, d in pol.master.deltas():
             ema_dw[t.name].lerp_(d, c.mu)
         if state.step == c.steps:  # the last step: both anchors on the policy's samples
-            dw_anchor = plain_copy(anchor.compute, None, set())
+            dw_anchor = plain_copy(pol.compute, None, set())  # the anchor itself is a side path on pol.compute
             mods = dict(dw_anchor.named_modules())
             with torch.no_grad():
                 for t in anchor.targets:

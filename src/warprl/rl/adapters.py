@@ -11,10 +11,12 @@ LoRA is a parametrisation instead (:class:`warprl.lora.Factors`):
   chain rule, dL/dA = s·Bᵀ·G and dL/dB = s·G·Aᵀ (:func:`warprl.lora.factor_grads`), handed over layer by
   layer as the backward pass produces G (so no full set of weight gradients is ever held), and AdamW,
   clipping and the NaN guard act on the factors alone;
-* the EMA anchor is an EMA of the factors, θ_ema ← (1−μ)·θ_ema + μ·θ per tensor, and its compute copy
-  (W0 + s·B_ema·A_ema on the targets) shares every other tensor (embeddings, norms) with the policy's copy;
-  the SFT anchor is W0 itself; θ_sft for ``charts/kl_sft`` is built only while it is measured. Memory grows by
-  the target layers of one copy, not by a model.
+* the EMA anchor is an EMA of the factors, θ_ema ← (1−μ)·θ_ema + μ·θ per tensor. It holds no weights of its
+  own (:class:`LoraAnchor`): it runs the policy's copy, every tensor shared, and adds on each target layer the
+  low-rank difference s·x·(B_ema·A_ema − B·A)ᵀ; the SFT anchor (and θ_sft for ``charts/kl_sft`` when it is
+  θ_init) is the same with the EMA term left out, i.e. W0. Memory grows by one set of factors, not by a model
+  or by a copy of the target layers (θ_sft of an earlier WARP iteration, not low-rank, is still built from its
+  file for each measurement and dropped after it).
 
 :class:`LoraWeights` has the interface of :class:`warprl.precision.MixedPrecision` that ``rl_step`` uses
 (``compute``, ``master``, ``grads_to_master``, ``sync``), so one step serves both kinds of run.
@@ -57,25 +59,20 @@ def _hand_over(t: Target, pair: tuple[torch.Tensor, torch.Tensor], scale: float)
 
 
 class LoraWeights:
-    """A plain ``compute`` model whose target weights are W0 + s·B·A of ``master`` (a :class:`Factors`), or W0
-    itself when ``master`` is None (a frozen model: W0 is dropped once copied)."""
+    """A plain ``compute`` model whose target weights are W0 + s·B·A of ``master`` (a :class:`Factors`); only
+    those weights take a gradient, handed over to the factors as it is produced."""
 
-    def __init__(self, w0: list[torch.Tensor], master: Factors | None, compute: torch.nn.Module, trainable: bool,
-                 targets: list[Target]):
+    def __init__(self, w0: list[torch.Tensor], master: Factors, compute: torch.nn.Module, targets: list[Target]):
         self.master, self.compute, self.targets = master, compute, targets
-        self._w0: list[torch.Tensor] | None = w0
+        self._w0 = w0
         self._w = _weights(compute, targets)
         for p in compute.parameters():
             p.requires_grad_(False)
-        for w in self._w:
-            w.requires_grad_(trainable)
-        if trainable:
-            for t, w, pair in zip(targets, self._w, master.pairs, strict=True):
-                w.register_post_accumulate_grad_hook(_hand_over(t, pair, master.scale))
+        for t, w, pair in zip(targets, self._w, master.pairs, strict=True):
+            w.requires_grad_(True)
+            w.register_post_accumulate_grad_hook(_hand_over(t, pair, master.scale))
         compute.eval()
         self.sync()
-        if master is None:
-            self._w0 = None
 
     def grads_to_master(self) -> None:
         """Nothing left to do: the backward pass handed each layer's gradient to the factors (:func:`_hand_over`)."""
@@ -83,11 +80,50 @@ class LoraWeights:
     @torch.no_grad()
     def sync(self) -> None:
         """Target weights ← W0 + s·B·A (fp32, then the compute dtype); bumps their versions for the engine."""
-        if self._w0 is None:
-            return
-        pairs = self.master.pairs if self.master is not None else [None] * len(self.targets)
-        for t, w0, w, pair in zip(self.targets, self._w0, self._w, pairs, strict=True):
-            w.copy_(w0 if pair is None else w0 + delta(pair[0], pair[1], self.master.scale, t.fan_in_fan_out))
+        for t, w0, w, (a, b) in zip(self.targets, self._w0, self._w, self.master.pairs, strict=True):
+            w.copy_(w0 + delta(a, b, self.master.scale, t.fan_in_fan_out))
+
+
+def _side_path(pair: tuple[torch.Tensor, torch.Tensor], policy: tuple[torch.Tensor, torch.Tensor],
+               scale: float):
+    """A forward hook on a target layer of a copy of the policy's model: out + s·((x·A_aᵀ)·B_aᵀ − (x·Aᵀ)·Bᵀ),
+    in fp32, i.e. the layer with the anchor's factors ``pair`` (none: W0) in place of the policy's. The two
+    products are computed apart so that equal factors give a difference of exactly 0 (an EMA anchor at its
+    first step scores exactly as the policy does)."""
+    a, b = policy
+
+    def hook(module, args, out):
+        x = args[0].float()
+        diff = -((x @ a.T) @ b.T) if pair is None else (x @ pair[0].T) @ pair[1].T - (x @ a.T) @ b.T
+        return out + (diff * scale).to(out.dtype)
+
+    return hook
+
+
+class LoraAnchor:
+    """The anchor of a LoRA run without weights of its own: a model that shares every tensor of ``policy``'s
+    compute copy (whose targets hold W0 + s·B·A) and adds, per target layer, s·x·(B_a·A_a − B·A)ᵀ, which gives
+    W0 + s·B_a·A_a for the anchor's factors ``master`` (an EMA of the policy's) and W0 when ``master`` is None.
+
+    The hooks read the factors at each forward, so :meth:`sync` has nothing to do; they hold the factors only
+    (as :func:`_hand_over` does). The anchor only scores (``anchor_logprobs``, the HF forward): the rollout
+    engine, which reads fused weights and would skip the hooks, never samples from it."""
+
+    def __init__(self, policy: LoraWeights, master: Factors | None):
+        self.master, self.targets = master, policy.targets
+        compute = policy.compute
+        self.compute = plain_copy(compute, None, {id(t) for t in [*compute.parameters(), *compute.buffers()]})
+        modules = dict(self.compute.named_modules())
+        pairs = master.pairs if master is not None else [None] * len(self.targets)
+        for t, pair, own in zip(self.targets, pairs, policy.master.pairs, strict=True):
+            modules[t.name].register_forward_hook(_side_path(pair, own, policy.master.scale))
+        self.compute.eval()
+
+    def grads_to_master(self) -> None:
+        """A frozen model: nothing to hand over."""
+
+    def sync(self) -> None:
+        """Nothing to refresh: the side path reads the factors themselves."""
 
 
 class LoraRun:
@@ -108,28 +144,30 @@ class LoraRun:
 
     def models(self, bf16: bool, sft_weights: Path | None, kl_sft: bool):
         """(policy, anchor, θ_sft or None): the policy's compute copy (bf16, or fp32 sharing the base's frozen
-        tensors) with the rollout engine's fused storage; the anchor's copy shares every non-target tensor with
-        it. θ_sft is a function that returns its model: the SFT anchor, or a copy made for the measurement
-        (sharing the same tensors) and dropped after it, so that it costs no memory during the RL steps."""
+        tensors) with the rollout engine's fused storage, and the anchor as a side path on it
+        (:class:`LoraAnchor`). θ_sft is a function that returns its model: the SFT anchor, W0 as a side path
+        when the anchor is an EMA, or, for an SFT policy other than θ_init, a copy made from its file for the
+        measurement (sharing every non-target tensor) and dropped after it."""
         base, targets = self.base, self.targets
         w0 = _weights(base, targets)
         own = {id(w) for w in w0}
         share = set() if bf16 else {id(t) for t in [*base.parameters(), *base.buffers()] if id(t) not in own}
         compute = plain_copy(base, torch.bfloat16 if bf16 else None, share)
         share_fused_storage(compute)  # q/k/v and gate/up as slices of one buffer: the engine reads views
-        policy = LoraWeights(w0, self.factors, compute, True, targets)
-        own = {id(w) for w in policy._w}
-        shared = {id(t) for t in [*compute.parameters(), *compute.buffers()] if id(t) not in own}
-        anchor = LoraWeights(w0, self.ema, plain_copy(compute, None, shared), False, targets)
+        policy = LoraWeights(w0, self.factors, compute, targets)
+        anchor = LoraAnchor(policy, self.ema)
         if not kl_sft:
             return policy, anchor, None
-        if self.ema is None and sft_weights is None:
-            return policy, anchor, lambda: anchor.compute  # the SFT anchor is θ_sft
+        if sft_weights is None:
+            if self.ema is None:
+                return policy, anchor, lambda: anchor.compute  # the SFT anchor is θ_sft
+            w0_model = LoraAnchor(policy, None).compute
+            return policy, anchor, lambda: w0_model
+        own = {id(w) for w in policy._w}
+        shared = {id(t) for t in [*compute.parameters(), *compute.buffers()] if id(t) not in own}
 
         def sft() -> torch.nn.Module:
             model = plain_copy(compute, None, shared)
-            if sft_weights is None:
-                return LoraWeights(w0, None, model, False, targets).compute
             with open_streaming(sft_weights, str(w0[0].device)) as f, torch.no_grad():
                 for t, w in zip(targets, _weights(model, targets), strict=True):
                     w.copy_(f.get_tensor(f"{t.name}.weight"))  # one fp32 tensor in memory at a time
