@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from warprl import merge
 from warprl.io import atomic_write
 from warprl.lora import delta, read_adapter
+from warprl.merge import kernels
 
 Adapter = tuple[float, bool, dict[str, tuple[torch.Tensor, torch.Tensor]]]
 
@@ -41,13 +42,13 @@ def merge_task_vectors(deltas: list[torch.Tensor], op: str = "slerp", lam: float
     """The merged task vector of one tensor from its M task vectors: ``op`` ``slerp`` (as
     :func:`warprl.merge.slerp`: λ for two, iterated with 1/m weights for more, LERP where the angle is
     ill-defined) or ``lerp`` (as :func:`warprl.merge.lerp`). In fp32 at least."""
-    cdt = merge._compute_dtype(deltas[0].dtype)
+    cdt = kernels.compute_dtype(deltas[0].dtype)
     ds = [d.to(cdt) for d in deltas]
     if op == "slerp":
-        merge._check_n_models(len(ds), lam, "slerp")
-        return merge._slerp_deltas(ds, lam)
+        kernels.check_n_models(len(ds), lam, "slerp")
+        return kernels.slerp_deltas(ds, lam)
     if op == "lerp":
-        return merge._lerp_kernel(len(ds), lam)(None, ds)
+        return kernels.lerp_kernel(len(ds), lam)(None, ds)
     raise ValueError(f"unknown op {op!r}; expected 'slerp' or 'lerp'")
 
 
@@ -71,7 +72,7 @@ def merge_adapter_files(init_path: str | os.PathLike, adapters: Sequence[str | o
                 if deltas[0].shape != w0.shape:
                     raise ValueError(f"shape mismatch for {key!r}: {tuple(w0.shape)} in {init_path}, "
                                      f"{tuple(deltas[0].shape)} from the adapters")
-                cdt = merge._compute_dtype(w0.dtype)
+                cdt = kernels.compute_dtype(w0.dtype)
                 w0 = (w0.to(cdt) + merge_task_vectors(deltas, op, lam).to(cdt)).to(w0.dtype)
             out[key] = w0.contiguous()
     atomic_write(out_path, lambda tmp: save_file(out, tmp, metadata=metadata))

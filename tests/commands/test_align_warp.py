@@ -209,7 +209,7 @@ def test_resume_after_a_crash_inside_run_2_of_iteration_1(setup, reference, monk
 @pytest.mark.parametrize("failing_write", [1, 4], ids=["iter1-slerp", "iter2-liti"])
 def test_resume_after_a_crash_during_a_merge(setup, reference, monkeypatch, failing_write):
     out = setup["root"] / f"crash_merge_{failing_write}"
-    real_save, calls = merge.save_file, {"n": 0}
+    real_save, calls = merge.files.save_file, {"n": 0}
 
     def dying_save(tensors, path, metadata=None):
         calls["n"] += 1
@@ -218,10 +218,10 @@ def test_resume_after_a_crash_during_a_merge(setup, reference, monkeypatch, fail
             raise KeyboardInterrupt
         return real_save(tensors, path, metadata=metadata)
 
-    monkeypatch.setattr(merge, "save_file", dying_save)
+    monkeypatch.setattr(merge.files, "save_file", dying_save)
     with pytest.raises(KeyboardInterrupt):
         align_warp(make_cfg(setup, out), reward_fn=toy_reward)
-    monkeypatch.setattr(merge, "save_file", real_save)
+    monkeypatch.setattr(merge.files, "save_file", real_save)
     target = out / ("iter_1/slerp.safetensors" if failing_write == 1 else "iter_2/init.safetensors")
     assert not target.exists() and not list(out.rglob("*.tmp*"))
     align_warp(make_cfg(setup, out, resume=True), reward_fn=toy_reward)
@@ -250,7 +250,7 @@ else:
     def save(tensors, path, metadata=None):  # iteration 1's slerp: half written when the kill comes
         open(path, "wb").write(b"half a file")
         os.kill(os.getpid(), signal.SIGKILL)
-    merge.save_file = save
+    merge.files.save_file = save
 from warprl.commands.align import run_align as align_warp
 align_warp(AlignConfig(**{cfg!r}), reward_fn=toy_reward)
 """

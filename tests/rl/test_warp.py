@@ -75,7 +75,7 @@ def test_a_failed_merge_leaves_no_file(tmp_path, monkeypatch):
             f.write(b"half a file")
         raise OSError("disk full")
 
-    monkeypatch.setattr(merge, "save_file", dies_half_way)
+    monkeypatch.setattr(merge.files, "save_file", dies_half_way)
     out = tmp_path / "iter_1" / "slerp.safetensors"
     with pytest.raises(WriteError, match=r"cannot write .*slerp.safetensors: disk full"):
         warp.write_merge(out, init, [a, b], "slerp", lam=0.5)

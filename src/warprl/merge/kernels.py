@@ -1,46 +1,19 @@
-"""Weight-space merging for WARP (Ramé et al., 2024): EMA, SLERP of task vectors, LITI, interpolation.
+"""Merging in memory: the per-tensor kernels (EMA, LERP, SLERP of task vectors with its LERP fallback, LITI,
+interpolation) and their state-dict API. Pure functions of tensors; :mod:`warprl.merge.files` runs the same
+kernels streamed over safetensors files.
 
-Everything here works on state dicts (``dict[str, torch.Tensor]``) or, for the streaming variants, on
-safetensors files, so that merging M policies never needs M models in memory at once.
-
-Conventions shared by every function:
-
-* Math is done in at least fp32 (fp64 tensors stay fp64), whatever the storage dtype; each result is cast
-  back to the dtype of the reference tensor (the EMA / init / first operand).
-* Non-float tensors (integer or bool buffers) are copied unchanged from the reference dict.
-* Keys and shapes must match across all inputs, otherwise ``ValueError`` is raised.
-* Inputs are never modified in place, except by :func:`ema_`, which is in place by design.
+The helpers without a leading underscore below the public API (``apply_kernel``, ``check_structure``,
+``compute_dtype``, the kernel factories) are shared with :mod:`warprl.merge.files` and
+:mod:`warprl.lora_merge`, so that every merge path checks and computes the same way.
 """
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-
-from warprl.io import atomic_write
-
-__all__ = [
-    "StateDict",
-    "angle_degrees",
-    "ema",
-    "ema_",
-    "interpolate",
-    "lerp",
-    "liti",
-    "merge_files",
-    "open_streaming",
-    "slerp",
-    "task_vector_angle",
-    "task_vector_angle_files",
-    "task_vector_gram_files",
-]
 
 StateDict = Mapping[str, torch.Tensor]
 # A per-tensor kernel: (reference tensor, other tensors) in compute dtype -> merged tensor.
@@ -59,7 +32,7 @@ def _fmt_keys(keys: Iterable[str], limit: int = 5) -> str:
     return f"[{shown}{', ...' if len(keys) > limit else ''}] ({len(keys)} total)"
 
 
-def _check_structure(
+def check_structure(
     ref_name: str,
     ref_shapes: Mapping[str, Sequence[int]],
     others: Sequence[tuple[str, Mapping[str, Sequence[int]]]],
@@ -84,19 +57,19 @@ def _check_structure(
 
 
 def _check_dicts(ref_name: str, ref: StateDict, others: Sequence[tuple[str, StateDict]]) -> None:
-    _check_structure(
+    check_structure(
         ref_name,
         {k: v.shape for k, v in ref.items()},
         [(n, {k: v.shape for k, v in sd.items()}) for n, sd in others],
     )
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     # fp32 at least (bf16/fp16 lose too much in sums and norms); never downcast fp64.
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def _apply_kernel(
+def apply_kernel(
     kernel: Kernel, name: str, ref: torch.Tensor, others: Sequence[torch.Tensor]
 ) -> torch.Tensor:
     """Run ``kernel`` on one tensor name: upcast, merge, cast back to ``ref.dtype``; copy non-float buffers."""
@@ -105,7 +78,7 @@ def _apply_kernel(
         raise ValueError(f"dtype mismatch for {name!r}: cannot merge floating-point with non-float tensors")
     if not is_float:
         return ref.clone()
-    cdt = _compute_dtype(ref.dtype)
+    cdt = compute_dtype(ref.dtype)
     ref_c = ref.to(cdt)
     others_c = [o.to(device=ref.device, dtype=cdt) for o in others]
     out = kernel(ref_c, others_c)
@@ -121,7 +94,7 @@ def _apply_kernel(
 
 
 def _merge_dicts(kernel: Kernel, ref: StateDict, others: Sequence[StateDict]) -> dict[str, torch.Tensor]:
-    return {k: _apply_kernel(kernel, k, v, [sd[k] for sd in others]) for k, v in ref.items()}
+    return {k: apply_kernel(kernel, k, v, [sd[k] for sd in others]) for k, v in ref.items()}
 
 
 def _clone_sd(sd: StateDict) -> dict[str, torch.Tensor]:
@@ -133,28 +106,28 @@ def _clone_sd(sd: StateDict) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------------------
 
 
-def _lerp2(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
+def lerp2(a: torch.Tensor, b: torch.Tensor, w: float) -> torch.Tensor:
     # torch.lerp returns exactly ``a`` at w=0 and exactly ``b`` at w=1 (it switches formula at w=0.5).
     return torch.lerp(a, b, w)
 
 
 def _ema_tensor(ema_t: torch.Tensor, ts: list[torch.Tensor], mu: float) -> torch.Tensor:
-    return _lerp2(ema_t, ts[0], mu)
+    return lerp2(ema_t, ts[0], mu)
 
 
 def _liti_tensor(init: torch.Tensor, ts: list[torch.Tensor], eta: float) -> torch.Tensor:
-    return _lerp2(init, ts[0], eta)
+    return lerp2(init, ts[0], eta)
 
 
 def _interpolate_tensor(a: torch.Tensor, ts: list[torch.Tensor], t: float) -> torch.Tensor:
-    return _lerp2(a, ts[0], t)
+    return lerp2(a, ts[0], t)
 
 
 def _lerp_tensor(init: torch.Tensor, ts: list[torch.Tensor], lam: float | None) -> torch.Tensor:
     """(1-lam)*t1 + lam*t2 for two tensors, the uniform mean otherwise (lam must then be None)."""
     del init  # weight averaging does not depend on the init; kept for a signature uniform with slerp
     if lam is not None:
-        return _lerp2(ts[0], ts[1], lam)
+        return lerp2(ts[0], ts[1], lam)
     acc = ts[0].clone()  # clone: ts[0] may be the caller's tensor when no upcast was needed
     for t in ts[1:]:
         acc.add_(t)
@@ -169,12 +142,12 @@ def _slerp_pair(
     n2 = float(torch.linalg.vector_norm(d2))
     if n1 < eps or n2 < eps:
         # A (near-)zero task vector has no direction: SLERP would divide by ~0.
-        return _lerp2(d1, d2, lam)
+        return lerp2(d1, d2, lam)
     cos = float(torch.dot(d1.reshape(-1), d2.reshape(-1))) / (n1 * n2)
     cos = min(1.0, max(-1.0, cos))
     if abs(cos) > collinear_threshold:
         # sin(Omega) ~ 0: the SLERP coefficients become 0/0; LERP is the limit for parallel vectors.
-        return _lerp2(d1, d2, lam)
+        return lerp2(d1, d2, lam)
     omega = math.acos(cos)
     sin_omega = math.sin(omega)
     c1 = math.sin((1.0 - lam) * omega) / sin_omega
@@ -209,11 +182,11 @@ def _slerp_tensor(
     collinear_threshold: float = 1 - 1e-6,
 ) -> torch.Tensor:
     """SLERP of the task vectors ``t - init`` for one tensor; see :func:`slerp`."""
-    return init + _slerp_deltas([t - init for t in ts], lam, method=method, eps=eps,
+    return init + slerp_deltas([t - init for t in ts], lam, method=method, eps=eps,
                                 collinear_threshold=collinear_threshold)
 
 
-def _slerp_deltas(deltas: list[torch.Tensor], lam: float | None = None, *, method: str = "iterative",
+def slerp_deltas(deltas: list[torch.Tensor], lam: float | None = None, *, method: str = "iterative",
                   eps: float = 1e-8, collinear_threshold: float = 1 - 1e-6) -> torch.Tensor:
     """The merged task vector of :func:`_slerp_tensor`, from the task vectors themselves (LoRA runs' ΔW)."""
     m = len(deltas)
@@ -234,7 +207,7 @@ def _slerp_deltas(deltas: list[torch.Tensor], lam: float | None = None, *, metho
 
 def _angle_terms(init: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
     """(<da, db>, |da|^2, |db|^2) for one float tensor, computed in compute dtype."""
-    cdt = _compute_dtype(init.dtype)
+    cdt = compute_dtype(init.dtype)
     i = init.to(cdt)
     da = (a.to(device=init.device, dtype=cdt) - i).reshape(-1)
     db = (b.to(device=init.device, dtype=cdt) - i).reshape(-1)
@@ -259,15 +232,15 @@ def _check_mu(mu: float) -> None:
         raise ValueError(f"EMA rate mu must be in [0, 1], got {mu}")
 
 
-def _check_n_models(n: int, lam: float | None, what: str) -> None:
+def check_n_models(n: int, lam: float | None, what: str) -> None:
     if n < 1:
         raise ValueError(f"{what} needs at least one model")
     if lam is not None and n != 2:
         raise ValueError(f"{what}: lam is only defined for exactly two models (got {n}); pass lam=None")
 
 
-def _slerp_kernel(n: int, lam: float | None, method: str, eps: float, collinear_threshold: float) -> Kernel:
-    _check_n_models(n, lam, "slerp")
+def slerp_kernel(n: int, lam: float | None, method: str, eps: float, collinear_threshold: float) -> Kernel:
+    check_n_models(n, lam, "slerp")
     if method not in ("iterative", "spherical_mean"):
         raise ValueError(f"unknown slerp method {method!r}; expected 'iterative' or 'spherical_mean'")
 
@@ -277,8 +250,8 @@ def _slerp_kernel(n: int, lam: float | None, method: str, eps: float, collinear_
     return kernel
 
 
-def _lerp_kernel(n: int, lam: float | None) -> Kernel:
-    _check_n_models(n, lam, "lerp")
+def lerp_kernel(n: int, lam: float | None) -> Kernel:
+    check_n_models(n, lam, "lerp")
     if n == 2 and lam is None:
         lam = 0.5
     return lambda init, ts: _lerp_tensor(init, ts, lam)
@@ -320,7 +293,7 @@ def ema_(ema_params: Iterable[torch.Tensor], params: Iterable[torch.Tensor], mu:
             fast_e.append(e)
             fast_p.append(p)
         else:
-            e_c = e.to(_compute_dtype(e.dtype))
+            e_c = e.to(compute_dtype(e.dtype))
             e_c.lerp_(p.to(device=e.device, dtype=e_c.dtype), mu)
             if e_c is not e:
                 e.copy_(e_c)
@@ -350,7 +323,7 @@ def lerp(init_sd: StateDict, sds: Sequence[StateDict], lam: float | None = None)
     uniform mean for any other number (lam must be None). ``init_sd`` is only validated (uniform signature
     with :func:`slerp`) and supplies non-float buffers."""
     sds = list(sds)
-    kernel = _lerp_kernel(len(sds), lam)
+    kernel = lerp_kernel(len(sds), lam)
     _check_dicts("init_sd", init_sd, [(f"sds[{i}]", sd) for i, sd in enumerate(sds)])
     return _merge_dicts(kernel, init_sd, sds)
 
@@ -382,7 +355,7 @@ def slerp(
     A single model is returned unchanged (up to dtype round trip).
     """
     sds = list(sds)
-    kernel = _slerp_kernel(len(sds), lam, method, eps, collinear_threshold)
+    kernel = slerp_kernel(len(sds), lam, method, eps, collinear_threshold)
     _check_dicts("init_sd", init_sd, [(f"sds[{i}]", sd) for i, sd in enumerate(sds)])
     return _merge_dicts(kernel, init_sd, sds)
 
@@ -402,142 +375,3 @@ def task_vector_angle(init_sd: StateDict, sd_a: StateDict, sd_b: StateDict) -> f
     return angle_degrees(dot, na2, nb2)
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Public API: streaming over safetensors files
-# ----------------------------------------------------------------------------------------------------------
-
-
-def open_streaming(path: str | os.PathLike, device: str = "cpu"):
-    """``safe_open`` that reads with pread where available (safetensors >= 0.8).
-
-    With the default mmap every page read stays in this process's RSS until the file is closed, i.e. all
-    M + 1 models by the end of a streamed merge; with pread only the tensors in flight are resident.
-    """
-    try:
-        return safe_open(os.fspath(path), framework="pt", device=device, backend="pread")
-    except TypeError:  # older safetensors: no backend argument
-        return safe_open(os.fspath(path), framework="pt", device=device)
-
-
-def _file_shapes(f: Any) -> dict[str, list[int]]:
-    # get_slice reads only the header, so validation costs no tensor loads.
-    return {k: f.get_slice(k).get_shape() for k in f.keys()}
-
-
-@contextlib.contextmanager
-def _stream(init_path, paths: Sequence, device: str | torch.device = "cpu"):
-    """The one streaming driver: opens the files, checks they hold the same tensors, and yields the init
-    file's metadata and an iterator of ``(name, init tensor, [tensor of each path])``, one name at a time."""
-    dev = str(device)
-    with contextlib.ExitStack() as stack:
-        f_init = stack.enter_context(open_streaming(init_path, dev))
-        fs = [stack.enter_context(open_streaming(p, dev)) for p in paths]
-        _check_structure(str(init_path), _file_shapes(f_init),
-                         [(str(p), _file_shapes(f)) for p, f in zip(paths, fs, strict=True)])
-        yield f_init.metadata(), ((k, f_init.get_tensor(k), [f.get_tensor(k) for f in fs]) for k in f_init.keys())
-
-
-def merge_files(
-    init_path: str | os.PathLike[str],
-    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    out_path: str | os.PathLike[str],
-    op: str | Callable[..., torch.Tensor],
-    *,
-    device: str | torch.device = "cpu",
-    **kw: Any,
-) -> None:
-    """Merge safetensors files one tensor name at a time and write ``out_path`` atomically.
-
-    At most one tensor per input is loaded at a time; only the output (one model) is accumulated, because
-    ``save_file`` needs the whole dict. ``op`` and the meaning of ``init_path``/``paths``:
-
-    * ``"slerp"`` / ``"lerp"``: ``init_path`` is theta_init, ``paths`` the M models; ``kw`` as in
-      :func:`slerp` / :func:`lerp` (``lam``, ``method``, ``eps``, ``collinear_threshold``).
-    * ``"liti"``: ``init_path`` is theta_init, ``paths`` the single merged model; ``kw``: ``eta``.
-    * ``"interpolate"``: ``init_path`` is ``a``, ``paths`` the single ``b``; ``kw``: ``t``.
-    * a callable ``op(init, ts, **kw) -> Tensor`` receiving the reference tensor and the list of model
-      tensors for one name, upcast to fp32 (fp64 kept); its result is cast back to the reference dtype.
-
-    Non-float tensors are copied from ``init_path``; the init file's metadata is kept. ``device`` is where
-    tensors are loaded and merged (results are moved to CPU for saving).
-    """
-    path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    n = len(path_list)
-    select: int | None = None  # index (0 = init) whose tensors are copied verbatim instead of merged
-    kernel: Kernel
-    if callable(op):
-        fn = op
-        kernel = lambda i, ts: fn(i, ts, **kw)  # noqa: E731
-    elif op == "slerp":
-        kernel = _slerp_kernel(
-            n,
-            kw.pop("lam", None),
-            kw.pop("method", "iterative"),
-            kw.pop("eps", 1e-8),
-            kw.pop("collinear_threshold", 1 - 1e-6),
-        )
-    elif op == "lerp":
-        kernel = _lerp_kernel(n, kw.pop("lam", None))
-    elif op in ("liti", "interpolate"):
-        if n != 1:
-            raise ValueError(f"op {op!r} takes exactly one path besides init_path, got {n}")
-        name = "eta" if op == "liti" else "t"
-        if name not in kw:
-            raise TypeError(f"merge_files(op={op!r}) requires the keyword argument {name!r}")
-        w = float(kw.pop(name))
-        if op == "interpolate" and w in (0.0, 1.0):
-            select = int(w)  # exact endpoints, as in interpolate()
-        kernel = lambda i, ts: _lerp2(i, ts[0], w)  # noqa: E731
-    else:
-        raise ValueError(f"unknown op {op!r}; expected 'slerp', 'lerp', 'liti', 'interpolate' or a callable")
-    if not callable(op) and kw:
-        raise TypeError(f"unexpected keyword arguments for op {op!r}: {sorted(kw)}")
-
-    out: dict[str, torch.Tensor] = {}
-    with _stream(init_path, path_list, device) as (metadata, tensors):
-        for k, init, ts in tensors:
-            if select is not None:
-                res = init if select == 0 else ts[0]
-            else:
-                res = _apply_kernel(kernel, k, init, ts)
-            out[k] = res.to("cpu").contiguous()
-    # One write path for every result file: temp file, fsync, rename (a kill leaves the old file or none).
-    atomic_write(out_path, lambda tmp: save_file(out, tmp, metadata=metadata))
-
-
-def task_vector_gram_files(
-    init_path: str | os.PathLike[str],
-    paths: Sequence[str | os.PathLike[str]],
-    *,
-    device: str | torch.device = "cpu",
-) -> list[list[float]]:
-    """Gram matrix ⟨δ_a, δ_b⟩ of the task vectors δ_m = θ_m − θ_init over all float tensors, in one streaming
-    pass (one tensor per file in memory): norms and every pairwise angle of M runs without M² reads."""
-    m = len(paths)
-    gram = [[0.0] * m for _ in range(m)]
-    with _stream(init_path, paths, device) as (_, tensors):
-        for _, v, ts in tensors:
-            if not v.is_floating_point():
-                continue
-            cdt = _compute_dtype(v.dtype)
-            base = v.to(cdt)
-            deltas = [(t.to(device=v.device, dtype=cdt) - base).reshape(-1) for t in ts]
-            for i in range(m):
-                for j in range(i, m):
-                    gram[i][j] += float(torch.dot(deltas[i], deltas[j]))
-    for i in range(m):
-        for j in range(i):
-            gram[i][j] = gram[j][i]
-    return gram
-
-
-def task_vector_angle_files(
-    init_path: str | os.PathLike[str],
-    path_a: str | os.PathLike[str],
-    path_b: str | os.PathLike[str],
-    *,
-    device: str | torch.device = "cpu",
-) -> float:
-    """Streaming :func:`task_vector_angle` over safetensors files (one tensor per file in memory)."""
-    gram = task_vector_gram_files(init_path, [path_a, path_b], device=device)
-    return angle_degrees(gram[0][1], gram[0][0], gram[1][1])

@@ -1,26 +1,13 @@
-"""Unit tests for warprl.merge: hand-computed values and mathematical properties of WARP merges."""
+"""warprl.merge.kernels: hand-computed values and mathematical properties of WARP's merges."""
 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
 
-from warprl.merge import (
-    ema,
-    ema_,
-    interpolate,
-    lerp,
-    liti,
-    merge_files,
-    slerp,
-    task_vector_angle,
-    task_vector_angle_files,
-    task_vector_gram_files,
-)
+from warprl.merge import ema, ema_, interpolate, lerp, liti, slerp, task_vector_angle
 
 T = torch.tensor
 S2 = math.sqrt(2.0) / 2.0
@@ -274,113 +261,3 @@ def test_task_vector_angle() -> None:
     assert task_vector_angle(init, a, b) == pytest.approx(90.0)
     assert task_vector_angle(init, a, a) == pytest.approx(0.0, abs=1e-3)
     assert math.isnan(task_vector_angle(init, init, a))
-
-
-# ------------------------------------------------------------------------------------------------ files
-
-
-@pytest.fixture()
-def model_files(
-    tmp_path: Path,
-) -> tuple[Path, list[Path], dict[str, torch.Tensor], list[dict[str, torch.Tensor]]]:
-    g = torch.Generator().manual_seed(3)
-    init = {
-        "a.weight": torch.randn(4, 5, generator=g),
-        "a.bias": torch.randn(5, generator=g).bfloat16(),
-        "pos_ids": torch.arange(6),
-    }
-    sds = [
-        {
-            k: (v.float() + torch.randn(v.shape, generator=g)).to(v.dtype) if v.is_floating_point() else v + 1
-            for k, v in init.items()
-        }
-        for _ in range(3)
-    ]
-    init_path = tmp_path / "init.safetensors"
-    save_file(init, str(init_path), metadata={"format": "pt"})
-    paths = []
-    for i, sd in enumerate(sds):
-        p = tmp_path / f"m{i}.safetensors"
-        save_file(sd, str(p))
-        paths.append(p)
-    return init_path, paths, init, sds
-
-
-def _assert_sd_equal(got: dict[str, torch.Tensor], want: dict[str, torch.Tensor]) -> None:
-    assert set(got) == set(want)
-    for k in want:
-        assert got[k].dtype == want[k].dtype, k
-        assert torch.equal(got[k], want[k]), k
-
-
-def test_merge_files_matches_dict_versions(model_files, tmp_path: Path) -> None:
-    init_path, paths, init, sds = model_files
-    out = tmp_path / "out.safetensors"
-    cases = [
-        ("slerp", paths[:2], {}, slerp(init, sds[:2])),
-        ("slerp", paths[:2], {"lam": 0.3}, slerp(init, sds[:2], lam=0.3)),
-        ("slerp", paths, {}, slerp(init, sds)),
-        ("slerp", paths, {"method": "spherical_mean"}, slerp(init, sds, method="spherical_mean")),
-        ("lerp", paths, {}, lerp(init, sds)),
-        ("liti", paths[:1], {"eta": 0.3}, liti(init, sds[0], 0.3)),
-        ("interpolate", paths[:1], {"t": 0.7}, interpolate(init, sds[0], 0.7)),
-        ("interpolate", paths[:1], {"t": 1.0}, sds[0]),
-    ]
-    for op, ps, kw, want in cases:
-        merge_files(init_path, ps, out, op, **kw)
-        _assert_sd_equal(load_file(str(out)), want)
-        assert not Path(str(out) + ".tmp").exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "init.safetensors",
-        "m0.safetensors",
-        "m1.safetensors",
-        "m2.safetensors",
-        "out.safetensors",
-    ]
-
-
-def test_merge_files_callable_and_errors(model_files, tmp_path: Path) -> None:
-    init_path, paths, init, sds = model_files
-    out = tmp_path / "out.safetensors"
-
-    def double_first(i: torch.Tensor, ts: list[torch.Tensor], scale: float) -> torch.Tensor:
-        assert i.dtype == torch.float32 and all(t.dtype == torch.float32 for t in ts)
-        return ts[0] * scale
-
-    merge_files(init_path, paths[0], out, double_first, scale=2.0)
-    got = load_file(str(out))
-    assert torch.equal(got["a.weight"], sds[0]["a.weight"] * 2.0)
-    assert got["a.bias"].dtype == torch.bfloat16
-    assert torch.equal(got["pos_ids"], init["pos_ids"])
-
-    bad = tmp_path / "bad.safetensors"
-    save_file({"a.weight": torch.zeros(4, 5)}, str(bad))
-    with pytest.raises(ValueError, match="key mismatch"):
-        merge_files(init_path, [paths[0], bad], tmp_path / "never.safetensors", "slerp")
-    with pytest.raises(ValueError, match="unknown op"):
-        merge_files(init_path, paths, out, "median")
-    with pytest.raises(ValueError, match="exactly one"):
-        merge_files(init_path, paths[:2], out, "liti", eta=0.5)
-    with pytest.raises(TypeError):
-        merge_files(init_path, paths[:2], out, "slerp", lamb=0.5)
-    assert not (tmp_path / "never.safetensors").exists()
-    assert not list(tmp_path.glob("*.tmp"))
-
-
-def test_task_vector_angle_files(model_files) -> None:
-    init_path, paths, init, sds = model_files
-    got = task_vector_angle_files(init_path, paths[0], paths[1])
-    assert got == pytest.approx(task_vector_angle(init, sds[0], sds[1]), abs=1e-9)
-    assert 0.0 < got < 180.0
-
-
-def test_task_vector_gram_files(model_files) -> None:
-    """Every ⟨δ_a, δ_b⟩ of three runs in one pass equals the hand sum over the float tensors (fp32 math)."""
-    init_path, paths, init, sds = model_files
-    gram = task_vector_gram_files(init_path, paths)
-    for a in range(3):
-        for b in range(3):
-            want = sum(float(torch.dot((sds[a][k].float() - init[k].float()).reshape(-1),
-                                       (sds[b][k].float() - init[k].float()).reshape(-1)))
-                       for k in init if init[k].is_floating_point())
-            assert gram[a][b] == pytest.approx(want, rel=1e-6)

@@ -1,0 +1,47 @@
+"""Weight-space merging for WARP (Ramé et al., 2024): EMA, SLERP of task vectors, LITI, interpolation.
+
+Everything here works on state dicts (``dict[str, torch.Tensor]``) or, for the streaming variants, on
+safetensors files, so that merging M policies never needs M models in memory at once.
+
+Conventions shared by every function:
+
+* Math is done in at least fp32 (fp64 tensors stay fp64), whatever the storage dtype; each result is cast
+  back to the dtype of the reference tensor (the EMA / init / first operand).
+* Non-float tensors (integer or bool buffers) are copied unchanged from the reference dict.
+* Keys and shapes must match across all inputs, otherwise ``ValueError`` is raised.
+* Inputs are never modified in place, except by :func:`ema_`, which is in place by design.
+"""
+
+from warprl.merge.files import (
+    merge_files,
+    open_streaming,
+    task_vector_angle_files,
+    task_vector_gram_files,
+)
+from warprl.merge.kernels import (
+    StateDict,
+    angle_degrees,
+    ema,
+    ema_,
+    interpolate,
+    lerp,
+    liti,
+    slerp,
+    task_vector_angle,
+)
+
+__all__ = [
+    "StateDict",
+    "angle_degrees",
+    "ema",
+    "ema_",
+    "interpolate",
+    "lerp",
+    "liti",
+    "merge_files",
+    "open_streaming",
+    "slerp",
+    "task_vector_angle",
+    "task_vector_angle_files",
+    "task_vector_gram_files",
+]

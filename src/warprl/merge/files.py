@@ -1,0 +1,162 @@
+"""Merging safetensors files one tensor name at a time, so that merging M policies never holds M models:
+:func:`merge_files` (SLERP, LERP, LITI, interpolation or any per-tensor callable, written atomically) and the
+task vectors' Gram matrix and angle, all over :func:`open_streaming` (pread, not mmap)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from warprl.io import atomic_write
+from warprl.merge.kernels import (
+    Kernel,
+    angle_degrees,
+    apply_kernel,
+    check_structure,
+    compute_dtype,
+    lerp2,
+    lerp_kernel,
+    slerp_kernel,
+)
+
+
+def open_streaming(path: str | os.PathLike, device: str = "cpu"):
+    """``safe_open`` that reads with pread where available (safetensors >= 0.8).
+
+    With the default mmap every page read stays in this process's RSS until the file is closed, i.e. all
+    M + 1 models by the end of a streamed merge; with pread only the tensors in flight are resident.
+    """
+    try:
+        return safe_open(os.fspath(path), framework="pt", device=device, backend="pread")
+    except TypeError:  # older safetensors: no backend argument
+        return safe_open(os.fspath(path), framework="pt", device=device)
+
+
+def _file_shapes(f: Any) -> dict[str, list[int]]:
+    # get_slice reads only the header, so validation costs no tensor loads.
+    return {k: f.get_slice(k).get_shape() for k in f.keys()}
+
+
+@contextlib.contextmanager
+def _stream(init_path, paths: Sequence, device: str | torch.device = "cpu"):
+    """The one streaming driver: opens the files, checks they hold the same tensors, and yields the init
+    file's metadata and an iterator of ``(name, init tensor, [tensor of each path])``, one name at a time."""
+    dev = str(device)
+    with contextlib.ExitStack() as stack:
+        f_init = stack.enter_context(open_streaming(init_path, dev))
+        fs = [stack.enter_context(open_streaming(p, dev)) for p in paths]
+        check_structure(str(init_path), _file_shapes(f_init),
+                         [(str(p), _file_shapes(f)) for p, f in zip(paths, fs, strict=True)])
+        yield f_init.metadata(), ((k, f_init.get_tensor(k), [f.get_tensor(k) for f in fs]) for k in f_init.keys())
+
+
+def merge_files(
+    init_path: str | os.PathLike[str],
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_path: str | os.PathLike[str],
+    op: str | Callable[..., torch.Tensor],
+    *,
+    device: str | torch.device = "cpu",
+    **kw: Any,
+) -> None:
+    """Merge safetensors files one tensor name at a time and write ``out_path`` atomically.
+
+    At most one tensor per input is loaded at a time; only the output (one model) is accumulated, because
+    ``save_file`` needs the whole dict. ``op`` and the meaning of ``init_path``/``paths``:
+
+    * ``"slerp"`` / ``"lerp"``: ``init_path`` is theta_init, ``paths`` the M models; ``kw`` as in
+      :func:`slerp` / :func:`lerp` (``lam``, ``method``, ``eps``, ``collinear_threshold``).
+    * ``"liti"``: ``init_path`` is theta_init, ``paths`` the single merged model; ``kw``: ``eta``.
+    * ``"interpolate"``: ``init_path`` is ``a``, ``paths`` the single ``b``; ``kw``: ``t``.
+    * a callable ``op(init, ts, **kw) -> Tensor`` receiving the reference tensor and the list of model
+      tensors for one name, upcast to fp32 (fp64 kept); its result is cast back to the reference dtype.
+
+    Non-float tensors are copied from ``init_path``; the init file's metadata is kept. ``device`` is where
+    tensors are loaded and merged (results are moved to CPU for saving).
+    """
+    path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    n = len(path_list)
+    select: int | None = None  # index (0 = init) whose tensors are copied verbatim instead of merged
+    kernel: Kernel
+    if callable(op):
+        fn = op
+        kernel = lambda i, ts: fn(i, ts, **kw)  # noqa: E731
+    elif op == "slerp":
+        kernel = slerp_kernel(
+            n,
+            kw.pop("lam", None),
+            kw.pop("method", "iterative"),
+            kw.pop("eps", 1e-8),
+            kw.pop("collinear_threshold", 1 - 1e-6),
+        )
+    elif op == "lerp":
+        kernel = lerp_kernel(n, kw.pop("lam", None))
+    elif op in ("liti", "interpolate"):
+        if n != 1:
+            raise ValueError(f"op {op!r} takes exactly one path besides init_path, got {n}")
+        name = "eta" if op == "liti" else "t"
+        if name not in kw:
+            raise TypeError(f"merge_files(op={op!r}) requires the keyword argument {name!r}")
+        w = float(kw.pop(name))
+        if op == "interpolate" and w in (0.0, 1.0):
+            select = int(w)  # exact endpoints, as in interpolate()
+        kernel = lambda i, ts: lerp2(i, ts[0], w)  # noqa: E731
+    else:
+        raise ValueError(f"unknown op {op!r}; expected 'slerp', 'lerp', 'liti', 'interpolate' or a callable")
+    if not callable(op) and kw:
+        raise TypeError(f"unexpected keyword arguments for op {op!r}: {sorted(kw)}")
+
+    out: dict[str, torch.Tensor] = {}
+    with _stream(init_path, path_list, device) as (metadata, tensors):
+        for k, init, ts in tensors:
+            if select is not None:
+                res = init if select == 0 else ts[0]
+            else:
+                res = apply_kernel(kernel, k, init, ts)
+            out[k] = res.to("cpu").contiguous()
+    # One write path for every result file: temp file, fsync, rename (a kill leaves the old file or none).
+    atomic_write(out_path, lambda tmp: save_file(out, tmp, metadata=metadata))
+
+
+def task_vector_gram_files(
+    init_path: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
+    *,
+    device: str | torch.device = "cpu",
+) -> list[list[float]]:
+    """Gram matrix ⟨δ_a, δ_b⟩ of the task vectors δ_m = θ_m − θ_init over all float tensors, in one streaming
+    pass (one tensor per file in memory): norms and every pairwise angle of M runs without M² reads."""
+    m = len(paths)
+    gram = [[0.0] * m for _ in range(m)]
+    with _stream(init_path, paths, device) as (_, tensors):
+        for _, v, ts in tensors:
+            if not v.is_floating_point():
+                continue
+            cdt = compute_dtype(v.dtype)
+            base = v.to(cdt)
+            deltas = [(t.to(device=v.device, dtype=cdt) - base).reshape(-1) for t in ts]
+            for i in range(m):
+                for j in range(i, m):
+                    gram[i][j] += float(torch.dot(deltas[i], deltas[j]))
+    for i in range(m):
+        for j in range(i):
+            gram[i][j] = gram[j][i]
+    return gram
+
+
+def task_vector_angle_files(
+    init_path: str | os.PathLike[str],
+    path_a: str | os.PathLike[str],
+    path_b: str | os.PathLike[str],
+    *,
+    device: str | torch.device = "cpu",
+) -> float:
+    """Streaming :func:`task_vector_angle` over safetensors files (one tensor per file in memory)."""
+    gram = task_vector_gram_files(init_path, [path_a, path_b], device=device)
+    return angle_degrees(gram[0][1], gram[0][0], gram[1][1])
