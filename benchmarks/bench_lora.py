@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_lora.py [--policy ALIAS] [--iterations 2] [--runs 4] [--steps 10]
         [--lora-r 16] [--lora-alpha 32] [--lr 5e-5] [--lora-lr 5e-4] [--repeats 1] [--quality] [--seeds 1]
-        [--ema-gap] [--json]
+        [--ema-gap] [--precision auto|bf16|fp32] [--json]
     .venv/bin/python benchmarks/bench_lora.py --smoke --json     # every part on a tiny random model, in seconds
 
 Resources: each WARP run (I × M runs, `--lora-r R` or full fine-tuning, the same settings otherwise) is a fresh
@@ -280,11 +280,12 @@ def render(args, result: dict, command: str) -> dict[str, str]:
     if "resources" in result:
         lines = list(head)
         res = result["resources"]
+        fp32_why = "fp32, as `--precision fp32` asks" if args.precision == "fp32" else "fp32 (this CPU has no native bf16)"
         f, lo, r = res["full"], res["lora"], res["ratios"]
         lines += [
             f"WARP I={args.iterations} × M={args.runs} × T={args.steps} on `{args.policy}` (reward "
             f"`{args.reward}`, batch {args.batch_size} × k {args.k}, ≤ {args.max_new_tokens} tokens, "
-            f"{'bf16 compute copy' if result['bf16'] else 'fp32 (this CPU has no native bf16)'}), full fine-tuning "
+            f"{'bf16 compute copy' if result['bf16'] else fp32_why}), full fine-tuning "
             f"(lr {args.lr}) against `--lora-r {args.lora_r} --lora-alpha {args.lora_alpha}` "
             f"(lr {args.lora_lr}); each a fresh process, {args.repeats} repeat(s), medians.", "",
             "| | full fine-tuning | LoRA | LoRA / full | target |", "|---|---:|---:|---:|---|",
@@ -300,7 +301,8 @@ def render(args, result: dict, command: str) -> dict[str, str]:
             f"| task-vector angle per iteration | {', '.join(f'{a:.1f}°' for a in f['angle_deg'])} | "
             f"{', '.join(f'{a:.1f}°' for a in lo['angle_deg'])} | | |", "",
             "Targets met: " + ", ".join(f"{k}: {'yes' if v else 'NO'}" for k, v in res["targets"].items()) + ".", ""]
-        sections["LoRA WARP: resources"] = "\n".join(lines)
+        # One section per precision: the fp32 and bf16 figures differ (the compute copy is half the memory in bf16).
+        sections["LoRA WARP: resources" + ("" if result["bf16"] else ", fp32")] = "\n".join(lines)
     if "quality" in result:
         q = result["quality"]
         st = q["settings"]
@@ -351,6 +353,9 @@ def main() -> None:
     ap.add_argument("--gap-steps", type=int, default=25, help="--ema-gap: RL steps (the quickstart's T)")
     ap.add_argument("--gap-mu", type=float, default=0.01, help="--ema-gap: EMA rate (the quickstart's μ)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="compute copy: auto = the commands' default (bf16 where the CPU has it natively); memory "
+                         "ratios in fp32 can be measured on any machine")
     ap.add_argument("--smoke", action="store_true", help="every part on a tiny random model; writes no RESULTS.md")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
@@ -377,7 +382,8 @@ def main() -> None:
         base = {"method": "warp", "policy": args.policy, "reward": args.reward, "prompts": args.prompts,
                 "batch_size": args.batch_size, "k": args.k, "max_new_tokens": args.max_new_tokens,
                 "device": args.device, "progress": False,
-                "bf16": not args.smoke and default_bf16(args.device)}  # the commands' default: bf16 where native
+                "bf16": not args.smoke and (default_bf16(args.device) if args.precision == "auto"
+                                            else args.precision == "bf16")}  # auto: the commands' default
         result["bf16"] = base["bf16"]
         if not args.no_resources:
             result["resources"] = resources(args, base, tmp)
