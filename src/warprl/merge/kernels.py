@@ -152,7 +152,7 @@ def _slerp_pair(
     sin_omega = math.sin(omega)
     c1 = math.sin((1.0 - lam) * omega) / sin_omega
     c2 = math.sin(lam * omega) / sin_omega
-    return d1 * c1 + d2 * c2
+    return torch.mul(d1, c1).add_(d2, alpha=c2)  # one temporary: the merge streams 100 MB tensors
 
 
 def _spherical_mean(deltas: list[torch.Tensor], weights: list[float], eps: float) -> torch.Tensor:
@@ -182,8 +182,8 @@ def _slerp_tensor(
     collinear_threshold: float = 1 - 1e-6,
 ) -> torch.Tensor:
     """SLERP of the task vectors ``t - init`` for one tensor; see :func:`slerp`."""
-    return init + slerp_deltas([t - init for t in ts], lam, method=method, eps=eps,
-                                collinear_threshold=collinear_threshold)
+    merged = slerp_deltas([t - init for t in ts], lam, method=method, eps=eps, collinear_threshold=collinear_threshold)
+    return merged.add_(init)  # in place: the deltas, hence the merged one, are this call's own tensors
 
 
 def slerp_deltas(deltas: list[torch.Tensor], lam: float | None = None, *, method: str = "iterative",
