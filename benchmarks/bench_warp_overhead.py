@@ -143,7 +143,9 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
     command = "python benchmarks/bench_warp_overhead.py " + " ".join(sys.argv[1:])
     if not args.smoke:
-        write_section("WARP overhead (time outside RL steps)", render(got, command.strip()))
+        # The quickstart's setting (checkpoints at a run's end only) and align's (every 10 steps) are kept apart.
+        ck = f", checkpoint every {args.checkpoint_every} steps" if args.checkpoint_every else ""
+        write_section(f"WARP overhead (time outside RL steps){ck}", render(got, command.strip()))
     print(render(got, command.strip()))
     if args.json:
         print(json.dumps(got))
