@@ -2,6 +2,8 @@
 
 Everything here works on state dicts (``dict[str, torch.Tensor]``) or, for the streaming variants, on
 safetensors files, so that merging M policies never needs M models in memory at once.
+The kernels and their state-dict API are in :mod:`warprl.merge.kernels` (pure), the streamed versions in
+:mod:`warprl.merge.files`; this module re-exports the public functions of both.
 
 Conventions shared by every function:
 

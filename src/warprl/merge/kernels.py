@@ -2,8 +2,8 @@
 interpolation) and their state-dict API. Pure functions of tensors; :mod:`warprl.merge.files` runs the same
 kernels streamed over safetensors files.
 
-The helpers without a leading underscore below the public API (``apply_kernel``, ``check_structure``,
-``compute_dtype``, the kernel factories) are shared with :mod:`warprl.merge.files` and
+The helpers without a leading underscore that :mod:`warprl.merge` does not re-export (``apply_kernel``,
+``check_structure``, ``compute_dtype``, the kernel factories) are shared with :mod:`warprl.merge.files` and
 :mod:`warprl.lora_merge`, so that every merge path checks and computes the same way.
 """
 
