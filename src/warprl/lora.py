@@ -186,8 +186,9 @@ def peft_target_modules(model, targets: list[Target]) -> list[str]:
 
 
 def delta(a: torch.Tensor, b: torch.Tensor, scale: float, fan_in_fan_out: bool = False) -> torch.Tensor:
-    """ΔW = scale·B·A in the layer's storage layout; the same operations as peft's ``get_delta_weight``."""
-    d = (b @ a) * scale
+    """ΔW = scale·B·A in the layer's storage layout; the same operations as peft's ``get_delta_weight``. A fresh
+    tensor (or a transposed view of one) that the caller may modify in place."""
+    d = (b @ a).mul_(scale)  # in place: the same bits as ``* scale``, one temporary fewer per matrix
     return d.T if fan_in_fan_out else d
 
 

@@ -81,10 +81,8 @@ class LoraWeights:
     def sync(self) -> None:
         """Target weights ← W0 + s·B·A (fp32, then the compute dtype); bumps their versions for the engine."""
         for t, w0, w, (a, b) in zip(self.targets, self._w0, self._w, self.master.pairs, strict=True):
-            # w0 + delta(a, b, s) with one temporary instead of three (the same operations, so the same bits):
-            # after every step, over every target matrix.
-            d = torch.mm(b, a).mul_(self.master.scale)
-            w.copy_((d.T if t.fan_in_fan_out else d).add_(w0))
+            # ΔW + W0 in place on ΔW (the same bits as W0 + ΔW): after every step, over every target matrix.
+            w.copy_(delta(a, b, self.master.scale, t.fan_in_fan_out).add_(w0))
 
 
 def _side_path(pair: tuple[torch.Tensor, torch.Tensor], policy: tuple[torch.Tensor, torch.Tensor],
