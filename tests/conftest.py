@@ -57,6 +57,22 @@ def tiny_policy_dir(tmp_path_factory):
     return path
 
 
+def randomise_lora(peft_model, seed: int = 1, b_std: float = 0.5):
+    """Give a fresh peft LoRA model non-zero updates (B starts at 0) from the test's own generator: A [r, in] as
+    N(0, 1/in) (peft's Kaiming init's scale, up to √3), B as N(0, b_std²). peft's own init of A draws from the
+    global RNG, which made the factors depend on which tests ran before."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_A" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5)
+            elif "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=gen) * b_std)
+    return peft_model
+
+
 def count_word_reward(word: str = "good"):
     """A toy reward on text: how often ``word`` appears in the completion."""
 

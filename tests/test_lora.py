@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from tests.conftest import randomise_lora
 from warprl import lora
 from warprl.errors import UserError
 from warprl.models import load_policy
@@ -15,13 +16,7 @@ TOL = 1e-5  # fp32: merging W + s·B·A reorders float additions, nothing more
 
 def lora_model(tiny_policy_dir, r=4):
     model, _ = load_policy(str(tiny_policy_dir))
-    torch.manual_seed(0)
-    peft_model = lora.apply_lora(model, r=r, alpha=8, dropout=0.0)
-    with torch.no_grad():  # B starts at zero: make the adapter do something
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
-    return peft_model
+    return randomise_lora(lora.apply_lora(model, r=r, alpha=8, dropout=0.0), seed=0, b_std=0.5)
 
 
 def test_only_the_adapter_trains_on_every_attention_and_mlp_linear(tiny_policy_dir):

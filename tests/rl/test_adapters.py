@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import warprl.rl.loop as T
-from tests.conftest import count_word_reward
+from tests.conftest import count_word_reward, randomise_lora
 from warprl import lora
 from warprl.config import AlignConfig
 from warprl.models import load_policy
@@ -41,16 +41,9 @@ def tiny_gpt2():
 
 def peft_twin(base, seed=1):
     """peft's LoRA model on a copy of ``base`` with random B (so that ΔW ≠ 0), and our run on ``base`` with the
-    same factors. A and B both come from the test's own generator: peft's init of A draws from the global RNG,
-    which made the factors (and the rounding the tolerance has to absorb) depend on which tests ran before."""
-    twin = lora.apply_lora(copy.deepcopy(base), r=4, alpha=8.0, dropout=0.0)
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in twin.named_parameters():
-            if "lora_A" in n:  # [r, in], scaled as peft's Kaiming init scales it (≈ 1/√in)
-                p.copy_(torch.randn(p.shape, generator=gen) / p.shape[1] ** 0.5)
-            elif "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
+    same factors (drawn from the test's generator, so that the rounding the tolerance absorbs does not depend on
+    which tests ran before)."""
+    twin = randomise_lora(lora.apply_lora(copy.deepcopy(base), r=4, alpha=8.0, dropout=0.0), seed=seed, b_std=0.3)
     run = LoraRun(lora_cfg(), base, "sft", seed=0)
     theirs = {k.removeprefix(lora.PEFT_PREFIX).replace(".default.", "."): v for k, v in twin.state_dict().items()
               if "lora_" in k}

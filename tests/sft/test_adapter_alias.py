@@ -5,6 +5,7 @@ import json
 import pytest
 import torch
 
+from tests.conftest import randomise_lora
 from warprl import lora, models
 from warprl.cli import main
 from warprl.errors import UserError
@@ -15,12 +16,7 @@ def tiny_alias(tiny_policy_dir, tmp_path, monkeypatch):
     """An adapter alias 'tiny-sft' on the tiny Llama, as `smollm2-imdb` is on `smollm2-135m`."""
     monkeypatch.setenv("WARPRL_CACHE", str(tmp_path / "cache"))
     base, _ = models.load_policy(str(tiny_policy_dir))
-    torch.manual_seed(0)
-    peft_model = lora.apply_lora(base, r=2, alpha=4, dropout=0.0)
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.5)
+    peft_model = randomise_lora(lora.apply_lora(base, r=2, alpha=4, dropout=0.0), seed=0, b_std=0.5)
     lora.save_adapter(peft_model, tmp_path / "assets" / "tiny-sft", dtype=torch.bfloat16)
     monkeypatch.setattr(models, "ASSETS", tmp_path / "assets")
     monkeypatch.setattr(models, "ADAPTER_ALIASES", {"tiny-sft": models.AdapterAlias(str(tiny_policy_dir), "tiny-sft", "test")})
