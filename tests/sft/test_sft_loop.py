@@ -80,3 +80,20 @@ def test_eval_every_0_still_measures_the_end(tiny_policy_dir, texts_file, tmp_pa
     steps = [row[0] for row in out["val_curve"]]
     assert steps == [0, out["steps"]]
     assert out["val_nll_end"] == out["val_curve"][-1][2] != out["val_nll_start"]
+
+
+def test_eager_attention_trains_the_same_model_and_is_not_saved_with_it(tiny_policy_dir, texts_file, tmp_path):
+    """--attn-implementation is a training kernel: the same validation NLL as sdpa on the same weights (step 0;
+    later steps drift apart by bf16 rounding amplified by lr 1e-2), training still lowers it, and final/ loads
+    with the model's own default kernel."""
+    from transformers import AutoModelForCausalLM
+
+    sdpa = run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "s", lora_dropout=0.0))
+    eager = run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "e", lora_dropout=0.0,
+                             attn_implementation="eager"))
+    assert eager["val_curve"][0][2] == pytest.approx(sdpa["val_curve"][0][2], abs=1e-3)
+    assert eager["val_nll_end"] < eager["val_nll_start"]
+    assert eager["val_nll_end"] == pytest.approx(sdpa["val_nll_end"], abs=0.1)
+    saved = json.loads((tmp_path / "e" / "final" / "config.json").read_text())
+    assert saved.get("attn_implementation") in (None, "sdpa") and saved.get("_attn_implementation") in (None, "sdpa")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "e" / "final").config._attn_implementation != "eager"

@@ -60,6 +60,8 @@ def run_sft(cfg: SFTConfig) -> dict:
                             pad_id=tok.pad_token_id, seed=cfg.seed, max_tokens=cfg.max_tokens, epochs=cfg.epochs)
     batches = [type(b)(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches]
     val_rows = encode_for_eval(sample_texts(val_texts, cfg.val_limit, cfg.seed), tok, cfg.max_length)
+    attn_default = model.config._attn_implementation
+    model.set_attn_implementation(cfg.attn_implementation)
     torch.manual_seed(derive_seed(cfg.seed, "sft-init"))  # the LoRA A matrices
     if cfg.lora:
         model = lora.apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
@@ -74,6 +76,7 @@ def run_sft(cfg: SFTConfig) -> dict:
         model.peft_config["default"].base_model_name_or_path = cfg.policy
         atomic_dir(out / "adapter", lambda tmp: lora.save_adapter(model, tmp, DTYPES[cfg.adapter_dtype]))
         model = lora.merge(model)
+    model.set_attn_implementation(attn_default)  # the kernel was a training choice, not the model's
     save_model(model, tok, out / "final")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final weights supersede them
     curve = state.val_curve
