@@ -32,6 +32,7 @@ from warprl import lora  # noqa: E402
 from warprl.models import load_policy  # noqa: E402
 from warprl.precision import MixedPrecision  # noqa: E402
 from warprl.sft.data import Batch  # noqa: E402
+from warprl.sft.loop import sync_trainable  # noqa: E402
 from warprl.sft.nll import nll_sum  # noqa: E402
 
 VARIANTS = [(0.05, "sdpa"), (0.0, "sdpa"), (0.05, "eager"), (0.0, "eager")]
@@ -44,10 +45,10 @@ def build(policy: str, dropout: float, attn: str, r: int):
     mp = MixedPrecision(model, True)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, betas=(0.9, 0.95),
                             fused=True)
-    return model, mp, opt
+    return mp, opt
 
 
-def step(model, mp, opt, batch: Batch) -> float:
+def step(mp, opt, batch: Batch) -> float:
     t = time.perf_counter()
     mp.compute.train()
     s, n = nll_sum(mp.compute, batch)
@@ -56,10 +57,7 @@ def step(model, mp, opt, batch: Batch) -> float:
     mp.grads_to_master()
     opt.step()
     opt.zero_grad(set_to_none=True)
-    with torch.no_grad():
-        for pm, pc in zip(mp.master.parameters(), mp.compute.parameters(), strict=True):
-            if pm.requires_grad:
-                pc.copy_(pm)
+    sync_trainable(mp)
     return time.perf_counter() - t
 
 

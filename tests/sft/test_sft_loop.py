@@ -42,7 +42,7 @@ def test_stopped_run_resumes_bit_identical(tiny_policy_dir, texts_file, tmp_path
     full = run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "a"))
     assert full["steps"] >= 5 and full["val_nll_end"] < full["val_nll_start"]
 
-    real_sync, calls = loop._sync_trainable, []
+    real_sync, calls = loop.sync_trainable, []
 
     def sync_then_sigterm(mp):  # a real SIGTERM in the middle of step 3: the step finishes, checkpoints, stops
         real_sync(mp)
@@ -50,11 +50,11 @@ def test_stopped_run_resumes_bit_identical(tiny_policy_dir, texts_file, tmp_path
         if len(calls) == 3:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(loop, "_sync_trainable", sync_then_sigterm)
+    monkeypatch.setattr(loop, "sync_trainable", sync_then_sigterm)
     with pytest.raises(RunInterrupted, match="after step 3"):
         run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "b"))
     assert json.loads((tmp_path / "b" / "checkpoints" / "latest.json").read_text())["step"] == 3
-    monkeypatch.setattr(loop, "_sync_trainable", real_sync)
+    monkeypatch.setattr(loop, "sync_trainable", real_sync)
     resumed = run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "b", resume=True))
 
     assert resumed["steps"] == full["steps"] and resumed["val_curve"] == full["val_curve"]

@@ -94,7 +94,7 @@ def load_checkpoint(root: Path, model, opt) -> SFTState | None:
 # --------------------------------------------------------------------------------------------- the loop
 
 
-def _sync_trainable(mp: MixedPrecision) -> None:
+def sync_trainable(mp: MixedPrecision) -> None:
     """Refresh only the trainable tensors of the compute copy (the frozen base never changes)."""
     if mp.compute is mp.master:
         return
@@ -159,7 +159,7 @@ def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[i
                 raise NonFiniteError(f"non-finite gradient norm at step {state.step + 1}; last good weights in {path}")
             opt.step()
             opt.zero_grad(set_to_none=True)
-            _sync_trainable(mp)
+            sync_trainable(mp)
             state.step += 1
             state.tokens_seen += n_tok
             dt = time.perf_counter() - t0
