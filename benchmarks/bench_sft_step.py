@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_sft_step.py [--policy smollm2-135m] [--rounds 3] [--batch-size 16]
         [--max-length 128] [--lora-r 16] [--json]
 
-The step is `train_sft`'s: forward and backward of one micro-batch on the bf16 compute copy (`sft.nll.nll_sum`),
-gradients onto the fp32 masters, AdamW, refresh of the adapter tensors. Each variant is its own peft model on
+The step is `warprl sft`'s own (`sft.loop.train_step`): forward and backward of one micro-batch on the bf16
+compute copy, gradients onto the fp32 masters, clipping, AdamW, refresh of the adapter tensors. Each variant is its own peft model on
 the same base weights; the variants run alternately (one step each per round, after one warm-up step each),
 and the median step time per variant is reported beside the bf16 matmul peak measured in the same run.
 The batch is `--batch-size` rows of random token ids with lengths drawn from [max_length − 16, max_length]
@@ -32,8 +32,7 @@ from warprl import lora  # noqa: E402
 from warprl.models import load_policy  # noqa: E402
 from warprl.precision import MixedPrecision  # noqa: E402
 from warprl.sft.data import Batch  # noqa: E402
-from warprl.sft.loop import sync_trainable  # noqa: E402
-from warprl.sft.nll import nll_sum  # noqa: E402
+from warprl.sft.loop import train_step  # noqa: E402
 
 VARIANTS = [(0.05, "sdpa"), (0.0, "sdpa"), (0.05, "eager"), (0.0, "eager")]
 
@@ -50,14 +49,7 @@ def build(policy: str, dropout: float, attn: str, r: int):
 
 def step(mp, opt, batch: Batch) -> float:
     t = time.perf_counter()
-    mp.compute.train()
-    s, n = nll_sum(mp.compute, batch)
-    (s / n).backward()
-    mp.compute.eval()
-    mp.grads_to_master()
-    opt.step()
-    opt.zero_grad(set_to_none=True)
-    sync_trainable(mp)
+    train_step(mp, opt, [batch], batch.tokens, max_grad_norm=1.0)  # `warprl sft`'s step, clipping included
     return time.perf_counter() - t
 
 

@@ -97,3 +97,23 @@ def test_eager_attention_trains_the_same_model_and_is_not_saved_with_it(tiny_pol
     saved = json.loads((tmp_path / "e" / "final" / "config.json").read_text())
     assert saved.get("attn_implementation") in (None, "sdpa") and saved.get("_attn_implementation") in (None, "sdpa")
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "e" / "final").config._attn_implementation != "eager"
+
+
+def test_non_finite_loss_stops_before_the_update_and_keeps_the_last_good_weights(tiny_policy_dir, texts_file,
+                                                                                  tmp_path, monkeypatch):
+    from warprl.rl.loop import NonFiniteError
+
+    real_nll, calls = loop.nll_sum, []
+
+    def nan_in_step_3(model, batch):  # one micro-batch per step here: the third call is step 3's
+        s, n = real_nll(model, batch)
+        calls.append(1)
+        return (s * float("nan"), n) if len(calls) == 3 else (s, n)
+
+    monkeypatch.setattr(loop, "nll_sum", nan_in_step_3)
+    with pytest.raises(NonFiniteError, match="non-finite loss at step 3; stopped before the update"):
+        run_sft(make_cfg(tiny_policy_dir, texts_file, tmp_path / "n", eval_every=0, checkpoint_every=0))
+    ckpts = tmp_path / "n" / "checkpoints"
+    assert json.loads((ckpts / "latest.json").read_text())["step"] == 2
+    saved = load_file(str(next(ckpts.glob("*/trainable.safetensors"))))
+    assert saved and all(torch.isfinite(t).all() for t in saved.values())

@@ -104,6 +104,39 @@ def sync_trainable(mp: MixedPrecision) -> None:
                 pc.copy_(pm)
 
 
+class _NonFiniteStep(Exception):
+    """A step's loss or gradient norm is not finite: nothing was updated (its text says which)."""
+
+
+def train_step(mp: MixedPrecision, opt: torch.optim.Optimizer, batches: list[Batch], n_tok: int,
+               max_grad_norm: float) -> tuple[float, float]:
+    """One optimiser step on ``batches`` (accumulated): loss = summed NLL / ``n_tok`` on the compute copy →
+    gradients onto the masters → clip → AdamW → refresh the copy. Returns (summed NLL, gradient norm); raises
+    before the update if the loss or the gradient norm is not finite."""
+    mp.compute.train()
+    loss_sum = 0.0
+    try:
+        for b in batches:
+            s, _ = nll_sum(mp.compute, b)
+            if not torch.isfinite(s):
+                mp.compute.zero_grad(set_to_none=True)
+                raise _NonFiniteStep("loss")
+            (s / n_tok).backward()
+            loss_sum += float(s.detach())
+    finally:
+        mp.compute.eval()
+    mp.grads_to_master()
+    params = [p for p in mp.master.parameters() if p.grad is not None]
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_grad_norm or float("inf")))
+    if not math.isfinite(grad_norm):
+        opt.zero_grad(set_to_none=True)
+        raise _NonFiniteStep("gradient norm")
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    sync_trainable(mp)
+    return loss_sum, grad_norm
+
+
 def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[int]], pad_id: int, run_dir: Path,
               resume: bool) -> SFTState:
     """Train ``model`` (plain or peft-wrapped, fp32) in place on ``batches``; returns the final state."""
@@ -138,28 +171,12 @@ def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[i
             torch.manual_seed(derive_seed(cfg.seed, "sft-step", state.step))  # LoRA/model dropout of this step
             step_batches = batches[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
             n_tok = sum(b.tokens for b in step_batches)
-            mp.compute.train()
-            loss_sum = 0.0
-            for b in step_batches:
-                s, _ = nll_sum(mp.compute, b)
-                if not torch.isfinite(s):
-                    mp.compute.zero_grad(set_to_none=True)
-                    path = save_checkpoint(ckpt, state, model, opt)
-                    raise NonFiniteError(f"non-finite loss at step {state.step + 1}; stopped before the update, "
-                                         f"last good weights kept in {path}")
-                (s / n_tok).backward()
-                loss_sum += float(s.detach())
-            mp.compute.eval()
-            mp.grads_to_master()
-            params = [p for p in model.parameters() if p.grad is not None]
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
-            if not math.isfinite(grad_norm):
-                opt.zero_grad(set_to_none=True)
+            try:
+                loss_sum, grad_norm = train_step(mp, opt, step_batches, n_tok, cfg.max_grad_norm)
+            except _NonFiniteStep as e:
                 path = save_checkpoint(ckpt, state, model, opt)
-                raise NonFiniteError(f"non-finite gradient norm at step {state.step + 1}; last good weights in {path}")
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sync_trainable(mp)
+                raise NonFiniteError(f"non-finite {e} at step {state.step + 1}; stopped before the update, "
+                                     f"last good weights kept in {path}") from None
             state.step += 1
             state.tokens_seen += n_tok
             dt = time.perf_counter() - t0
