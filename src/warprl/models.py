@@ -11,6 +11,7 @@ import importlib.util
 import json
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -335,6 +336,21 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", dtype: torch.dty
         tok = _tokenizer(spec, resolved.location)
     model.eval()
     return model.to(torch.device(device) if isinstance(device, str) else device), tok
+
+
+@contextmanager
+def attention_kernel(model, implementation: str):
+    """Run ``model`` (and the copies made of it meanwhile) with another attention kernel, e.g. eager for
+    training on a CPU; the model's own kernel comes back afterwards, so what is saved loads with it."""
+    own = model.config._attn_implementation
+    if implementation in ("", own):
+        yield model
+        return
+    model.set_attn_implementation(implementation)
+    try:
+        yield model
+    finally:
+        model.set_attn_implementation(own)
 
 
 def save_model(model, tokenizer, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:

@@ -230,3 +230,32 @@ def test_ema_anchor_follows_its_formula_and_is_the_kl_anchor(tiny_policy_dir, tm
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         kl2[kind] = rows[1]["charts/kl_mean"]
     assert kl2["ema"] == 0.0 and kl2["sft"] > 1e-4, kl2
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_eager_attention_is_the_same_step_and_leaves_the_policy_its_kernel(tiny_policy_dir, tmp_path, monkeypatch,
+                                                                          bf16):
+    """--attn-implementation eager runs the log-prob and update passes through eager attention: the first step
+    (same samples: the rollout engine has its own attention) gives sdpa's metrics up to rounding, the KL of
+    identical weights is still exactly 0, and the policy gets its own kernel back (what is saved loads with it)."""
+    from transformers.models.llama import modeling_llama
+
+    calls = []
+    eager = modeling_llama.eager_attention_forward
+    monkeypatch.setattr(modeling_llama, "eager_attention_forward", lambda *a, **kw: calls.append(1) or eager(*a, **kw))
+    rows = {}
+    for attn in ("sdpa", "eager"):
+        calls.clear()
+        policy, tok = load_policy(str(tiny_policy_dir))
+        run_rl(tiny_cfg(bf16=bf16, steps=2, beta=0.1, attn_implementation=attn), tmp_path / attn, policy, tok,
+               tensor_reward(count_word_reward("good")), PROMPTS, method="rloo", anchor_kind="sft", seed=0,
+               resume=False)
+        assert (len(calls) > 0) == (attn == "eager")
+        assert policy.config._attn_implementation == "sdpa"
+        rows[attn] = [json.loads(line) for line in (tmp_path / attn / "metrics.jsonl").read_text().splitlines()]
+    sdpa, eag = rows["sdpa"][0], rows["eager"][0]
+    assert eag["charts/kl_anchor"] == 0.0
+    assert eag["samples/first"] == sdpa["samples/first"] and eag["charts/reward_mean"] == sdpa["charts/reward_mean"]
+    tol = 2e-2 if bf16 else 1e-5  # bf16: the two kernels round their softmax and sums differently
+    for key in ("losses/policy", "losses/grad_norm", "charts/entropy"):
+        assert eag[key] == pytest.approx(sdpa[key], rel=tol, abs=tol), key

@@ -37,6 +37,7 @@ from warprl.io import (
     remove_stale_temp_files,
 )
 from warprl.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter
+from warprl.models import attention_kernel
 from warprl.precision import MixedPrecision, plain_copy
 from warprl.rl import algorithms as A
 from warprl.rl.adapters import ADAPTER_DIR, LoraRun, fold_adapter
@@ -300,14 +301,17 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
             note(f"{run_dir} is damaged ({why}): training the run again")
             done.unlink()
 
-    lora_run = LoraRun(cfg, policy, anchor_kind, seed) if lora else None
-    clock.seconds["setup"] = time.perf_counter() - t_setup
-    try:
-        return _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_kind, seed, resume, desc,
-                      sft_weights, base_name, lora_run, clock)
-    finally:
-        if lora_run is not None:
-            lora_run.close()
+    # The kernel is set before the anchor and compute copies are made, so they inherit it; ``policy`` gets
+    # its own back at the end.
+    with attention_kernel(policy, cfg.attn_implementation):
+        lora_run = LoraRun(cfg, policy, anchor_kind, seed) if lora else None
+        clock.seconds["setup"] = time.perf_counter() - t_setup
+        try:
+            return _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_kind, seed, resume,
+                          desc, sft_weights, base_name, lora_run, clock)
+        finally:
+            if lora_run is not None:
+                lora_run.close()
 
 
 def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_kind, seed, resume, desc, sft_weights,
