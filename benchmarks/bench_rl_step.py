@@ -1,6 +1,7 @@
 """One full RLOO step (generate + reward + anchor log-probs + update): warprl against TRL's RLOOTrainer.
 
-Identical work on both sides: the bundled SmolLM2-135M (fp32 master weights, bf16 compute), the
+Identical work on both sides: the bundled SmolLM2-135M (fp32 master weights, bf16 compute; ``--precision fp32``
+for CPUs without native bf16, where bf16 is emulated several times slower than fp32), the
 imdb-sentiment reward, prompts drawn from the same builtin list, k, completion length (≤ tokens, EOS stops),
 temperature 1, no top-k/top-p, β = 0.05 KL to a frozen reference, lr 1e-5 AdamW, one optimiser step per
 batch, TRL with ``gradient_checkpointing=False``. The two sides alternate in one process: a TRL callback
@@ -31,7 +32,7 @@ from warprl import optim
 from warprl.config import AlignConfig
 from warprl.data import builtin_prompts
 from warprl.models import convert_gguf, load_policy, resolve
-from warprl.precision import MixedPrecision
+from warprl.precision import MixedPrecision, bf16_is_native
 from warprl.reward import load_reward
 from warprl.rl import loop as L
 from warprl.rl.checkpoint import LoopState
@@ -39,7 +40,7 @@ from warprl.rl.engine import share_fused_storage
 from warprl.rl.rollout import SamplingConfig, sample, sequence_logprobs
 from warprl.seeding import prompt_batch
 
-DIFFERENCES = [
+DIFFERENCES_BF16 = [
     "TRL samples and trains under bf16 autocast of fp32 weights (HF Trainer's bf16); warprl samples, scores and "
     "back-propagates a bf16 copy whose gradients go to fp32 masters (same fp32 master weights and AdamW)",
     "prompt order: each side shuffles the same builtin list with its own seed (prompt lengths are alike, 7–12 tokens)",
@@ -47,6 +48,8 @@ DIFFERENCES = [
     "TRL's step also computes its logging metrics (entropy, clip ratios); warprl's logs its own metrics",
     "warprl's anchor is a bf16 copy; TRL's reference model is an fp32 copy run under autocast",
 ]
+# In fp32 both sides sample, score and train the fp32 weights themselves: the precision differences go.
+DIFFERENCES_FP32 = DIFFERENCES_BF16[1:4]
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
@@ -68,20 +71,22 @@ def loadavg() -> float:
 class Warprl:
     """warprl's RL step driven one step at a time (what ``run_rl`` does, minus files and checkpoints)."""
 
-    def __init__(self, shape, reward, prompts, engine: str):
+    def __init__(self, shape, reward, prompts, engine: str, attn: str, bf16: bool):
         self.n_prompts, self.k, self.tokens = shape
         self.cfg = AlignConfig(method="rloo", steps=10**6, batch_size=self.n_prompts, k=self.k, beta=0.05, lr=1e-5,
-                               max_new_tokens=self.tokens, bf16=True, progress=False, checkpoint_every=0,
-                               engine=engine)
+                               max_new_tokens=self.tokens, bf16=bf16, progress=False, checkpoint_every=0,
+                               engine=engine, attn_implementation=attn)
         policy, self.tok = load_policy("smollm2-135m")
+        policy.set_attn_implementation(attn)  # as run_rl does, before the anchor and the bf16 copies are made
         anchor = copy.deepcopy(policy).eval()
         for p in anchor.parameters():
             p.requires_grad_(False)
         self.opt = optim.make_optimizer([p for p in policy.parameters() if p.requires_grad], self.cfg.lr,
                                         kind=self.cfg.optimizer, weight_decay=self.cfg.weight_decay)
-        self.policy = MixedPrecision(policy, True, prepare_copy=share_fused_storage)
-        self.anchor = MixedPrecision(anchor, True, trainable=False, prepare_copy=share_fused_storage)
-        self.anchor.master = None
+        self.policy = MixedPrecision(policy, bf16, prepare_copy=share_fused_storage)
+        self.anchor = MixedPrecision(anchor, bf16, trainable=False, prepare_copy=share_fused_storage)
+        if bf16:
+            self.anchor.master = None  # as run_rl does: a frozen anchor needs only its bf16 copy
         self.state = LoopState()
         self.reward, self.prompts = reward, prompts
         self.rows: list[dict] = []
@@ -151,12 +156,17 @@ def bench_shape(shape, args, reward, prompts) -> dict:
     from trl import RLOOConfig, RLOOTrainer
 
     n_prompts, k, tokens = shape
-    sides = {"warprl": Warprl(shape, reward, prompts, "auto")}
+    main_attn, *other_attn = args.attn
+    bf16 = args.precision == "bf16"
+    sides = {"warprl": Warprl(shape, reward, prompts, "auto", main_attn, bf16)}
+    for attn in other_attn:
+        sides[f"warprl (attention {attn})"] = Warprl(shape, reward, prompts, "auto", attn, bf16)
     if args.with_hf_engine:
-        sides["warprl (engine hf)"] = Warprl(shape, reward, prompts, "hf")
+        sides["warprl (engine hf)"] = Warprl(shape, reward, prompts, "hf", main_attn, bf16)
     folder = convert_gguf(resolve("smollm2-135m", "policy").location)
     tok = sides["warprl"].tok
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    # TRL gives its reference model the policy's kernel (model_init_kwargs["attn_implementation"]).
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=args.trl_attn)
 
     def reward_fn(completions, prompts=None, **_):
         return reward(list(prompts), list(completions)).tolist()
@@ -178,7 +188,7 @@ def bench_shape(shape, args, reward, prompts) -> dict:
                 side.step()
 
     with tempfile.TemporaryDirectory() as d:
-        cfg = RLOOConfig(output_dir=d, use_cpu=True, report_to=[], save_strategy="no", bf16=True,
+        cfg = RLOOConfig(output_dir=d, use_cpu=True, report_to=[], save_strategy="no", bf16=bf16,
                          gradient_checkpointing=False, per_device_train_batch_size=n_prompts * k, num_generations=k,
                          max_completion_length=tokens, learning_rate=1e-5, beta=0.05, max_steps=args.steps,
                          logging_steps=1, temperature=1.0, top_p=1.0, top_k=0, seed=0, disable_tqdm=True)
@@ -218,15 +228,18 @@ def parse_shape(text: str) -> tuple[int, int, int]:
     return p, k, t
 
 
-def markdown(results: list[dict], peak: float, bw: float, wbytes: int, cmd: str) -> str:
+def markdown(results: list[dict], peak: float, bw: float, wbytes: int, cmd: str, attn: list[str], trl_attn: str,
+             precision: str) -> str:
     import trl as trl_mod
 
     bound = 1e3 * wbytes / bw
     lines = [f"{dt.datetime.now():%Y-%m-%d %H:%M} · {machine()} · `{cmd}`", "",
-             f"Measured in this run: bf16 matmul peak {peak / 1e9:.0f} GFLOP/s (2048², best of 3); memory read "
-             f"bandwidth {bw / 1e9:.1f} GB/s (sum of 1 GiB) → decode bound {wbytes / 1e6:.0f} MB of bf16 weights / "
-             f"bandwidth = {bound:.1f} ms/token. TRL {trl_mod.__version__} `RLOOTrainer(bf16=True, use_cpu=True, "
-             f"gradient_checkpointing=False)`; warprl and TRL alternate step by step in one process; medians "
+             f"Measured in this run: {precision} matmul peak {peak / 1e9:.0f} GFLOP/s (2048², best of 3); memory read "
+             f"bandwidth {bw / 1e9:.1f} GB/s (sum of 1 GiB) → decode bound {wbytes / 1e6:.0f} MB of {precision} "
+             f"weights / bandwidth = {bound:.1f} ms/token. TRL {trl_mod.__version__} `RLOOTrainer("
+             f"bf16={precision == 'bf16'}, use_cpu=True, "
+             f"gradient_checkpointing=False)` with attention {trl_attn}; warprl (attention {attn[0]} unless its row "
+             f"says otherwise) and TRL alternate step by step in one process; medians "
              f"exclude the first (warm-up) step; load = median 1-min load average at step start (2 cores, shared).", ""]
     lines += ["| shape (prompts × k × tokens) | side | s / step | samples / s | ratio vs TRL | load | generate | reward "
               "| anchor | update | decode ms/token (× bound) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -251,10 +264,13 @@ def markdown(results: list[dict], peak: float, bw: float, wbytes: int, cmd: str)
                      f"{100 * r['update_flops_per_s'] / peak:.0f} % of the peak; forward+backward alone "
                      f"{r['fwd_bwd_flops_per_s'] / 1e9:.0f} GFLOP/s ({100 * r['fwd_bwd_flops_per_s'] / peak:.0f} %). "
                      f"One update, separately timed: forward {bd['forward_s']:.2f} s, backward {bd['backward_s']:.2f} s, "
-                     f"bf16 grads → fp32 {bd['grads_to_fp32_s']:.2f} s, clip + AdamW {bd['clip_adamw_s']:.2f} s, "
-                     f"bf16 copy refresh {bd['sync_bf16_s']:.2f} s. Top operators (self time): {ops}.")
+                     f"grads → fp32 masters {bd['grads_to_fp32_s']:.2f} s, clip + AdamW {bd['clip_adamw_s']:.2f} s, "
+                     f"compute copy refresh {bd['sync_bf16_s']:.2f} s. Top operators (self time): {ops}.")
         lines.append("")
-    lines.append("Remaining differences: " + "; ".join(DIFFERENCES) + ".")
+    differences = DIFFERENCES_BF16 if precision == "bf16" else DIFFERENCES_FP32
+    if attn[0] != trl_attn:
+        differences = [*differences, f"attention kernel: warprl {attn[0]}, TRL {trl_attn} (the same maths)"]
+    lines.append("Remaining differences: " + "; ".join(differences) + ".")
     return "\n".join(lines) + "\n"
 
 
@@ -264,25 +280,35 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7, help="steps per side (the first is a warm-up)")
     ap.add_argument("--reward", default="imdb-sentiment")
     ap.add_argument("--with-hf-engine", action="store_true", help="also a warprl side decoding with HF generate")
+    ap.add_argument("--attn", nargs="+", choices=("sdpa", "eager"), default=[AlignConfig().attn_implementation],
+                    help="warprl's attention kernel (default: align's); more than one adds a warprl side per kernel")
+    ap.add_argument("--trl-attn", choices=("sdpa", "eager"), default="sdpa", help="TRL's attention kernel")
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="",
+                    help="both sides (default: bf16 where this CPU computes it natively, else fp32)")
     ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     args = ap.parse_args()
+    args.precision = args.precision or ("bf16" if bf16_is_native(torch.device("cpu")) else "fp32")
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     torch.manual_seed(0)
-    reward = load_reward(args.reward, bf16=True)
+    reward = load_reward(args.reward, bf16=args.precision == "bf16")
     prompts = builtin_prompts("train")
-    peak = matmul_peak(torch.bfloat16)
+    peak = matmul_peak(dtype)
     bw = read_bandwidth()
     results = [bench_shape(parse_shape(s), args, reward, prompts) for s in args.shapes]
     policy, _ = load_policy("smollm2-135m")
-    wbytes = 2 * sum(p.numel() for p in policy.parameters())  # the bf16 compute copy (tied embedding once)
+    wbytes = dtype.itemsize * sum(p.numel() for p in policy.parameters())  # the compute weights (tied once)
     cmd = (f"PYTHONPATH=src python benchmarks/bench_rl_step.py --shapes {' '.join(args.shapes)} --steps {args.steps}"
+           + f" --attn {' '.join(args.attn)} --trl-attn {args.trl_attn} --precision {args.precision}"
            + (" --with-hf-engine" if args.with_hf_engine else ""))
-    md = markdown(results, peak, bw, wbytes, cmd)
+    md = markdown(results, peak, bw, wbytes, cmd, args.attn, args.trl_attn, args.precision)
     print(md)
     if not args.no_write:
-        write_section("RL step: warprl vs TRL RLOOTrainer", md)
+        # bf16 keeps the section it always had; an fp32 run (a CPU without native bf16) gets its own beside it.
+        title = "RL step: warprl vs TRL RLOOTrainer" + ("" if args.precision == "bf16" else ", fp32")
+        write_section(title, md)
     if args.json:
-        print(json.dumps({"peak_flops": peak, "read_bandwidth": bw, "weight_bytes": wbytes,
+        print(json.dumps({"precision": args.precision, "peak_flops": peak, "read_bandwidth": bw, "weight_bytes": wbytes,
                           "decode_bound_ms_per_token": 1e3 * wbytes / bw, "results": results}, default=str))
 
 
