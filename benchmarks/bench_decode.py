@@ -1,11 +1,13 @@
 """Decode speed of warprl's rollout engine against HF ``generate``, lever by lever, next to the bandwidth bound.
 
-Bundled SmolLM2-135M as a bf16 compute copy (what an RL step samples from), builtin prompts, sampling at
+Bundled SmolLM2-135M as a bf16 compute copy (what an RL step samples from; fp32 on a CPU without native bf16,
+as an RL step there), builtin prompts, sampling at
 temperature 1. Each configuration runs ``--repeats`` times, interleaved, and the median is kept.
-ms/token = decode time / decoded steps (the prefill is timed apart); the bound = bf16 weight bytes read
+ms/token = decode time / decoded steps (the prefill is timed apart); the bound = weight bytes read
 once per token / memory read bandwidth measured in this run (sum over a 1 GiB tensor).
 
-    PYTHONPATH=src python benchmarks/bench_decode.py [--rows 16] [--k 1] [--tokens 64] [--repeats 3] [--json]
+    PYTHONPATH=src python benchmarks/bench_decode.py [--rows 16] [--k 1] [--tokens 64] [--repeats 3] [--precision fp32]
+        [--json]
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from _results import read_bandwidth
 
 from warprl.data import builtin_prompts
 from warprl.models import load_policy
+from warprl.precision import bf16_is_native
 from warprl.rl import engine as E
 from warprl.rl.rollout import tokenize_prompts
 
@@ -40,6 +43,7 @@ LEVERS = {
     "no prepack (F.linear)": {"prepack": False},
     "no fusion (7 matmuls/layer)": {"fuse": False},
     "no prepack, no fusion": {"prepack": False, "fuse": False},
+    "inverse-CDF draw (not the default)": {"draw": "inverse_cdf"},
 }
 
 
@@ -83,10 +87,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=1, help="samples per prompt (batch = rows × k)")
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--precision", choices=("bf16", "fp32"), default="",
+                    help="compute dtype (default: bf16 where this CPU computes it natively, else fp32)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    args.precision = args.precision or ("bf16" if bf16_is_native(torch.device("cpu")) else "fp32")
     master, tok = load_policy("smollm2-135m")
-    model = copy.deepcopy(master).to(torch.bfloat16).eval()
+    model = copy.deepcopy(master).to(torch.bfloat16 if args.precision == "bf16" else torch.float32).eval()
     del master
     prompts = builtin_prompts("train")[: args.rows]
     bw = read_bandwidth()
@@ -103,9 +110,9 @@ def main() -> None:
             for name, opts in LEVERS.items():
                 runs[name].append(time_engine(model, tok, prompts, args.k, args.tokens, opts))
     load1 = open("/proc/loadavg").read().split()[0]
-    result = {"rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9, "weight_MB": wbytes / 1e6,
+    result = {"precision": args.precision, "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9, "weight_MB": wbytes / 1e6,
               "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
-    print(f"batch {args.rows * args.k} rows × {args.tokens} tokens, bf16 SmolLM2-135M; read bandwidth "
+    print(f"batch {args.rows * args.k} rows × {args.tokens} tokens, {args.precision} SmolLM2-135M; read bandwidth "
           f"{bw / 1e9:.1f} GB/s, weights {wbytes / 1e6:.0f} MB → bound {bound_ms:.1f} ms/token; "
           f"load {load0} → {load1}")
     print("| decoder | ms/token (median) | × bound | prefill s | weight build s |")
