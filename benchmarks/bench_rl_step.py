@@ -46,10 +46,12 @@ DIFFERENCES_BF16 = [
     "prompt order: each side shuffles the same builtin list with its own seed (prompt lengths are alike, 7–12 tokens)",
     "completions end at EOS on both sides, so the decoded lengths differ from step to step (both ≤ the cap)",
     "TRL's step also computes its logging metrics (entropy, clip ratios); warprl's logs its own metrics",
+    "TRL's learning rate decays linearly (HF Trainer's default schedule), warprl's is constant: the same work per "
+    "step",
     "warprl's anchor is a bf16 copy; TRL's reference model is an fp32 copy run under autocast",
 ]
 # In fp32 both sides sample, score and train the fp32 weights themselves: the precision differences go.
-DIFFERENCES_FP32 = DIFFERENCES_BF16[1:4]
+DIFFERENCES_FP32 = DIFFERENCES_BF16[1:5]
 
 
 def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:

@@ -90,8 +90,8 @@ class RLSettings:
     min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
     kl_sft_every: int = setting(10, "log charts/kl_sft (KL to SFT, fixed batch) every N steps (0 = off)")
     attn_implementation: str = setting("sdpa", "attention kernel of the log-prob passes and the update: sdpa, or "
-                                       "eager (faster backward on a CPU at RL's short sequences)",
-                                       choices=("sdpa", "eager"))
+                                       "eager (meant for bf16 on a CPU, where sdpa's backward is slow; no gain "
+                                       "measured in fp32)", choices=("sdpa", "eager"))
 
     def validate(self) -> None:
         _non_negative("kl_sft_every", self.kl_sft_every)
