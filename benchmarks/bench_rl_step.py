@@ -306,8 +306,11 @@ def main() -> None:
     md = markdown(results, peak, bw, wbytes, cmd, args.attn, args.trl_attn, args.precision)
     print(md)
     if not args.no_write:
-        # bf16 keeps the section it always had; an fp32 run (a CPU without native bf16) gets its own beside it.
-        title = "RL step: warprl vs TRL RLOOTrainer" + ("" if args.precision == "bf16" else ", fp32")
+        # bf16 keeps the section it always had; an fp32 run (a CPU without native bf16) gets its own beside it,
+        # and an fp32 run of one shape its own per shape (one shape alone can take most of an hour there).
+        title = "RL step: warprl vs TRL RLOOTrainer"
+        if args.precision != "bf16":
+            title += ", fp32" + ("" if len(args.shapes) > 1 else f", {args.shapes[0]}")
         write_section(title, md)
     if args.json:
         print(json.dumps({"precision": args.precision, "peak_flops": peak, "read_bandwidth": bw, "weight_bytes": wbytes,
