@@ -110,8 +110,8 @@ def main() -> None:
             for name, opts in LEVERS.items():
                 runs[name].append(time_engine(model, tok, prompts, args.k, args.tokens, opts))
     load1 = open("/proc/loadavg").read().split()[0]
-    result = {"precision": args.precision, "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9, "weight_MB": wbytes / 1e6,
-              "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
+    result = {"precision": args.precision, "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9,
+              "weight_MB": wbytes / 1e6, "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
     print(f"batch {args.rows * args.k} rows × {args.tokens} tokens, {args.precision} SmolLM2-135M; read bandwidth "
           f"{bw / 1e9:.1f} GB/s, weights {wbytes / 1e6:.0f} MB → bound {bound_ms:.1f} ms/token; "
           f"load {load0} → {load1}")

@@ -4,9 +4,10 @@
         [--max-length 128] [--lora-r 16] [--json]
 
 The step is `warprl sft`'s own (`sft.loop.train_step`): forward and backward of one micro-batch on the bf16
-compute copy, gradients onto the fp32 masters, clipping, AdamW, refresh of the adapter tensors. Each variant is its own peft model on
-the same base weights; the variants run alternately (one step each per round, after one warm-up step each),
-and the median step time per variant is reported beside the bf16 matmul peak measured in the same run.
+compute copy, gradients onto the fp32 masters, clipping, AdamW, refresh of the adapter tensors. Each variant is
+its own peft model on the same base weights; the variants run alternately (one step each per round, after one
+warm-up step each), and the median step time per variant is reported beside the bf16 matmul peak measured in the
+same run.
 The batch is `--batch-size` rows of random token ids with lengths drawn from [max_length − 16, max_length]
 (seed 0) and padding masked, the shape of `--no-packing` review openings in length buckets.
 Writes the section "SFT step: LoRA dropout and attention" of benchmarks/RESULTS.md; --json prints one JSON
@@ -49,7 +50,7 @@ def build(policy: str, dropout: float, attn: str, r: int):
 
 def step(mp, opt, batch: Batch) -> float:
     t = time.perf_counter()
-    train_step(mp, opt, [batch], batch.tokens, max_grad_norm=1.0)  # `warprl sft`'s step, clipping included
+    train_step(mp, opt, [batch], max_grad_norm=1.0)  # `warprl sft`'s step, clipping included
     return time.perf_counter() - t
 
 

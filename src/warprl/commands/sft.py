@@ -19,7 +19,7 @@ from warprl.commands import outdir
 from warprl.config import SFTConfig, SFTEvalConfig
 from warprl.data import load_reviews, split_train_val
 from warprl.io import atomic_dir, atomic_write_json
-from warprl.models import load_policy, pick_device, save_model
+from warprl.models import attention_kernel, load_policy, pick_device, save_model
 from warprl.rl.loop import graceful_stop
 from warprl.seeding import derive_seed
 from warprl.sft.data import micro_batches, tokenize
@@ -60,23 +60,23 @@ def run_sft(cfg: SFTConfig) -> dict:
                             pad_id=tok.pad_token_id, seed=cfg.seed, max_tokens=cfg.max_tokens, epochs=cfg.epochs)
     batches = [type(b)(b.input_ids.to(device), b.attention_mask.to(device)) for b in batches]
     val_rows = encode_for_eval(sample_texts(val_texts, cfg.val_limit, cfg.seed), tok, cfg.max_length)
-    attn_default = model.config._attn_implementation
-    model.set_attn_implementation(cfg.attn_implementation)
-    torch.manual_seed(derive_seed(cfg.seed, "sft-init"))  # the LoRA A matrices
-    if cfg.lora:
-        model = lora.apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
-    n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    # The kernel is a training choice, not the model's: merge_and_unload hands back this same base model, which
+    # gets its own kernel back before final/ is saved.
+    with attention_kernel(model, cfg.attn_implementation):
+        torch.manual_seed(derive_seed(cfg.seed, "sft-init"))  # the LoRA A matrices
+        if cfg.lora:
+            model = lora.apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)
+        n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
 
-    out = outdir.prepare(decision, cfg)
-    t0 = time.perf_counter()
-    with graceful_stop():
-        state = train_sft(cfg, model, batches, val_rows, tok.pad_token_id, out, resume=decision.resume)
-    seconds = time.perf_counter() - t0
-    if cfg.lora:
-        model.peft_config["default"].base_model_name_or_path = cfg.policy
-        atomic_dir(out / "adapter", lambda tmp: lora.save_adapter(model, tmp, DTYPES[cfg.adapter_dtype]))
-        model = lora.merge(model)
-    model.set_attn_implementation(attn_default)  # the kernel was a training choice, not the model's
+        out = outdir.prepare(decision, cfg)
+        t0 = time.perf_counter()
+        with graceful_stop():
+            state = train_sft(cfg, model, batches, val_rows, tok.pad_token_id, out, resume=decision.resume)
+        seconds = time.perf_counter() - t0
+        if cfg.lora:
+            model.peft_config["default"].base_model_name_or_path = cfg.policy
+            atomic_dir(out / "adapter", lambda tmp: lora.save_adapter(model, tmp, DTYPES[cfg.adapter_dtype]))
+            model = lora.merge(model)
     save_model(model, tok, out / "final")
     shutil.rmtree(out / "checkpoints", ignore_errors=True)  # the final weights supersede them
     curve = state.val_curve

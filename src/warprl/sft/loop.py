@@ -108,11 +108,12 @@ class _NonFiniteStep(Exception):
     """A step's loss or gradient norm is not finite: nothing was updated (its text says which)."""
 
 
-def train_step(mp: MixedPrecision, opt: torch.optim.Optimizer, batches: list[Batch], n_tok: int,
-               max_grad_norm: float) -> tuple[float, float]:
-    """One optimiser step on ``batches`` (accumulated): loss = summed NLL / ``n_tok`` on the compute copy →
-    gradients onto the masters → clip → AdamW → refresh the copy. Returns (summed NLL, gradient norm); raises
-    before the update if the loss or the gradient norm is not finite."""
+def train_step(mp: MixedPrecision, opt: torch.optim.Optimizer, batches: list[Batch], max_grad_norm: float
+               ) -> tuple[float, int, float]:
+    """One optimiser step on ``batches`` (accumulated): loss = summed NLL / the step's target tokens on the
+    compute copy → gradients onto the masters → clip → AdamW → refresh the copy. Returns (summed NLL, target
+    tokens, gradient norm); raises before the update if the loss or the gradient norm is not finite."""
+    n_tok = sum(b.tokens for b in batches)
     mp.compute.train()
     loss_sum = 0.0
     try:
@@ -134,7 +135,7 @@ def train_step(mp: MixedPrecision, opt: torch.optim.Optimizer, batches: list[Bat
     opt.step()
     opt.zero_grad(set_to_none=True)
     sync_trainable(mp)
-    return loss_sum, grad_norm
+    return loss_sum, n_tok, grad_norm
 
 
 def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[int]], pad_id: int, run_dir: Path,
@@ -170,9 +171,8 @@ def train_sft(cfg: SFTConfig, model, batches: list[Batch], val_rows: list[list[i
                 g["lr"] = lr
             torch.manual_seed(derive_seed(cfg.seed, "sft-step", state.step))  # LoRA/model dropout of this step
             step_batches = batches[state.step * cfg.grad_accum:(state.step + 1) * cfg.grad_accum]
-            n_tok = sum(b.tokens for b in step_batches)
             try:
-                loss_sum, grad_norm = train_step(mp, opt, step_batches, n_tok, cfg.max_grad_norm)
+                loss_sum, n_tok, grad_norm = train_step(mp, opt, step_batches, cfg.max_grad_norm)
             except _NonFiniteStep as e:
                 path = save_checkpoint(ckpt, state, model, opt)
                 raise NonFiniteError(f"non-finite {e} at step {state.step + 1}; stopped before the update, "
