@@ -4,7 +4,9 @@ Bundled SmolLM2-135M as a bf16 compute copy (what an RL step samples from; fp32 
 as an RL step there), builtin prompts, sampling at
 temperature 1. Each configuration runs ``--repeats`` times, interleaved, and the median is kept.
 ms/token = decode time / decoded steps (the prefill is timed apart); the bound = weight bytes read
-once per token / memory read bandwidth measured in this run (sum over a 1 GiB tensor).
+once per token / memory read bandwidth measured in this run (sum over a 1 GiB tensor). A second table times
+the sampling step alone (``engine.sample_next`` on [batch, vocabulary] fp32 logits) with each draw, since the
+draw's cost does not depend on the model and is easy to lose in a whole decode's noise.
 
     PYTHONPATH=src python benchmarks/bench_decode.py [--rows 16] [--k 1] [--tokens 64] [--repeats 3] [--precision fp32]
         [--json]
@@ -43,7 +45,7 @@ LEVERS = {
     "no prepack (F.linear)": {"prepack": False},
     "no fusion (7 matmuls/layer)": {"fuse": False},
     "no prepack, no fusion": {"prepack": False, "fuse": False},
-    "inverse-CDF draw (not the default)": {"draw": "inverse_cdf"},
+    "HF's multinomial draw (not the default)": {"draw": "multinomial"},
 }
 
 
@@ -64,6 +66,24 @@ def time_engine(model, tok, prompts, k, tokens, options) -> dict:
     tm = dec.timings
     return {"ms_per_token": 1e3 * tm["decode_s"] / max(tm["decode_steps"], 1), "prefill_s": tm["prefill_s"],
             "weights_s": build}
+
+
+def time_draws(rows: int, vocab: int, repeats: int, calls: int = 20) -> dict[str, float]:
+    """Median ms per ``sample_next`` call at temperature 1 on random [rows, vocab] logits, for each draw."""
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    saved = E.OPTIONS["draw"]
+    times: dict[str, list[float]] = {draw: [] for draw in E.OPTIONS_DRAWS}
+    try:
+        for _ in range(repeats):
+            for draw in times:  # interleaved
+                E.OPTIONS["draw"] = draw
+                t = time.perf_counter()
+                for _ in range(calls):
+                    E.sample_next(logits, 1.0)
+                times[draw].append(1e3 * (time.perf_counter() - t) / calls)
+    finally:
+        E.OPTIONS["draw"] = saved
+    return {draw: statistics.median(ts) for draw, ts in times.items()}
 
 
 def time_hf(model, tok, prompts, k, tokens) -> dict:
@@ -89,6 +109,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="",
                     help="compute dtype (default: bf16 where this CPU computes it natively, else fp32)")
+    ap.add_argument("--draw-rows", type=int, nargs="*", default=None,
+                    help="batch sizes of the sampling-step table (default: the decode batch)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     args.precision = args.precision or ("bf16" if bf16_is_native(torch.device("cpu")) else "fp32")
@@ -109,6 +131,8 @@ def main() -> None:
             runs["HF generate"].append(time_hf(model, tok, prompts, args.k, args.tokens))
             for name, opts in LEVERS.items():
                 runs[name].append(time_engine(model, tok, prompts, args.k, args.tokens, opts))
+        draws = {n: time_draws(n, model.config.vocab_size, max(args.repeats, 5))
+                 for n in (args.draw_rows or [args.rows * args.k])}
     load1 = open("/proc/loadavg").read().split()[0]
     result = {"precision": args.precision, "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9,
               "weight_MB": wbytes / 1e6, "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
@@ -124,6 +148,13 @@ def main() -> None:
         result["configs"][name] = {"ms_per_token": ms, "prefill_s": pre, "weights_s": wb,
                                    "all_ms": [r["ms_per_token"] for r in rs]}
         print(f"| {name} | {ms:.1f} | {ms / bound_ms:.2f} | {pre:.3f} | {wb:.3f} |")
+    result["sample_next_ms"] = draws
+    print(f"\n| sampling step alone (rows × {model.config.vocab_size} logits) | "
+          + " | ".join(f"{n} rows: ms" for n in draws) + " |")
+    print("|---|" + "---:|" * len(draws))
+    for draw in E.OPTIONS_DRAWS:
+        print(f"| {draw}{' (default)' if draw == E.OPTIONS['draw'] else ''} | "
+              + " | ".join(f"{d[draw]:.2f}" for d in draws.values()) + " |")
     if args.json:
         print(json.dumps(result))
 

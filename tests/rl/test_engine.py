@@ -36,9 +36,10 @@ def test_greedy_tokens_equal_generate(tiny, dtype):
 
 @pytest.mark.parametrize("kw", [{}, {"temperature": 0.7, "top_k": 5}, {"temperature": 1.3, "top_p": 0.8}])
 def test_sampled_tokens_equal_generate_under_the_same_seed(tiny, kw, monkeypatch):
-    """Same RNG draws as generate (compaction off, so finished rows keep drawing as in HF)."""
+    """Same RNG draws as generate with HF's own draw (compaction off, so finished rows keep drawing as in HF)."""
     model, tok = tiny
     monkeypatch.setitem(E.OPTIONS, "compact", False)
+    monkeypatch.setitem(E.OPTIONS, "draw", "multinomial")
     ours = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=12, engine="warprl", **kw), k=3,
                   generator_seed=7)
     hf = sample(model, tok, PROMPTS, SamplingConfig(max_new_tokens=12, engine="hf", **kw), k=3, generator_seed=7)
@@ -121,8 +122,9 @@ def test_k_samples_share_one_prefill(tiny, monkeypatch):
     assert torch.equal(shared.completion_ids, apart.completion_ids)
 
 
-def test_seeded_determinism_and_weight_refresh(tiny):
+def test_seeded_determinism_and_weight_refresh(tiny, monkeypatch):
     model, tok = tiny
+    monkeypatch.setitem(E.OPTIONS, "draw", "multinomial")  # HF's draw: the first token is generate's too
     cfg = SamplingConfig(max_new_tokens=8, engine="warprl")
     a = sample(model, tok, PROMPTS, cfg, k=2, generator_seed=5)
     b = sample(model, tok, PROMPTS, cfg, k=2, generator_seed=5)
@@ -215,7 +217,7 @@ def test_shared_fused_storage_is_transparent(tiny):
 def test_inverse_cdf_draw_has_the_distribution_and_never_a_truncated_token(monkeypatch):
     """20,000 draws per row from known distributions (top-k truncation and a banned token included): every
     frequency within 0.015 of its probability (5 standard errors at most), no zero-probability token ever."""
-    monkeypatch.setitem(E.OPTIONS, "draw", "inverse_cdf")
+    monkeypatch.setitem(E.OPTIONS, "draw", "inverse_cdf")  # the default, pinned
     torch.manual_seed(0)
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0, 0.5, -3.0]] * 2 + [[0.0, 0.0, 0.0, 0.0, 0.0, 0.0]])
     rows = logits.repeat_interleave(20_000, 0)

@@ -13,14 +13,16 @@ It computes what ``generate(do_sample=True)`` computes, in fewer and larger oper
   computes logits at the last position only;
 * one function, :func:`sample_next`, turns the raw logits of a step into the sampled token and its
   log-prob at the sampling temperature (before top-k/top-p truncation, as in ``rollout``), with the
-  same operations and RNG draws as HF's temperature/top-k/top-p warpers and ``torch.multinomial``;
+  same operations as HF's temperature/top-k/top-p warpers and one uniform per row for the draw (the
+  distribution of HF's ``torch.multinomial`` at 1/40 of its cost; ``OPTIONS["draw"]`` restores HF's own);
 * rows that have emitted EOS are dropped from the batch (the cache is compacted when a quarter of the
   rows have finished), so they stop costing matmuls.
 
 Randomness comes only from torch's global RNG, in a data-dependent but deterministic order: the same RNG
-state and weights give the same tokens. Up to the first EOS of any row, the RNG draws are those of HF
-``generate``, so the two engines sample the same tokens wherever their logits agree to the bit (greedy
-decoding agrees wherever no two logits are within rounding of each other).
+state and weights give the same tokens. With ``OPTIONS["draw"] = "multinomial"`` and up to the first EOS of
+any row, the RNG draws are those of HF ``generate``, so the two engines sample the same tokens wherever
+their logits agree to the bit (greedy decoding agrees wherever no two logits are within rounding of each
+other); with the default draw they sample the same distribution.
 
 Supported: ``LlamaForCausalLM``-style models (model_type ``llama``; SmolLM2 is one) without attention or
 MLP biases and with the SiLU MLP. Anything else goes to HF ``generate`` (see :func:`supports`).
@@ -41,9 +43,11 @@ import torch.nn.functional as F
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # Levers, module-level so that benchmarks can switch them off one at a time (see benchmarks/bench_decode.py).
-# ``draw``: "multinomial" is HF generate's own draw (the same tokens under the same seed); "inverse_cdf" draws
-# one uniform per row against the CDF instead of multinomial's exponential per vocabulary entry.
-OPTIONS = {"fuse": True, "prepack": True, "compact": True, "share_prefill": True, "draw": "multinomial"}
+# ``draw``: "inverse_cdf" (default) draws one uniform per row against the CDF; "multinomial" is HF generate's
+# own draw (the same tokens as generate under the same seed), which races an exponential per vocabulary entry:
+# 21.7 ms against 0.57 ms per token at 16 rows × 49k on a 2-core CPU (benchmarks/RESULTS.md, decode levers).
+OPTIONS = {"fuse": True, "prepack": True, "compact": True, "share_prefill": True, "draw": "inverse_cdf"}
+OPTIONS_DRAWS = ("inverse_cdf", "multinomial")
 
 
 def weights_changed(model) -> None:
@@ -258,8 +262,8 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p:
 
     The log-prob is of the untruncated tempered distribution (the one ``sequence_logprobs`` scores); the
     token is drawn after top-k and top-p truncation, and never ``ban`` (EOS before ``min_new_tokens``).
-    The operations and the single ``torch.multinomial`` draw mirror HF's logits warpers and ``_sample``
-    (``OPTIONS["draw"] = "inverse_cdf"``: the same distribution from one uniform per row).
+    The operations mirror HF's logits warpers; the token is drawn from one uniform per row against the CDF,
+    the same distribution as HF's ``torch.multinomial`` (``OPTIONS["draw"] = "multinomial"``: its very tokens).
     """
     scaled = logits / temperature
     lse = torch.logsumexp(scaled, dim=-1)
