@@ -14,7 +14,7 @@ It computes what ``generate(do_sample=True)`` computes, in fewer and larger oper
 * one function, :func:`sample_next`, turns the raw logits of a step into the sampled token and its
   log-prob at the sampling temperature (before top-k/top-p truncation, as in ``rollout``), with the
   same operations as HF's temperature/top-k/top-p warpers and one uniform per row for the draw (the
-  distribution of HF's ``torch.multinomial`` at 1/40 of its cost; ``OPTIONS["draw"]`` restores HF's own);
+  distribution of HF's ``torch.multinomial`` at a small part of its cost; ``OPTIONS["draw"]`` restores HF's);
 * rows that have emitted EOS are dropped from the batch (the cache is compacted when a quarter of the
   rows have finished), so they stop costing matmuls.
 
@@ -45,7 +45,7 @@ _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Levers, module-level so that benchmarks can switch them off one at a time (see benchmarks/bench_decode.py).
 # ``draw``: "inverse_cdf" (default) draws one uniform per row against the CDF; "multinomial" is HF generate's
 # own draw (the same tokens as generate under the same seed), which races an exponential per vocabulary entry:
-# 21.7 ms against 0.57 ms per token at 16 rows × 49k on a 2-core CPU (benchmarks/RESULTS.md, decode levers).
+# a sampling step took 28 ms with it against 3.2 ms at 16 rows × 49k on a 2-core CPU (RESULTS.md, decode levers).
 OPTIONS = {"fuse": True, "prepack": True, "compact": True, "share_prefill": True, "draw": "inverse_cdf"}
 OPTIONS_DRAWS = ("inverse_cdf", "multinomial")
 
