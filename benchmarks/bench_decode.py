@@ -15,6 +15,7 @@ draw's cost does not depend on the model and is easy to lose in a whole decode's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import statistics
@@ -49,10 +50,20 @@ LEVERS = {
 }
 
 
-def time_engine(model, tok, prompts, k, tokens, options) -> dict:
+@contextlib.contextmanager
+def engine_options(options: dict):
+    """The engine's levers set to ``options`` inside the block, restored after it."""
     saved = dict(E.OPTIONS)
     E.OPTIONS.update(options)
     try:
+        yield
+    finally:
+        E.OPTIONS.clear()
+        E.OPTIONS.update(saved)
+
+
+def time_engine(model, tok, prompts, k, tokens, options) -> dict:
+    with engine_options(options):
         enc = tokenize_prompts(tok, prompts, torch.device("cpu"))
         torch.manual_seed(0)
         E._WEIGHTS.pop(model, None)
@@ -60,9 +71,6 @@ def time_engine(model, tok, prompts, k, tokens, options) -> dict:
         E._weights(model, len(prompts) * k)
         build = time.perf_counter() - t
         dec = E.generate(model, enc["input_ids"], enc["attention_mask"], k, tokens, None, tok.pad_token_id)
-    finally:
-        E.OPTIONS.clear()
-        E.OPTIONS.update(saved)
     tm = dec.timings
     return {"ms_per_token": 1e3 * tm["decode_s"] / max(tm["decode_steps"], 1), "prefill_s": tm["prefill_s"],
             "weights_s": build}
@@ -71,18 +79,14 @@ def time_engine(model, tok, prompts, k, tokens, options) -> dict:
 def time_draws(rows: int, vocab: int, repeats: int, calls: int = 20) -> dict[str, float]:
     """Median ms per ``sample_next`` call at temperature 1 on random [rows, vocab] logits, for each draw."""
     logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
-    saved = E.OPTIONS["draw"]
-    times: dict[str, list[float]] = {draw: [] for draw in E.OPTIONS_DRAWS}
-    try:
-        for _ in range(repeats):
-            for draw in times:  # interleaved
-                E.OPTIONS["draw"] = draw
+    times: dict[str, list[float]] = {draw: [] for draw in E.DRAWS}
+    for _ in range(repeats):
+        for draw in times:  # interleaved
+            with engine_options({"draw": draw}):
                 t = time.perf_counter()
                 for _ in range(calls):
                     E.sample_next(logits, 1.0)
                 times[draw].append(1e3 * (time.perf_counter() - t) / calls)
-    finally:
-        E.OPTIONS["draw"] = saved
     return {draw: statistics.median(ts) for draw, ts in times.items()}
 
 
@@ -152,7 +156,7 @@ def main() -> None:
     print(f"\n| sampling step alone (rows × {model.config.vocab_size} logits) | "
           + " | ".join(f"{n} rows: ms" for n in draws) + " |")
     print("|---|" + "---:|" * len(draws))
-    for draw in E.OPTIONS_DRAWS:
+    for draw in E.DRAWS:
         print(f"| {draw}{' (default)' if draw == E.OPTIONS['draw'] else ''} | "
               + " | ".join(f"{d[draw]:.2f}" for d in draws.values()) + " |")
     if args.json:

@@ -46,8 +46,8 @@ _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # ``draw``: "inverse_cdf" (default) draws one uniform per row against the CDF; "multinomial" is HF generate's
 # own draw (the same tokens as generate under the same seed), which races an exponential per vocabulary entry:
 # a sampling step took 28 ms with it against 3.2 ms at 16 rows × 49k on a 2-core CPU (RESULTS.md, decode levers).
+# ``draw`` names one of :data:`DRAWS`.
 OPTIONS = {"fuse": True, "prepack": True, "compact": True, "share_prefill": True, "draw": "inverse_cdf"}
-OPTIONS_DRAWS = ("inverse_cdf", "multinomial")
 
 
 def weights_changed(model) -> None:
@@ -281,10 +281,14 @@ def sample_next(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p:
         drop[..., -1:] = False
         scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
     probs = F.softmax(scores, dim=-1)
-    tokens = _inverse_cdf_draw(probs) if OPTIONS["draw"] == "inverse_cdf" else \
-        torch.multinomial(probs, num_samples=1).squeeze(1)
+    tokens = DRAWS[OPTIONS["draw"]](probs)
     logp = scaled.gather(-1, tokens[:, None]).squeeze(1) - lse
     return tokens, logp
+
+
+def _multinomial_draw(probs: torch.Tensor) -> torch.Tensor:
+    """One token per row of ``probs`` [R, V] by ``torch.multinomial``: HF generate's draw, token for token."""
+    return torch.multinomial(probs, num_samples=1).squeeze(1)
 
 
 def _inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
@@ -300,8 +304,11 @@ def _inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
     # A parallel cumsum (CUDA) may round a zero-probability entry's CDF above its predecessor's: never draw it.
     stray = probs.gather(1, tokens[:, None]).squeeze(1) == 0
     if stray.any():
-        tokens[stray] = torch.multinomial(probs[stray], num_samples=1).squeeze(1)
+        tokens[stray] = _multinomial_draw(probs[stray])
     return tokens
+
+
+DRAWS = {"inverse_cdf": _inverse_cdf_draw, "multinomial": _multinomial_draw}  # OPTIONS["draw"] → draw
 
 
 # ------------------------------------------------------------------------------------------------ decode
