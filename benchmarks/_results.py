@@ -1,6 +1,8 @@
 """Shared by the benchmark scripts: write one ``## title`` section of benchmarks/RESULTS.md.
 
-Each benchmark owns its section; rerunning a benchmark replaces its section and leaves the others alone.
+Each benchmark owns its section; rerunning a benchmark replaces its section and leaves the others alone. The
+section it replaces is kept once, right below, as ``## title — previous run`` (figures from another machine or
+before a change stay readable beside the new ones; the run before that is dropped, so the file stays bounded).
 The file is rewritten atomically (temp file + rename) under a lock, so two benchmarks finishing at the same
 moment cannot lose each other's sections.
 """
@@ -16,6 +18,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+PREVIOUS = " — previous run"
 HEADER = "# Benchmark results\n\nWritten by the scripts in benchmarks/ (one section each); rerun a script to refresh its section.\n"
 
 
@@ -42,21 +45,16 @@ def _split(text: str) -> tuple[str, list[tuple[str, str]]]:
     return preamble, [(rest[i].strip(), rest[i + 1]) for i in range(0, len(rest), 2)]
 
 
-def write_section(title: str, markdown: str, path: Path = RESULTS) -> Path:
-    """Replace the section ``## title`` of RESULTS.md with ``markdown`` (or append it)."""
+def write_section(title: str, markdown: str, path: Path = RESULTS, keep_previous: bool = True) -> Path:
+    """Replace the section ``## title`` of RESULTS.md with ``markdown`` (or append it); the replaced one, when it
+    differs, becomes ``## title — previous run`` below the new one (``keep_previous=False``: dropped)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = os.open(path.parent, os.O_RDONLY)  # lock the folder: no stray lock file left behind
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
         text = path.read_text(encoding="utf-8") if path.exists() else HEADER
         preamble, sections = _split(text)
-        body = "\n\n" + markdown.strip() + "\n\n"
-        for i, (t, _) in enumerate(sections):
-            if t == title:
-                sections[i] = (title, body)
-                break
-        else:
-            sections.append((title, body))
+        sections = replace_section(sections, title, "\n\n" + markdown.strip() + "\n\n", keep_previous)
         # Each body ends with one blank line (the file's last lost it to the final rstrip when it was written).
         out = preamble.rstrip("\n") + "\n\n" + "".join(f"## {t}{b.rstrip()}\n\n" for t, b in sections)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".RESULTS.", suffix=".tmp")
@@ -66,6 +64,25 @@ def write_section(title: str, markdown: str, path: Path = RESULTS) -> Path:
     finally:
         os.close(lock)  # closing releases the lock
     return path
+
+
+def replace_section(sections: list[tuple[str, str]], title: str, body: str,
+                    keep_previous: bool = True) -> list[tuple[str, str]]:
+    """``sections`` with ``title``'s body replaced by ``body`` (appended when new); the old body moves to
+    ``title + PREVIOUS`` right after it, replacing an older one, unless it equals the new body."""
+    old = next((b for t, b in sections if t == title), None)
+    if old is None:
+        return [*sections, (title, body)]
+    keep = keep_previous and old.strip() != body.strip()
+    out: list[tuple[str, str]] = []
+    for t, b in sections:
+        if t == title:
+            out.append((title, body))
+            if keep:
+                out.append((title + PREVIOUS, old))
+        elif not (keep and t == title + PREVIOUS):
+            out.append((t, b))
+    return out
 
 
 def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
