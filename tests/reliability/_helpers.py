@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,148 @@ def run_cli(argv: list[str], cwd: Path, timeout: float = 120,
     return subprocess.run([*cli_command(), *argv], cwd=cwd, env={**cli_env(), **(extra_env or {})},
                           stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
+
+
+# ------------------------------------------------------------------- killed processes without the start-up
+
+# A process that is to be killed at its Nth write event spends most of its life starting: importing torch and
+# transformers takes ≈ 8 s on 2 cores, the tiny run ≈ 1 s. The long kill chains therefore fork each process from
+# a fork server that imported them once (a fresh interpreter started by multiprocessing, with the CLI's
+# environment, that never computed: no thread pool to break by forking). Each child is still a process of its
+# own, killed by SIGKILL for real; it runs warprl.cli.main as the console script does. The console script itself
+# is what the references, the signal tests and the bad-input tests run.
+
+_PRELOAD = ["torch", "safetensors.torch", "tokenizers", "transformers", "transformers.models.auto.modeling_auto",
+            "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama",
+            "transformers.models.encoder_decoder.configuration_encoder_decoder", "vaderSentiment.vaderSentiment",
+            "warprl.cli", "warprl.commands.align", "warprl.io", "warprl.models", "warprl.lora_merge",
+            "warprl.reward.scorers", "warprl.rl.loop", "warprl.rl.warp", "tests.reliability._helpers"]
+_FORK: dict = {}
+
+
+def _forkserver():
+    import multiprocessing
+
+    if "ctx" not in _FORK:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        saved = dict(os.environ)
+        os.environ.update(cli_env())  # the server, hence every child, starts with the CLI's environment
+        try:
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+        _FORK["ctx"] = ctx
+    return _FORK["ctx"]
+
+
+def _forked_main(argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> None:
+    """In the forked child: the console script's entry() on ``argv``, its output into two files."""
+    for fd, name in ((1, stdout), (2, stderr)):
+        f = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.dup2(f, fd)
+        os.close(f)
+    sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115  (the process ends below: nothing to close)
+    sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115
+    code = 1
+    try:
+        os.chdir(cwd)
+        os.environ.update(env)
+        import torch
+
+        import warprl
+        from warprl import io
+        from warprl.cli import main
+
+        if Path(warprl.__file__).resolve() != REPO / "src" / "warprl" / "__init__.py":
+            raise RuntimeError(f"the fork server imported {warprl.__file__}, not the checkout under test")
+        torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 does for the console script
+        spec = env.get("WARPRL_FAULT", "")
+        if spec:  # warprl.io read the variable when the server imported it (without it): read it again
+            n, _, action = spec.partition(":")
+            io.inject_fault(int(n), action or "ENOSPC")
+        import threading
+
+        import tqdm
+        from transformers.utils import logging as hf_logging
+
+        # tqdm's default lock is a multiprocessing semaphore: a child killed by SIGKILL could not unregister it,
+        # and multiprocessing's resource tracker would warn about it at the end of the session.
+        tqdm.tqdm.set_lock(threading.RLock())
+
+        hf_logging.set_verbosity_error()  # what entry() does before main()
+        hf_logging.disable_progress_bar()
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    except BaseException:
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+class Forked:
+    """A child of the fork server running ``warprl`` on ``argv``, with the part of :class:`subprocess.Popen` the
+    tests use: ``pid``, ``poll``, ``send_signal``, ``kill``, ``wait``, ``communicate``, ``returncode``."""
+
+    def __init__(self, argv: list[str], cwd: Path, extra_env: dict[str, str] | None = None):
+        import tempfile
+
+        self.args = [*cli_command(), *argv]
+        self._tmp = tempfile.TemporaryDirectory(prefix="warprl-fork-")
+        self._files = (os.path.join(self._tmp.name, "stdout"), os.path.join(self._tmp.name, "stderr"))
+        self._proc = _forkserver().Process(target=_forked_main, args=(list(argv), str(cwd),
+                                                                      {**cli_env(), **(extra_env or {})},
+                                                                      *self._files))
+        self._proc.start()
+        self.pid = self._proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode
+
+    def poll(self) -> int | None:
+        return self._proc.exitcode
+
+    def send_signal(self, sig: int) -> None:
+        if self._proc.exitcode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int:
+        self._proc.join(timeout)
+        if self._proc.exitcode is None:
+            raise subprocess.TimeoutExpired(self.args, timeout)
+        return self._proc.exitcode
+
+    def communicate(self, timeout: float | None = None) -> tuple[str, str]:
+        self.wait(timeout)
+        texts = tuple(Path(f).read_text() if os.path.exists(f) else "" for f in self._files)
+        self._tmp.cleanup()
+        return texts
+
+
+def run_forked(argv: list[str], cwd: Path, timeout: float = 120,
+               extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """:func:`run_cli` in a child of the fork server: the same exit code (``-9`` when it killed itself), stdout and
+    stderr, without ≈ 8 s of imports."""
+    proc = Forked(argv, cwd, extra_env)
+    try:
+        out, err = proc.communicate(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:

@@ -5,8 +5,12 @@ Two sources of kill moments: the watch below (no hook: it reads the run's folder
 metrics line, between the two renames of a folder. Ray faults (a wrong address, a worker or the driver
 killed) are at the end.
 
-The run is the real ``warprl align`` command in a subprocess (I=2 iterations × M=2 runs × T=3 steps, a
-tiny random Llama, ``--reward vader``). The moment of each kill is found by watching the run's own output
+The run is the real ``warprl align`` command in a process of its own (I=2 iterations × M=2 runs × T=3 steps, a
+tiny random Llama, ``--reward vader``): the uninterrupted reference and the SIGTERM/SIGINT runs start the console
+script; the killed processes and their resumes are children of a fork server that imported torch and
+transformers once (``tests.reliability._helpers.Forked``: the same ``main`` and environment, ≈ 8 s less each),
+so the chains can afford their many kills. The reference run, from the console script, is what they are
+compared with byte for byte. The moment of each kill is found by watching the run's own output
 folder — no test hook in the library: a checkpoint write, a merge or a final folder shows up as its
 temporary name, a step as "checkpoint n saved, step n+1 not yet logged". When the watch sees its moment it
 stops the process (SIGSTOP), checks that the moment is still there, and only then kills it (SIGKILL), so
@@ -28,7 +32,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.reliability._helpers import popen, run_cli, temp_leftovers, weights_equal
+from tests.reliability._helpers import Forked, popen, run_cli, run_forked, temp_leftovers, weights_equal
 
 # SIGSTOP/SIGKILL and /proc/<pid>/stat: Linux (CI) only.
 pytestmark = [pytest.mark.fault,
@@ -52,6 +56,24 @@ def test_subprocesses_run_the_checkout_under_test():
                           capture_output=True, text=True, timeout=60, cwd=REPO.parent)
     print("subprocess imports", proc.stdout.strip())
     assert Path(proc.stdout.strip()) == REPO / "src" / "warprl" / "__init__.py"
+
+
+def test_a_child_of_the_fork_server_answers_as_the_console_script(tmp_path):
+    """The kill chains' processes: the same exit codes and the same stderr line as the console script, for a
+    clean end, a bad input and a SIGKILL at a write event (the child checks that it imports this checkout)."""
+    from tests.reliability._helpers import PROMPTS, align_flags, make_tiny_llama
+
+    policy = make_tiny_llama(tmp_path / "policy")
+    (tmp_path / "prompts.txt").write_text("\n".join(PROMPTS) + "\n")
+    bad = ["align", "--policy", str(tmp_path / "missing"), "--out", str(tmp_path / "x")]
+    for argv, code in ((bad, 2), (["models"], 0)):
+        a, b = run_cli(argv, cwd=tmp_path), run_forked(argv, cwd=tmp_path)
+        assert a.returncode == code and (a.stdout + a.stderr).strip(), (argv, a)
+        assert (a.returncode, a.stdout, a.stderr) == (b.returncode, b.stdout, b.stderr), (argv, a, b)
+    kill = [*align_flags(policy, tmp_path / "prompts.txt"), "--out", str(tmp_path / "killed")]
+    proc = run_forked(kill, cwd=tmp_path, extra_env={"WARPRL_FAULT": "1:SIGKILL"})
+    assert proc.returncode == -signal.SIGKILL, proc
+    assert _fault_line(proc.stderr) == f"write {tmp_path / 'killed' / 'config.yaml'}", proc.stderr
 
 
 # ------------------------------------------------------------------------------------------- the watch
@@ -161,9 +183,10 @@ class Watch:
 
 
 def interrupt(argv: list[str], out: Path, moment: Moment, step_time: float, sig: int = signal.SIGKILL,
-              timeout: float = 180) -> tuple[int, str]:
-    """Start the command, wait for ``moment``, send ``sig`` there; returns (exit code, stderr)."""
-    proc = popen(argv, cwd=out.parent)
+              timeout: float = 180, forked: bool = True) -> tuple[int, str]:
+    """Start the command (a child of the fork server, or with ``forked=False`` the console script), wait for
+    ``moment``, send ``sig`` there; returns (exit code, stderr)."""
+    proc = Forked(argv, cwd=out.parent) if forked else popen(argv, cwd=out.parent)
     watch = Watch(out, step_time)
     deadline = time.monotonic() + timeout
     sent = False
@@ -205,7 +228,7 @@ def assert_clean(out: Path) -> None:
 
 
 def resume_to_the_end(argv: list[str], out: Path) -> None:
-    proc = run_cli([*argv, "--resume", "--out", str(out)], cwd=out.parent, timeout=180)
+    proc = run_forked([*argv, "--resume", "--out", str(out)], cwd=out.parent, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
 
 
@@ -269,7 +292,8 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(setup, reference, rel
     else:
         moment = Moment("merge write", "iteration 2: writing the SLERP of the two runs", folder="iter_2",
                         prefix=".slerp.safetensors.")
-    code, err = interrupt([*setup["argv"], "--out", str(out)], out, moment, reference["step_time"], sig=sig)
+    code, err = interrupt([*setup["argv"], "--out", str(out)], out, moment, reference["step_time"], sig=sig,
+                          forked=False)  # the console script's own signal handling
     last = err.strip().splitlines()[-1] if err.strip() else ""
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert last.startswith(f"error: stopped by {name}") and "--resume" in last, last
@@ -314,8 +338,8 @@ def test_sigkill_at_drawn_write_events_then_resume_is_bit_identical(setup, refer
         # that no later resume redoes unless its digest says it is damaged. The rest are drawn.
         n = 2 if k == 1 else rng.randint(1, MAX_GAP)
         resume = ["--resume"] if (out / "config.yaml").is_file() else []
-        proc = run_cli([*setup["argv"], *resume, "--out", str(out)], cwd=setup["root"], timeout=180,
-                       extra_env={"WARPRL_FAULT": f"{n}:SIGKILL"})
+        proc = run_forked([*setup["argv"], *resume, "--out", str(out)], cwd=setup["root"], timeout=180,
+                          extra_env={"WARPRL_FAULT": f"{n}:SIGKILL"})
         if proc.returncode == 0:  # the run ended before its Nth write event: the chain is through
             break
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
@@ -331,8 +355,8 @@ def test_sigkill_at_drawn_write_events_then_resume_is_bit_identical(setup, refer
     # A finished folder resumed once more: final_slerp/ and final/ are replaced, so the swap between the two
     # renames of a folder happens; kill there, at the second write event (dir, then swap).
     (out / "summary.json").unlink()
-    proc = run_cli([*setup["argv"], "--resume", "--out", str(out)], cwd=setup["root"], timeout=180,
-                   extra_env={"WARPRL_FAULT": "2:SIGKILL"})
+    proc = run_forked([*setup["argv"], "--resume", "--out", str(out)], cwd=setup["root"], timeout=180,
+                      extra_env={"WARPRL_FAULT": "2:SIGKILL"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     event = _fault_line(proc.stderr).replace(str(out) + "/", "")
     assert event == "swap final_slerp", event

@@ -3,9 +3,10 @@ at drawn write events of `warprl.io`'s fault hook (``WARPRL_FAULT=N:SIGKILL``) �
 half a metrics line, the adapter folder, done.json, the streamed SLERP of the runs' ΔW, LITI, final/ — and
 resumed after every kill; at the end every weights file, adapter and step row equals an uninterrupted run's.
 
-Only the killed processes are subprocesses (a few per chain: each costs an interpreter start); the
-uninterrupted reference and the last resume run the same command in-process (``warprl.cli.main``) with one
-torch thread, as the subprocesses do, so the bytes compare."""
+Only the killed processes run apart, as children of the fork server of ``tests.reliability._helpers`` (a
+process each, without the ≈ 8 s of imports of an interpreter start); the uninterrupted reference and the last
+resume run the same command in-process (``warprl.cli.main``) with one torch thread, as the children do, so the
+bytes compare."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.reliability._helpers import make_tiny_llama, run_cli, temp_leftovers, weights_equal
+from tests.reliability._helpers import make_tiny_llama, run_forked, temp_leftovers, weights_equal
 from tests.reliability.test_faults import _fault_line
 from warprl.cli import main
 
@@ -66,8 +67,8 @@ def _kill_chain(argv: list[str], out: Path, rng: random.Random, lo: int, hi: int
     for _ in range(30):
         resume = ["--resume"] if (out / "config.yaml").is_file() else []
         n = rng.randint(lo, hi)
-        proc = run_cli([*argv, *resume, "--out", str(out)], cwd=out.parent, timeout=300,
-                       extra_env={"WARPRL_FAULT": f"{n}:SIGKILL"})
+        proc = run_forked([*argv, *resume, "--out", str(out)], cwd=out.parent, timeout=300,
+                          extra_env={"WARPRL_FAULT": f"{n}:SIGKILL"})
         if proc.returncode == 0:
             return events
         assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
