@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_warp_ablation.py [--seeds 0 1 2] [--parts a b c d] [--out runs/ablation]
     .venv/bin/python benchmarks/bench_warp_ablation.py --plan      # the runs and evaluations, with a time estimate
+    .venv/bin/python benchmarks/bench_warp_ablation.py --plan --measure   # the estimate from rates measured here
     .venv/bin/python benchmarks/bench_warp_ablation.py --smoke     # tiny sizes: proves the pipeline, not a result
 
 Parts (every comparison at equal RL compute = the same number of RL steps of the same shape, S = I·M·T):
@@ -41,6 +42,14 @@ from _results import machine, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/imdb/train.parquet"
+POLICY = "smollm2-imdb"  # the IMDB SFT policy (embedded LoRA on SmolLM2-135M): every run starts from it, KL to it
+
+
+def bf16() -> bool:
+    """The commands' default: bf16 compute copies only where bf16 is native (an emulated one costs ~10× per step)."""
+    from warprl.commands.flags import default_bf16
+
+    return default_bf16("cpu")
 
 # Sizes. FULL is sized for the 3-hour target on 2 cores (see --plan); the reference task's T = 100 is scaled to
 # T = 15 there (pass --steps 100 for the real one). SMOKE only proves that every part runs end to end.
@@ -48,8 +57,9 @@ FULL = dict(steps=15, batch_size=8, k=2, max_new_tokens=24, lr=5e-5, n_prompts=2
             etas=(0.0, 0.25, 0.5, 0.75, 1.0), gold_pairs=0, gold_max_length=256, eval_batch=32)
 SMOKE = dict(steps=2, batch_size=2, k=2, max_new_tokens=8, lr=5e-5, n_prompts=16, samples_per_prompt=2,
              etas=(0.0, 0.5, 1.0), gold_pairs=32, gold_max_length=64, eval_batch=16)
-# Rates used by --plan (measured on 2 shared cores, benchmarks/RESULTS.md): an RL step of 8 prompts × 2 × 24
-# tokens, one evaluated sample (generation, both log-probs, reward, judge, gold), the gold RM's full fine-tune.
+# Rates used by --plan without --measure (2 shared cores of the AMX Xeon, bf16, 2026-11-27; --measure times the
+# first two on this machine): an RL step of 8 prompts × 2 × 24 tokens, one evaluated sample (generation, both
+# log-probs, reward, judge, gold), the gold RM's full fine-tune (not re-measured: a 34-minute run of its own).
 STEP_S, SAMPLE_S, GOLD_S = 3.1, 0.09, 34 * 60
 
 PAPER = dict(inner="reinforce", beta=0.1, mu=0.01, eta=0.3, lam=0.5)
@@ -117,18 +127,52 @@ def run_steps(run: dict) -> int:
     return run["steps"] * run.get("iterations", 1) * run.get("runs", 1)
 
 
-def print_plan(plan: Plan, seeds: list[int], sizes: dict) -> float:
+def measure_rates(sizes: dict, args) -> tuple[float, float]:
+    """(s per RL step, s per evaluated sample) on this machine, at ``sizes``: a 3-step RLOO run from the SFT policy
+    (the median of steps 2–3, after the first paid for warm-up) and one evaluation batch of its result, with
+    ``imdb-sentiment`` standing in for the gold RM (the same MiniLM, so the same cost per text)."""
+    import statistics
+    import tempfile
+
+    from warprl.commands.align import run_align
+    from warprl.config import AlignConfig, EvalConfig
+    from warprl.eval.pareto import Evaluator
+
+    with tempfile.TemporaryDirectory(prefix="ablation-rates-") as tmp:
+        out = Path(tmp) / "rloo"
+        run_align(AlignConfig(policy=POLICY, reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
+                              method="rloo", anchor="sft", steps=3, beta=0.1, bf16=bf16(),
+                              batch_size=sizes["batch_size"],
+                              k=sizes["k"], max_new_tokens=sizes["max_new_tokens"], lr=sizes["lr"], seed=0,
+                              checkpoint_every=0, progress=False, device="cpu", out=str(out)))
+        rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        step_s = statistics.median(r["charts/step_time_s"] for r in rows[1:])
+        n = sizes["eval_batch"]
+        ecfg = EvalConfig(prompts=args.data, prompt_tokens="5-10", n_prompts=n,
+                          samples_per_prompt=sizes["samples_per_prompt"], max_new_tokens=sizes["max_new_tokens"],
+                          batch_size=n, gold="imdb-sentiment", device="cpu", bf16=bf16())
+        ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)
+        t0 = time.perf_counter()
+        ev.sweep(out / "final", [1.0], "rates")
+        sample_s = (time.perf_counter() - t0) / (len(ev.prompts) * sizes["samples_per_prompt"])
+    print(f"measured here: {step_s:.2f} s per RL step (steps 2–3 of 3), {sample_s:.3f} s per evaluated sample "
+          f"({len(ev.prompts)} prompts × {sizes['samples_per_prompt']}, one batch); {machine()}", file=sys.stderr)
+    return step_s, sample_s
+
+
+def print_plan(plan: Plan, seeds: list[int], sizes: dict, rates: tuple[float, float] = (STEP_S, SAMPLE_S)) -> float:
+    step_s, sample_s = rates  # the module's defaults, or what --measure timed here
     steps = sum(run_steps(r) for r in plan.runs.values())
     shared = 0
     specs = {spec for spec, _ in plan.candidates.values()}  # a policy in several parts is evaluated once
     points = len(specs) * (len(sizes["etas"]) - 1) + 1
     samples = points * sizes["n_prompts"] * sizes["samples_per_prompt"]
-    total = len(seeds) * ((steps - shared) * STEP_S + samples * SAMPLE_S) + GOLD_S
-    print(f"per seed: {len(plan.runs)} runs, {steps - shared} RL steps (≈ {(steps - shared) * STEP_S / 60:.0f} min at "
-          f"{STEP_S} s/step), {len(specs)} distinct candidates × {len(sizes['etas']) - 1} η + SFT = {points} "
-          f"evaluations of {sizes['n_prompts']} × {sizes['samples_per_prompt']} (≈ {samples * SAMPLE_S / 60:.0f} min at "
-          f"{SAMPLE_S} s/sample); {len(seeds)} seeds + gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ {total / 3600:.1f} h",
-          file=sys.stderr)
+    total = len(seeds) * ((steps - shared) * step_s + samples * sample_s) + GOLD_S
+    print(f"per seed: {len(plan.runs)} runs, {steps - shared} RL steps (≈ {(steps - shared) * step_s / 60:.0f} min at "
+          f"{step_s:.2f} s/step), {len(specs)} distinct candidates × {len(sizes['etas']) - 1} η + SFT = {points} "
+          f"evaluations of {sizes['n_prompts']} × {sizes['samples_per_prompt']} (≈ {samples * sample_s / 60:.0f} min at "
+          f"{sample_s:.3f} s/sample); {len(seeds)} seeds + gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ "
+          f"{total / 3600:.1f} h", file=sys.stderr)
     for name, run in plan.runs.items():
         print(f"  run {name}: {run}", file=sys.stderr)
     kept = sum(len(needed_files(plan, n)) + 1 + (run.get("method") == "warp") for n, run in plan.runs.items())
@@ -149,10 +193,10 @@ def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict
         out = seed_dir / name
         if (out / "summary.json").is_file():
             continue
-        cfg = AlignConfig(policy="smollm2-135m", reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
+        cfg = AlignConfig(policy=POLICY, reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
                           batch_size=sizes["batch_size"], k=sizes["k"], max_new_tokens=sizes["max_new_tokens"],
                           lr=sizes["lr"], seed=seed, checkpoint_every=0, progress=False, device="cpu",
-                          out=str(out), **run)
+                          bf16=bf16(), out=str(out), **run)
         cfg.resume = (out / "config.yaml").is_file()  # an interrupted benchmark continues where it stopped
         t0 = time.perf_counter()
         run_align(cfg)
@@ -245,7 +289,7 @@ def train_gold(out: Path, sizes: dict, args) -> Path:
         train(RewardTrainConfig(data=args.data, backbone="minilm-l6", out=str(gold), pooling="mean",
                                 init_head="imdb-sentiment", lr=2e-5, max_pairs=sizes["gold_pairs"],
                                 max_length=sizes["gold_max_length"], val_pairs=64 if args.smoke else 1000,
-                                device="cpu", overwrite=True, progress=False))
+                                device="cpu", bf16=bf16(), overwrite=True, progress=False))
     return gold
 
 
@@ -255,8 +299,8 @@ def evaluate_all(plan: Plan, seeds: list[int], out: Path, sizes: dict, gold: Pat
 
     ecfg = EvalConfig(prompts=args.data, prompt_tokens="5-10", n_prompts=sizes["n_prompts"],
                       samples_per_prompt=sizes["samples_per_prompt"], max_new_tokens=sizes["max_new_tokens"],
-                      batch_size=sizes["eval_batch"], gold=str(gold), device="cpu")
-    ev = Evaluator("smollm2-135m", ecfg, "imdb-sentiment", "vader", progress=False)
+                      batch_size=sizes["eval_batch"], gold=str(gold), device="cpu", bf16=bf16())
+    ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)
     etas = [e for e in sizes["etas"] if e > 0]
     results: dict[str, list[list[dict]]] = {}  # candidate → per seed → points
     angles: dict[str, list[float]] = {}
@@ -285,11 +329,12 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, smoke
 
     series = {n: seeded_series(n, "sweep", "", pts) for n, pts in ev["results"].items()}
     lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if smoke else "")
-             + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); bundled SmolLM2-135M, reward `imdb-sentiment`, "
+             + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); policy `{POLICY}`, reward `imdb-sentiment`, "
              f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`); T = {sizes['steps']}, "
              f"{sizes['batch_size']} prompts × {sizes['k']} samples per step, ≤ {sizes['max_new_tokens']} tokens; "
              f"{ev['n_prompts']} held-out IMDB prompts × {sizes['samples_per_prompt']} samples per point, η ∈ "
-             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {machine()}; {seconds / 60:.1f} min.", "",
+             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {'bf16' if bf16() else 'fp32'}; {machine()}; "
+             f"{seconds / 60:.1f} min.", "",
              ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
               "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
               "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
@@ -356,6 +401,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=0, help="T per WARP run (default: 15; smoke: 2)")
     ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks the pipeline, results mean nothing")
     ap.add_argument("--plan", action="store_true", help="print the runs and a time estimate, run nothing")
+    ap.add_argument("--measure", action="store_true", help="time an RL step and an evaluation batch here first and "
+                    "estimate from those rates (a few minutes)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on "
                     "cores shared with other jobs)")
     args = ap.parse_args()
@@ -366,7 +413,7 @@ def main() -> int:
     sizes = dict(SMOKE if args.smoke else FULL)
     sizes["steps"] = args.steps or sizes["steps"]
     plan = plan_for(args.parts, sizes["steps"])
-    print_plan(plan, args.seeds, sizes)
+    print_plan(plan, args.seeds, sizes, measure_rates(sizes, args) if args.measure else (STEP_S, SAMPLE_S))
     if args.plan:
         return 0
     out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
