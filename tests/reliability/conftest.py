@@ -113,9 +113,11 @@ def render(rows: list[dict], today: str) -> str:
         "## Faults",
         "",
         "A WARP run (tiny random Llama, `--reward vader`, I=2 iterations × M=2 runs × T=3 steps, batch 2, k 2, "
-        "`--checkpoint-every 1`) through the real `warprl` command in a subprocess, killed at the moment in "
-        "*where* — found by watching the run's own output folder, with seeded random choices — and resumed with "
-        "`--resume` after every kill. The suite *drawn write events* kills instead at the Nth write event of each "
+        "`--checkpoint-every 1`) in a process of its own, killed at the moment in *where* — found by watching "
+        "the run's own output folder, with seeded random choices — and resumed with `--resume` after every kill. "
+        "The killed processes are children of a fork server that imported torch and transformers once and run "
+        "the command's `main` as the `warprl` script does; the uninterrupted reference they are compared with and "
+        "the SIGTERM/SIGINT runs are the installed `warprl` command itself. The suite *drawn write events* kills instead at the Nth write event of each "
         "(resumed) process, N drawn (seeded) — through `warprl.io`'s fault hook (`WARPRL_FAULT=N:SIGKILL`), so "
         "that moments no watch can catch (half a metrics line, between a folder's two renames) are hit too. "
         "*Identical* compares the exact bytes and every tensor of `final/`, `final_slerp/` and each iteration's "
