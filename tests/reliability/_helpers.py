@@ -61,7 +61,7 @@ def run_cli(argv: list[str], cwd: Path, timeout: float = 120,
 # a fork server that imported them once (a fresh interpreter started by multiprocessing, with the CLI's
 # environment, that never computed: no thread pool to break by forking). Each child is still a process of its
 # own, killed by SIGKILL for real; it runs warprl.cli.main as the console script does. The console script itself
-# is what the references, the signal tests and the bad-input tests run.
+# is what the fault suite's reference, the signal tests and the bad-input tests run.
 
 _PRELOAD = ["torch", "safetensors.torch", "tokenizers", "transformers", "transformers.models.auto.modeling_auto",
             "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama",
@@ -191,7 +191,7 @@ def run_forked(argv: list[str], cwd: Path, timeout: float = 120,
         out, err = proc.communicate(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
-        proc.wait()
+        proc.communicate()  # reaps it and removes its output files
         raise
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
