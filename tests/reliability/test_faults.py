@@ -297,8 +297,13 @@ def test_sigterm_and_sigint_stop_cleanly_with_a_checkpoint(setup, reference, rel
     last = err.strip().splitlines()[-1] if err.strip() else ""
     assert code == 2 and "Traceback" not in err, err[-2000:]
     assert last.startswith(f"error: stopped by {name}") and "--resume" in last, last
-    if sig == signal.SIGTERM:  # every finished step of the interrupted run is in its checkpoint
-        run = out / "iter_1" / "run_2"
+    run = out / "iter_1" / "run_2"
+    if sig == signal.SIGTERM and (run / "done.json").is_file():
+        # The watch's moment slipped into the run's last step (seen once on a loaded machine): the step ends the
+        # run, so the stop comes from WARP between runs, with the run kept.
+        assert _lines(run / "metrics.jsonl") == STEPS and _latest_step(run) is None
+        assert "finished runs and merges are kept" in last, last
+    elif sig == signal.SIGTERM:  # every finished step of the interrupted run is in its checkpoint
         assert _latest_step(run) == _lines(run / "metrics.jsonl") >= 2
         assert "checkpoint saved" in last
     else:  # the merge that was running is committed; nothing after it started
