@@ -37,12 +37,15 @@ def main() -> None:
     out = Path(args.out)
     if out.exists():
         shutil.rmtree(out)
+    from warprl.commands.flags import default_bf16
+
+    bf16 = default_bf16("auto")  # the commands' default: a bf16 compute copy only where bf16 is native
     cfg = AlignConfig(method="rloo", steps=args.steps, lr=args.lr, beta=args.beta, batch_size=args.batch_size,
-                      k=args.k, out=str(out), progress=False)
+                      k=args.k, out=str(out), progress=False, bf16=bf16)
     t0 = time.perf_counter()
     summary = align_single(cfg)
     train_s = time.perf_counter() - t0
-    ecfg = dict(prompts="builtin", n_prompts=100, samples_per_prompt=2, max_new_tokens=cfg.max_new_tokens)
+    ecfg = dict(prompts="builtin", n_prompts=100, samples_per_prompt=2, max_new_tokens=cfg.max_new_tokens, bf16=bf16)
     before = evaluate(EvalConfig(policy="smollm2-135m", **ecfg), progress=False)
     after = evaluate(EvalConfig(policy=summary["final"], **ecfg), progress=False)
     rows = ["| metric | before (SFT) | after 30 RLOO steps |", "|---|---:|---:|"]
@@ -53,8 +56,8 @@ def main() -> None:
     md = "\n".join([
         f"{time.strftime('%Y-%m-%d')} · {machine()} · `{cmd}`", "",
         f"RLOO on `smollm2-135m` with `imdb-sentiment`, {args.steps} steps of {args.batch_size} builtin training "
-        f"prompts × k={args.k}, ≤ {cfg.max_new_tokens} tokens, lr {args.lr}, β {args.beta}, bf16 compute copy with "
-        f"fp32 masters: {train_s:.0f} s. Held-out: {len(before['samples']) // 2} builtin "
+        f"prompts × k={args.k}, ≤ {cfg.max_new_tokens} tokens, lr {args.lr}, β {args.beta}, "
+        f"{'bf16 compute copy with fp32 masters' if bf16 else 'fp32 (no native bf16 here)'}: {train_s:.0f} s. Held-out: {len(before['samples']) // 2} builtin "
         f"evaluation prompts × 2 samples, seed {EvalConfig().seed}, same for both rows.", "",
         *rows, "",
         f"Training reward (mean of first / last 5 steps): "

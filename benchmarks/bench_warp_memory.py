@@ -87,9 +87,12 @@ def child(args) -> None:
 
     spec = args.reward
     reward_fn = None if spec == "vader" else word_count_reward  # vader: align_warp (or each worker) loads it
+    from warprl.commands.flags import default_bf16
+
     cfg = AlignConfig(method="warp", policy="smollm2-135m", reward=spec if reward_fn is None else "imdb-sentiment",
                       iterations=args.iterations, runs=args.child_runs, steps=args.steps, batch_size=2, k=2,
-                      max_new_tokens=8, executor=args.executor, out=args.out, progress=False)
+                      max_new_tokens=8, executor=args.executor, out=args.out, progress=False,
+                      bf16=default_bf16("cpu"))  # the commands' default: bf16 compute copies only where native
     sampler = Sampler()
     sampler.start()
     t0 = time.perf_counter()
@@ -101,7 +104,7 @@ def child(args) -> None:
     import torch
 
     print(json.dumps({
-        "reward": spec, "seconds": seconds, "threads": torch.get_num_threads(),
+        "reward": spec, "seconds": seconds, "threads": torch.get_num_threads(), "bf16": cfg.bf16,
         "driver_peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * kib,
         "children_maxrss": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * kib,
         "children_sampled_peak": sampler.children_peak,
@@ -164,7 +167,9 @@ def main() -> None:
         f"Command: `{command.strip()}`",
         "",
         f"SmolLM2-135M (fp32 master weights, 0.54 GB), I={args.iterations}, T={args.steps} steps per run, "
-        f"batch 2 × k 2, 8 new tokens, bf16 compute copy, reward: {rows[0]['reward']}. Peak resident memory "
+        f"batch 2 × k 2, 8 new tokens, "
+        f"{'bf16 compute copy' if rows[0].get('bf16', True) else 'fp32 (no native bf16 here, no bf16 copy)'}, "
+        f"reward: {rows[0]['reward']}. Peak resident memory "
         "(`ru_maxrss`); each row is a fresh process.",
         "",
         "| executor | M | driver peak RSS (`ru_maxrss`) | driver peak anonymous RSS (sampled) | "
