@@ -57,7 +57,8 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')} · {machine()} · `{cmd}`", "",
         f"RLOO on `smollm2-135m` with `imdb-sentiment`, {args.steps} steps of {args.batch_size} builtin training "
         f"prompts × k={args.k}, ≤ {cfg.max_new_tokens} tokens, lr {args.lr}, β {args.beta}, "
-        f"{'bf16 compute copy with fp32 masters' if bf16 else 'fp32 (no native bf16 here)'}: {train_s:.0f} s. Held-out: {len(before['samples']) // 2} builtin "
+        f"{'bf16 compute copy with fp32 masters' if bf16 else 'fp32 (no native bf16 here)'}: {train_s:.0f} s. "
+        f"Held-out: {len(before['samples']) // 2} builtin "
         f"evaluation prompts × 2 samples, seed {EvalConfig().seed}, same for both rows.", "",
         *rows, "",
         f"Training reward (mean of first / last 5 steps): "
