@@ -60,7 +60,7 @@ def run_cli(argv: list[str], cwd: Path, timeout: float = 120,
 # transformers takes ≈ 8 s on 2 cores, the tiny run ≈ 1 s. The long kill chains therefore fork each process from
 # a fork server that imported them once (a fresh interpreter started by multiprocessing, with the CLI's
 # environment, that never computed: no thread pool to break by forking). Each child is still a process of its
-# own, killed by SIGKILL for real; it runs warprl.cli.main as the console script does. The console script itself
+# own, killed by SIGKILL for real; it runs warprl.cli.entry, the console script's own function. The console script itself
 # is what the fault suite's reference, the signal tests and the bad-input tests run.
 
 _PRELOAD = ["torch", "safetensors.torch", "tokenizers", "transformers", "transformers.models.auto.modeling_auto",
@@ -91,7 +91,7 @@ def _forkserver():
 
 
 def _forked_main(argv: list[str], cwd: str, env: dict[str, str], stdout: str, stderr: str) -> None:
-    """In the forked child: the console script's entry() on ``argv``, its output into two files."""
+    """In the forked child: the console script's ``entry()`` on ``argv``, its output into two files."""
     for fd, name in ((1, stdout), (2, stderr)):
         f = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.dup2(f, fd)
@@ -106,7 +106,7 @@ def _forked_main(argv: list[str], cwd: str, env: dict[str, str], stdout: str, st
 
         import warprl
         from warprl import io
-        from warprl.cli import main
+        from warprl.cli import entry
 
         if Path(warprl.__file__).resolve() != REPO / "src" / "warprl" / "__init__.py":
             raise RuntimeError(f"the fork server imported {warprl.__file__}, not the checkout under test")
@@ -118,15 +118,12 @@ def _forked_main(argv: list[str], cwd: str, env: dict[str, str], stdout: str, st
         import threading
 
         import tqdm
-        from transformers.utils import logging as hf_logging
 
         # tqdm's default lock is a multiprocessing semaphore: a child killed by SIGKILL could not unregister it,
         # and multiprocessing's resource tracker would warn about it at the end of the session.
         tqdm.tqdm.set_lock(threading.RLock())
-
-        hf_logging.set_verbosity_error()  # what entry() does before main()
-        hf_logging.disable_progress_bar()
-        code = main(argv)
+        sys.argv = ["warprl", *argv]
+        entry()  # the console script's own function: it ends with sys.exit(main())
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
     except BaseException:
