@@ -51,6 +51,23 @@ def bf16() -> bool:
 
     return default_bf16("cpu")
 
+
+def align_config(sizes: dict, args, **settings):
+    """The ablation's RL settings at ``sizes`` (every run and the rate probe), plus the run's own ``settings``."""
+    from warprl.config import AlignConfig
+
+    return AlignConfig(policy=POLICY, reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
+                       batch_size=sizes["batch_size"], k=sizes["k"], max_new_tokens=sizes["max_new_tokens"],
+                       lr=sizes["lr"], checkpoint_every=0, progress=False, device="cpu", bf16=bf16(), **settings)
+
+
+def eval_config(sizes: dict, args, **settings):
+    """The held-out evaluation at ``sizes`` (the candidates and the rate probe), plus ``settings``."""
+    from warprl.config import EvalConfig
+
+    return EvalConfig(prompts=args.data, prompt_tokens="5-10", samples_per_prompt=sizes["samples_per_prompt"],
+                      max_new_tokens=sizes["max_new_tokens"], device="cpu", bf16=bf16(), **settings)
+
 # Sizes. FULL is sized for the 3-hour target on 2 cores (see --plan); the reference task's T = 100 is scaled to
 # T = 15 there (pass --steps 100 for the real one). SMOKE only proves that every part runs end to end.
 FULL = dict(steps=15, batch_size=8, k=2, max_new_tokens=24, lr=5e-5, n_prompts=256, samples_per_prompt=2,
@@ -135,22 +152,15 @@ def measure_rates(sizes: dict, args) -> tuple[float, float]:
     import tempfile
 
     from warprl.commands.align import run_align
-    from warprl.config import AlignConfig, EvalConfig
     from warprl.eval.pareto import Evaluator
 
     with tempfile.TemporaryDirectory(prefix="ablation-rates-") as tmp:
         out = Path(tmp) / "rloo"
-        run_align(AlignConfig(policy=POLICY, reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
-                              method="rloo", anchor="sft", steps=3, beta=0.1, bf16=bf16(),
-                              batch_size=sizes["batch_size"],
-                              k=sizes["k"], max_new_tokens=sizes["max_new_tokens"], lr=sizes["lr"], seed=0,
-                              checkpoint_every=0, progress=False, device="cpu", out=str(out)))
+        run_align(align_config(sizes, args, method="rloo", anchor="sft", steps=3, beta=0.1, seed=0, out=str(out)))
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         step_s = statistics.median(r["charts/step_time_s"] for r in rows[1:])
         n = sizes["eval_batch"]
-        ecfg = EvalConfig(prompts=args.data, prompt_tokens="5-10", n_prompts=n,
-                          samples_per_prompt=sizes["samples_per_prompt"], max_new_tokens=sizes["max_new_tokens"],
-                          batch_size=n, gold="imdb-sentiment", device="cpu", bf16=bf16())
+        ecfg = eval_config(sizes, args, n_prompts=n, batch_size=n, gold="imdb-sentiment")
         ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)
         t0 = time.perf_counter()
         ev.sweep(out / "final", [1.0], "rates")
@@ -186,17 +196,13 @@ def print_plan(plan: Plan, seeds: list[int], sizes: dict, rates: tuple[float, fl
 
 def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict[str, float]:
     from warprl.commands.align import run_align
-    from warprl.config import AlignConfig
 
     seconds, freed = {}, 0.0
     for name, run in plan.runs.items():
         out = seed_dir / name
         if (out / "summary.json").is_file():
             continue
-        cfg = AlignConfig(policy=POLICY, reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
-                          batch_size=sizes["batch_size"], k=sizes["k"], max_new_tokens=sizes["max_new_tokens"],
-                          lr=sizes["lr"], seed=seed, checkpoint_every=0, progress=False, device="cpu",
-                          bf16=bf16(), out=str(out), **run)
+        cfg = align_config(sizes, args, seed=seed, out=str(out), **run)
         cfg.resume = (out / "config.yaml").is_file()  # an interrupted benchmark continues where it stopped
         t0 = time.perf_counter()
         run_align(cfg)
@@ -294,12 +300,9 @@ def train_gold(out: Path, sizes: dict, args) -> Path:
 
 
 def evaluate_all(plan: Plan, seeds: list[int], out: Path, sizes: dict, gold: Path, args) -> dict:
-    from warprl.config import EvalConfig
     from warprl.eval.pareto import Evaluator
 
-    ecfg = EvalConfig(prompts=args.data, prompt_tokens="5-10", n_prompts=sizes["n_prompts"],
-                      samples_per_prompt=sizes["samples_per_prompt"], max_new_tokens=sizes["max_new_tokens"],
-                      batch_size=sizes["eval_batch"], gold=str(gold), device="cpu", bf16=bf16())
+    ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"], gold=str(gold))
     ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)
     etas = [e for e in sizes["etas"] if e > 0]
     results: dict[str, list[list[dict]]] = {}  # candidate → per seed → points
