@@ -184,6 +184,20 @@ def test_each_run_starts_from_its_iterations_init(setup, reference, monkeypatch)
     assert_same_result(out, reference[0])
 
 
+def test_a_run_of_iteration_1_depends_on_neither_m_nor_eta_nor_i(setup, reference):
+    # benchmarks/bench_warp_ablation.py trains iteration 1's runs once for several WARP configs that differ only
+    # in M, η or I (hard links into the others' folders): that is sound only because a run is a function of
+    # (seed, iteration, run index, θ_init and the step settings) alone.
+    out = setup["root"] / "other_m_eta_i"
+    align_warp(make_cfg(setup, out, iterations=1, runs=3, eta=0.3), reward_fn=toy_reward)
+    for m in (1, 2):
+        run = f"iter_1/run_{m}/weights.safetensors"
+        assert_same_weights(out / run, reference[0] / run)
+    third = load_file(str(out / "iter_1/run_3/weights.safetensors"))
+    assert any(not torch.equal(v, load_file(str(out / "iter_1/run_1/weights.safetensors"))[k])
+               for k, v in third.items())  # its own seed: a run that differs (the comparison above can fail)
+
+
 # ------------------------------------------------------------------------------------------------ resume
 
 
