@@ -11,8 +11,14 @@ Parts (every comparison at equal RL compute = the same number of RL steps of the
 (b) merging: one WARP iteration of M = 4 runs of T steps: one run alone, LERP and SLERP of runs 1–2 (M = 2) and
     of all four (M = 4), beside one RLOO run of 4T steps with the EMA anchor (the equal-compute single run);
     the task vectors' mean pairwise angle is reported.
-(c) LITI and iterations: WARP M = 2, η ∈ {0.3, 0.5}, the θ_init after I = 1, 2, 3 iterations (one I = 3 run
-    each; iteration 1 does not depend on η, so sharing it would save 2T steps per seed: not done yet).
+(c) LITI and iterations: WARP M = 2, η ∈ {0.3, 0.5}, the θ_init after I = 2 and 3 iterations (one I = 3 run
+    each) against I = 1. After one iteration θ_init = (1−η)·θ_sft + η·θ_slerp1, a point of iteration 1's SLERP
+    swept towards θ_sft, which is the same for both η: that one sweep is the I = 1 front of both.
+
+Shared runs: iteration 1 of every WARP config with the same step settings (β, inner method, μ, T) trains the same
+runs (a run does not depend on M, η or I; a test checks it), so the first config to train them lends them to the
+others by hard links: part c's η = 0.3 run and part b's M = 4 run borrow runs 1–2 of η = 0.5's iteration 1 (2T
+steps each per seed), and part b's SLERP M = 2 is that iteration's SLERP.
 (d) fronts at equal total RL steps: WARP vs RLOO vs REINFORCE under two named configs, swept towards the SFT
     policy: ``paper`` (WARP paper: REINFORCE inside, β 0.1, μ 0.01, η 0.3, λ 0.5; its output is the last
     SLERP) and ``task`` (the reference task: RLOO inside with k samples, β ∈ {0.01, 0.1}, η 0.5). WARP's
@@ -34,10 +40,10 @@ import json
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _ablation_plan import I1, Plan, lent_files, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
 from _results import machine, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -79,71 +85,6 @@ SMOKE = dict(steps=2, batch_size=2, k=2, max_new_tokens=8, lr=5e-5, n_prompts=16
 # log-probs, reward, judge, gold), the gold RM's full fine-tune (not re-measured: a 34-minute run of its own).
 STEP_S, SAMPLE_S, GOLD_S = 3.1, 0.09, 34 * 60
 
-PAPER = dict(inner="reinforce", beta=0.1, mu=0.01, eta=0.3, lam=0.5)
-TASK = dict(inner="rloo", mu=0.01, eta=0.5, lam=0.5)
-
-
-@dataclass
-class Plan:
-    """What one seed trains (name → align settings) and evaluates (name → weights, group)."""
-
-    runs: dict[str, dict] = field(default_factory=dict)
-    candidates: dict[str, tuple[str, str]] = field(default_factory=dict)  # name → (weights spec, part)
-
-
-def plan_for(parts: list[str], T: int) -> Plan:
-    """The runs and candidates of one seed. Weights specs: ``RUN`` (its final/), ``RUN:slerp`` (final_slerp/),
-    ``RUN:iter<i>`` (θ_init after iteration i), ``RUN:merge:<op>:<m>`` (a merge of the first m runs of iteration 1)."""
-    p = Plan()
-    S = 4 * T  # I·M·T of WARP I = 2, M = 2: the compute of every single-run baseline
-    if "d" in parts or "a" in parts:
-        for beta in ((0.01, 0.1) if "d" in parts else (0.1,)):
-            for m in ("rloo", "reinforce"):
-                p.runs[f"{m}_sft_b{beta}"] = dict(method=m, anchor="sft", steps=S, beta=beta)
-    if "d" in parts or "c" in parts:
-        p.runs["warp_task_b0.1_eta0.5"] = dict(method="warp", iterations=3 if "c" in parts else 2, runs=2, steps=T,
-                                               beta=0.1, **TASK)
-    if "d" in parts:
-        p.runs["warp_task_b0.01_eta0.5"] = dict(method="warp", iterations=2, runs=2, steps=T, beta=0.01, **TASK)
-        p.runs["warp_paper"] = dict(method="warp", iterations=2, runs=2, steps=T, **PAPER)
-        for beta in (0.01, 0.1):
-            w = f"warp_task_b{beta}_eta0.5"
-            spec = w if beta == 0.01 or "c" not in parts else f"{w}:iter2"  # I = 2 of the I = 3 run
-            p.candidates[f"task β={beta}: WARP final (LITI)"] = (spec, "d")
-            p.candidates[f"task β={beta}: WARP last SLERP"] = (w + (":slerp2" if "c" in parts and beta == 0.1 else
-                                                                   ":slerp"), "d")
-            p.candidates[f"task β={beta}: RLOO"] = (f"rloo_sft_b{beta}", "d")
-            p.candidates[f"task β={beta}: REINFORCE"] = (f"reinforce_sft_b{beta}", "d")
-        p.candidates["paper: WARP last SLERP (its output)"] = ("warp_paper:slerp", "d")
-        p.candidates["paper: WARP final (LITI)"] = ("warp_paper", "d")
-        p.candidates["paper: REINFORCE"] = ("reinforce_sft_b0.1", "d")
-        p.candidates["paper: RLOO"] = ("rloo_sft_b0.1", "d")
-    if "a" in parts:
-        for m, name in (("rloo", "RLOO"), ("reinforce", "REINFORCE")):
-            p.runs[f"{m}_ema_b0.1"] = dict(method=m, anchor="ema", mu=0.01, steps=S, beta=0.1)
-            p.candidates[f"{name} SFT anchor"] = (f"{m}_sft_b0.1", "a")
-            p.candidates[f"{name} EMA anchor"] = (f"{m}_ema_b0.1", "a")
-    if "b" in parts:
-        p.runs["warp_m4"] = dict(method="warp", iterations=1, runs=4, steps=T, beta=0.1, **TASK)
-        p.runs.setdefault("rloo_ema_b0.1", dict(method="rloo", anchor="ema", mu=0.01, steps=S, beta=0.1))
-        p.candidates["one run (T steps)"] = ("warp_m4:merge:one:1", "b")
-        for op in ("lerp", "slerp"):
-            for m in (2, 4):
-                p.candidates[f"{op.upper()} M={m}"] = (f"warp_m4:merge:{op}:{m}", "b")
-        p.candidates["one RLOO run of 4T steps, EMA anchor"] = ("rloo_ema_b0.1", "b")
-    if "c" in parts:
-        p.runs["warp_task_b0.1_eta0.3"] = dict(method="warp", iterations=3, runs=2, steps=T, beta=0.1,
-                                               **{**TASK, "eta": 0.3})
-        for eta in (0.3, 0.5):
-            for i in (1, 2, 3):
-                p.candidates[f"η={eta} I={i}"] = (f"warp_task_b0.1_eta{eta}:iter{i}", "c")
-    return p
-
-
-def run_steps(run: dict) -> int:
-    return run["steps"] * run.get("iterations", 1) * run.get("runs", 1)
-
-
 def measure_rates(sizes: dict, args) -> tuple[float, float]:
     """(s per RL step, s per evaluated sample) on this machine, at ``sizes``: a 3-step RLOO run from the SFT policy
     (the median of steps 2–3, after the first paid for warm-up) and one evaluation batch of its result, with
@@ -172,19 +113,20 @@ def measure_rates(sizes: dict, args) -> tuple[float, float]:
 
 def print_plan(plan: Plan, seeds: list[int], sizes: dict, rates: tuple[float, float] = (STEP_S, SAMPLE_S)) -> float:
     step_s, sample_s = rates  # the module's defaults, or what --measure timed here
-    steps = sum(run_steps(r) for r in plan.runs.values())
-    shared = 0
+    steps, shared = sum(run_steps(r) for r in plan.runs.values()), shared_steps(plan)
     specs = {spec for spec, _ in plan.candidates.values()}  # a policy in several parts is evaluated once
-    points = len(specs) * (len(sizes["etas"]) - 1) + 1
-    samples = points * sizes["n_prompts"] * sizes["samples_per_prompt"]
-    total = len(seeds) * ((steps - shared) * step_s + samples * sample_s) + GOLD_S
-    print(f"per seed: {len(plan.runs)} runs, {steps - shared} RL steps (≈ {(steps - shared) * step_s / 60:.0f} min at "
-          f"{step_s:.2f} s/step), {len(specs)} distinct candidates × {len(sizes['etas']) - 1} η + SFT = {points} "
-          f"evaluations of {sizes['n_prompts']} × {sizes['samples_per_prompt']} (≈ {samples * sample_s / 60:.0f} min at "
-          f"{sample_s:.3f} s/sample); {len(seeds)} seeds + gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ "
-          f"{total / 3600:.1f} h", file=sys.stderr)
+    points = len(specs) * (len(sizes["etas"]) - 1)  # per seed; the SFT point once in all (same prompts and seed)
+    per_point = sizes["n_prompts"] * sizes["samples_per_prompt"] * sample_s
+    total = len(seeds) * ((steps - shared) * step_s + points * per_point) + per_point + GOLD_S
+    print(f"per seed: {len(plan.runs)} runs, {steps - shared} RL steps ({steps} less {shared} shared; ≈ "
+          f"{(steps - shared) * step_s / 60:.0f} min at {step_s:.2f} s/step), {len(specs)} distinct candidates × "
+          f"{len(sizes['etas']) - 1} η = {points} evaluations of {sizes['n_prompts']} × {sizes['samples_per_prompt']} "
+          f"(≈ {points * per_point / 60:.0f} min at {sample_s:.3f} s/sample); {len(seeds)} seeds + the SFT point + "
+          f"gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ {total / 3600:.1f} h", file=sys.stderr)
     for name, run in plan.runs.items():
-        print(f"  run {name}: {run}", file=sys.stderr)
+        lent = plan.shares.get(name)
+        print(f"  run {name}: {run}" + (f" (iteration 1's runs 1–{lent[1]} are {lent[0]}'s)" if lent else ""),
+              file=sys.stderr)
     kept = sum(len(needed_files(plan, n)) + 1 + (run.get("method") == "warp") for n, run in plan.runs.items())
     print(f"disk (SmolLM2-135M, 0.54 GB per fp32 weight file): ≈ {kept * 0.54 * len(seeds):.0f} GB kept after "
           f"pruning, plus one unpruned run at a time (≤ {(2 + 4 * 3) * 0.54:.0f} GB)", file=sys.stderr)
@@ -203,6 +145,9 @@ def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict
         if (out / "summary.json").is_file():
             continue
         cfg = align_config(sizes, args, seed=seed, out=str(out), **run)
+        if name in plan.shares:
+            lender, n = plan.shares[name]
+            borrow_runs(seed_dir / lender, out, cfg, n)
         cfg.resume = (out / "config.yaml").is_file()  # an interrupted benchmark continues where it stopped
         t0 = time.perf_counter()
         run_align(cfg)
@@ -213,20 +158,29 @@ def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict
     return seconds
 
 
-def needed_files(plan: Plan, name: str) -> set[str]:
-    """The files of run ``name`` (relative to its folder) that the candidates read; the rest can go."""
-    need: set[str] = set()
-    for spec, _ in plan.candidates.values():
-        run, _, rest = spec.partition(":")
-        if run != name:
+def borrow_runs(lender: Path, out: Path, cfg, n: int) -> None:
+    """Start (or complete) the WARP folder ``out`` with hard links to the first ``n`` runs of the lender's iteration
+    1 and its θ_sft: the runs ``out`` would train are bit-identical to them (see ``_ablation_plan``). Idempotent: a
+    run already finished in ``out`` is kept, a half-linked one (the benchmark was killed) is linked again."""
+    from warprl.commands import outdir
+    from warprl.rl.warp import run_dir, run_finished
+
+    if not (out / outdir.CONFIG_FILE).is_file():
+        outdir.prepare(outdir.check(out, outdir.ALIGN, cfg=cfg), cfg)  # the folder and its config.yaml, as align
+    for name in ("sft.safetensors", "sft.safetensors.sha256"):
+        if not (out / name).exists():
+            _link(lender / name, out / name)
+    for m in range(1, n + 1):
+        src, dst = run_dir(lender, 1, m), run_dir(out, 1, m)
+        if run_finished(dst):
             continue
-        if rest.startswith("merge"):
-            need |= {"sft.safetensors"} | {f"iter_1/run_{j}/weights.safetensors" for j in range(1, 5)}
-        elif rest.startswith("iter"):
-            need.add(f"iter_{int(rest[4:])}/init.safetensors")
-        elif rest.startswith("slerp") and rest != "slerp":
-            need.add(f"iter_{int(rest[5:])}/slerp.safetensors")
-    return need
+        if not run_finished(src):
+            raise RuntimeError(f"{src} is not a finished run: train {lender.name} before {out.name}")
+        shutil.rmtree(dst, ignore_errors=True)
+        for f in sorted(src.rglob("*")):
+            if f.is_file():
+                (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
+                _link(f, dst / f.relative_to(src))
 
 
 def prune(plan: Plan, seed_dir: Path) -> float:
@@ -238,10 +192,12 @@ def prune(plan: Plan, seed_dir: Path) -> float:
         if not (out / "summary.json").is_file():
             continue
         keep = needed_files(plan, name)
+        if any(lender == name and not (seed_dir / b / "summary.json").is_file() for b, (lender, _) in plan.shares.items()):
+            keep |= lent_files(plan, name)  # a borrower has yet to link them
         for f in [out / "weights.safetensors", out / "sft.safetensors", *out.glob("iter_*/*.safetensors"),
                   *out.glob("iter_*/run_*/weights.safetensors")]:
             if f.is_file() and f.relative_to(out).as_posix() not in keep:
-                freed += f.stat().st_size
+                freed += f.stat().st_size if f.stat().st_nlink == 1 else 0  # a linked file's space stays in use
                 f.unlink()
     return freed / 2**30
 
@@ -273,6 +229,8 @@ def weights_folder(seed_dir: Path, spec: str, work: Path) -> Path:
             _link(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
         elif rest.startswith("slerp"):
             _link(run / f"iter_{int(rest[5:])}" / "slerp.safetensors", target)
+            row = json.loads((run / f"iter_{int(rest[5:])}" / "iteration.json").read_text())  # its runs' angle
+            (folder / "angle.json").write_text(json.dumps({k: v for k, v in row.items() if k.startswith("charts/task")}))
         else:  # merge:<op>:<m>
             _, op, m = rest.split(":")
             runs = [run / "iter_1" / f"run_{j}" / "weights.safetensors" for j in range(1, int(m) + 1)]
@@ -351,7 +309,8 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, smoke
     pairs = {"a": [("RLOO EMA anchor", "RLOO SFT anchor"), ("REINFORCE EMA anchor", "REINFORCE SFT anchor")],
              "b": [(f"{op} M={m}", "one run (T steps)") for op in ("LERP", "SLERP") for m in (2, 4)]
              + [("SLERP M=4", "one RLOO run of 4T steps, EMA anchor"), ("SLERP M=4", "LERP M=4")],
-             "c": [("η=0.3 I=3", "η=0.3 I=1"), ("η=0.5 I=3", "η=0.5 I=1"), ("η=0.3 I=3", "η=0.5 I=3")],
+             "c": [("η=0.3 I=3", I1), ("η=0.5 I=3", I1), ("η=0.3 I=2", I1), ("η=0.5 I=2", I1),
+                   ("η=0.3 I=3", "η=0.5 I=3")],
              "d": [(f"task β={b}: WARP {w}", f"task β={b}: {m}") for b in (0.01, 0.1)
                    for w in ("final (LITI)", "last SLERP") for m in ("RLOO", "REINFORCE")]
              + [("paper: WARP last SLERP (its output)", "paper: REINFORCE"), ("paper: WARP final (LITI)",
