@@ -85,6 +85,21 @@ def replace_section(sections: list[tuple[str, str]], title: str, body: str,
     return out
 
 
+def matmul_peak(dtype, n: int = 2048, reps: int = 10) -> float:
+    """FLOP/s of an n × n matmul in ``dtype`` (a torch dtype), the best of three rounds of ``reps``."""
+    import torch
+
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(3):
+        t = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 * reps / best
+
+
 def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
     """Bytes/s the cores read from memory: the best of ``reps`` sums over a ``gib`` GiB fp32 tensor."""
     import torch

@@ -26,7 +26,7 @@ import tempfile
 import time
 
 import torch
-from _results import machine, read_bandwidth, write_section
+from _results import machine, matmul_peak, read_bandwidth, write_section
 
 from warprl import optim
 from warprl.config import AlignConfig
@@ -54,18 +54,6 @@ DIFFERENCES_BF16 = [
 ]
 # In fp32 both sides sample, score and train the fp32 weights themselves: the precision differences go.
 DIFFERENCES_FP32 = DIFFERENCES_BF16[1:6]
-
-
-def matmul_peak(dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(3):
-        t = time.perf_counter()
-        for _ in range(reps):
-            a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 * reps / best
 
 
 def loadavg() -> float:

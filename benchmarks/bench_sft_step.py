@@ -26,8 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section  # noqa: E402
-from bench_rl_step import matmul_peak  # noqa: E402
+from _results import machine, matmul_peak, write_section  # noqa: E402
 
 from warprl import lora  # noqa: E402
 from warprl.models import load_policy  # noqa: E402

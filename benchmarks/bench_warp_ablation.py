@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _ablation_plan import I1, Plan, lent_files, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
-from _results import machine, write_section  # noqa: E402
+from _results import machine, matmul_peak, read_bandwidth, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/imdb/train.parquet"
@@ -106,8 +106,14 @@ def measure_rates(sizes: dict, args) -> tuple[float, float]:
         t0 = time.perf_counter()
         ev.sweep(out / "final", [1.0], "rates")
         sample_s = (time.perf_counter() - t0) / (len(ev.prompts) * sizes["samples_per_prompt"])
+    import torch
+
+    dtype = torch.bfloat16 if bf16() else torch.float32  # the precision the runs compute in
+    peak, bw = matmul_peak(dtype), read_bandwidth()
     print(f"measured here: {step_s:.2f} s per RL step (steps 2–3 of 3), {sample_s:.3f} s per evaluated sample "
-          f"({len(ev.prompts)} prompts × {sizes['samples_per_prompt']}, one batch); {machine()}", file=sys.stderr)
+          f"({len(ev.prompts)} prompts × {sizes['samples_per_prompt']}, one batch); in the same run "
+          f"{str(dtype)[6:]} matmul peak {peak / 1e9:.0f} GFLOP/s (2048²), read bandwidth {bw / 1e9:.0f} GB/s; "
+          f"{machine()}", file=sys.stderr)
     return step_s, sample_s
 
 
