@@ -85,8 +85,8 @@ SMOKE = dict(steps=2, batch_size=2, k=2, max_new_tokens=8, lr=5e-5, n_prompts=16
 # log-probs, reward, judge, gold), the gold RM's full fine-tune (not re-measured: a 34-minute run of its own).
 STEP_S, SAMPLE_S, GOLD_S = 3.1, 0.09, 34 * 60
 
-def measure_rates(sizes: dict, args) -> tuple[float, float]:
-    """(s per RL step, s per evaluated sample) on this machine, at ``sizes``: a 3-step RLOO run from the SFT policy
+def measure_rates(sizes: dict, args) -> tuple[float, float, str]:
+    """(s per RL step, s per evaluated sample, a line saying so) on this machine, at ``sizes``: a 3-step RLOO run from the SFT policy
     (the median of steps 2–3, after the first paid for warm-up) and one evaluation batch of its result, with
     ``imdb-sentiment`` standing in for the gold RM (the same MiniLM, so the same cost per text)."""
     import statistics
@@ -110,33 +110,36 @@ def measure_rates(sizes: dict, args) -> tuple[float, float]:
 
     dtype = torch.bfloat16 if bf16() else torch.float32  # the precision the runs compute in
     peak, bw = matmul_peak(dtype), read_bandwidth()
-    print(f"measured here: {step_s:.2f} s per RL step (steps 2–3 of 3), {sample_s:.3f} s per evaluated sample "
-          f"({len(ev.prompts)} prompts × {sizes['samples_per_prompt']}, one batch); in the same run "
-          f"{str(dtype)[6:]} matmul peak {peak / 1e9:.0f} GFLOP/s (2048²), read bandwidth {bw / 1e9:.0f} GB/s; "
-          f"{machine()}", file=sys.stderr)
-    return step_s, sample_s
+    text = (f"measured here: {step_s:.2f} s per RL step (steps 2–3 of 3), {sample_s:.3f} s per evaluated sample "
+            f"({len(ev.prompts)} prompts × {sizes['samples_per_prompt']}, one batch); in the same run "
+            f"{str(dtype)[6:]} matmul peak {peak / 1e9:.0f} GFLOP/s (2048²), read bandwidth {bw / 1e9:.0f} GB/s; "
+            f"{machine()}")
+    print(text, file=sys.stderr)
+    return step_s, sample_s, text
 
 
-def print_plan(plan: Plan, seeds: list[int], sizes: dict, rates: tuple[float, float] = (STEP_S, SAMPLE_S)) -> float:
+def plan_lines(plan: Plan, seeds: list[int], sizes: dict,
+               rates: tuple[float, float] = (STEP_S, SAMPLE_S)) -> tuple[float, list[str]]:
+    """(estimated seconds, lines): the plan's runs, the time they take at ``rates`` (s per RL step, s per sample)
+    and the disk they use."""
     step_s, sample_s = rates  # the module's defaults, or what --measure timed here
     steps, shared = sum(run_steps(r) for r in plan.runs.values()), shared_steps(plan)
     specs = {spec for spec, _ in plan.candidates.values()}  # a policy in several parts is evaluated once
     points = len(specs) * (len(sizes["etas"]) - 1)  # per seed; the SFT point once in all (same prompts and seed)
     per_point = sizes["n_prompts"] * sizes["samples_per_prompt"] * sample_s
     total = len(seeds) * ((steps - shared) * step_s + points * per_point) + per_point + GOLD_S
-    print(f"per seed: {len(plan.runs)} runs, {steps - shared} RL steps ({steps} less {shared} shared; ≈ "
-          f"{(steps - shared) * step_s / 60:.0f} min at {step_s:.2f} s/step), {len(specs)} distinct candidates × "
-          f"{len(sizes['etas']) - 1} η = {points} evaluations of {sizes['n_prompts']} × {sizes['samples_per_prompt']} "
-          f"(≈ {points * per_point / 60:.0f} min at {sample_s:.3f} s/sample); {len(seeds)} seeds + the SFT point + "
-          f"gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ {total / 3600:.1f} h", file=sys.stderr)
+    lines = [f"per seed: {len(plan.runs)} runs, {steps - shared} RL steps ({steps} less {shared} shared; ≈ "
+             f"{(steps - shared) * step_s / 60:.0f} min at {step_s:.2f} s/step), {len(specs)} distinct candidates × "
+             f"{len(sizes['etas']) - 1} η = {points} evaluations of {sizes['n_prompts']} × "
+             f"{sizes['samples_per_prompt']} (≈ {points * per_point / 60:.0f} min at {sample_s:.3f} s/sample); "
+             f"{len(seeds)} seeds + the SFT point + gold RM ≈ {GOLD_S / 60:.0f} min: **total ≈ {total / 3600:.1f} h**"]
     for name, run in plan.runs.items():
         lent = plan.shares.get(name)
-        print(f"  run {name}: {run}" + (f" (iteration 1's runs 1–{lent[1]} are {lent[0]}'s)" if lent else ""),
-              file=sys.stderr)
+        lines.append(f"  run {name}: {run}" + (f" (iteration 1's runs 1–{lent[1]} are {lent[0]}'s)" if lent else ""))
     kept = sum(len(needed_files(plan, n)) + 1 + (run.get("method") == "warp") for n, run in plan.runs.items())
-    print(f"disk (SmolLM2-135M, 0.54 GB per fp32 weight file): ≈ {kept * 0.54 * len(seeds):.0f} GB kept after "
-          f"pruning, plus one unpruned run at a time (≤ {(2 + 4 * 3) * 0.54:.0f} GB)", file=sys.stderr)
-    return total
+    lines.append(f"disk (SmolLM2-135M, 0.54 GB per fp32 weight file): ≈ {kept * 0.54 * len(seeds):.0f} GB kept "
+                 f"after pruning, plus one unpruned run at a time (≤ {(2 + 4 * 3) * 0.54:.0f} GB)")
+    return total, lines
 
 
 # ------------------------------------------------------------------------------------------------- doing
@@ -381,7 +384,18 @@ def main() -> int:
     sizes = dict(SMOKE if args.smoke else FULL)
     sizes["steps"] = args.steps or sizes["steps"]
     plan = plan_for(args.parts, sizes["steps"])
-    print_plan(plan, args.seeds, sizes, measure_rates(sizes, args) if args.measure else (STEP_S, SAMPLE_S))
+    measured = measure_rates(sizes, args) if args.measure else None
+    total, lines = plan_lines(plan, args.seeds, sizes, measured[:2] if measured else (STEP_S, SAMPLE_S))
+    print("\n".join(lines), file=sys.stderr)
+    if measured and not args.smoke:  # the estimate from rates measured here: a figure of its own
+        import datetime as dt
+
+        cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
+        verdict = "met" if total <= 3 * 3600 else f"**missed** ({total / (3 * 3600):.1f}× the target)"
+        write_section("WARP ablation: plan and measured rates",
+                      f"{dt.datetime.now():%Y-%m-%d %H:%M} · `{cmd}`\n\n{measured[2][0].upper()}{measured[2][1:]}."
+                      f"\n\nTarget (issue 14): the whole ablation ≤ 3 h on 2 cores: {verdict}.\n\n```\n"
+                      + "\n".join(line.replace("**", "") for line in lines) + "\n```\n")
     if args.plan:
         return 0
     out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
