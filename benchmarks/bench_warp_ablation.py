@@ -14,15 +14,15 @@ Parts (every comparison at equal RL compute = the same number of RL steps of the
 (c) LITI and iterations: WARP M = 2, η ∈ {0.3, 0.5}, the θ_init after I = 2 and 3 iterations (one I = 3 run
     each) against I = 1. After one iteration θ_init = (1−η)·θ_sft + η·θ_slerp1, a point of iteration 1's SLERP
     swept towards θ_sft, which is the same for both η: that one sweep is the I = 1 front of both.
+(d) fronts at equal total RL steps: WARP vs RLOO vs REINFORCE under two named configs, swept towards the SFT
+    policy: ``paper`` (WARP paper: REINFORCE inside, β 0.1, μ 0.01, η 0.3, λ 0.5; its output is the last
+    SLERP) and ``task`` (the reference task: RLOO inside with k samples, β ∈ {0.01, 0.1}, η 0.5). WARP's
+    ``final`` (θ_init after the last LITI) and the paper's output (the last SLERP) are both swept.
 
 Shared runs: iteration 1 of every WARP config with the same step settings (β, inner method, μ, T) trains the same
 runs (a run does not depend on M, η or I; a test checks it), so the first config to train them lends them to the
 others by hard links: part c's η = 0.3 run and part b's M = 4 run borrow runs 1–2 of η = 0.5's iteration 1 (2T
 steps each per seed), and part b's SLERP M = 2 is that iteration's SLERP.
-(d) fronts at equal total RL steps: WARP vs RLOO vs REINFORCE under two named configs, swept towards the SFT
-    policy: ``paper`` (WARP paper: REINFORCE inside, β 0.1, μ 0.01, η 0.3, λ 0.5; its output is the last
-    SLERP) and ``task`` (the reference task: RLOO inside with k samples, β ∈ {0.01, 0.1}, η 0.5). WARP's
-    ``final`` (θ_init after the last LITI) and the paper's output (the last SLERP) are both swept.
 
 Every candidate policy is swept over η (θ_η = (1−η)·θ_sft + η·θ) and evaluated on the same held-out prompts
 (the IMDB split `warprl align` never trains on) with the proxy reward, the VADER judge and a gold reward model
@@ -86,9 +86,9 @@ SMOKE = dict(steps=2, batch_size=2, k=2, max_new_tokens=8, lr=5e-5, n_prompts=16
 STEP_S, SAMPLE_S, GOLD_S = 3.1, 0.09, 34 * 60
 
 def measure_rates(sizes: dict, args) -> tuple[float, float, str]:
-    """(s per RL step, s per evaluated sample, a line saying so) on this machine, at ``sizes``: a 3-step RLOO run from the SFT policy
-    (the median of steps 2–3, after the first paid for warm-up) and one evaluation batch of its result, with
-    ``imdb-sentiment`` standing in for the gold RM (the same MiniLM, so the same cost per text)."""
+    """(s per RL step, s per evaluated sample, a line saying so) on this machine, at ``sizes``: a 3-step RLOO run
+    from the SFT policy (the median of steps 2–3, after the first paid for warm-up) and one evaluation batch of its
+    result, with ``imdb-sentiment`` standing in for the gold RM (the same MiniLM, so the same cost per text)."""
     import statistics
     import tempfile
 
@@ -201,7 +201,8 @@ def prune(plan: Plan, seed_dir: Path) -> float:
         if not (out / "summary.json").is_file():
             continue
         keep = needed_files(plan, name)
-        if any(lender == name and not (seed_dir / b / "summary.json").is_file() for b, (lender, _) in plan.shares.items()):
+        borrowers = [b for b, (lender, _) in plan.shares.items() if lender == name]
+        if any(not (seed_dir / b / "summary.json").is_file() for b in borrowers):
             keep |= lent_files(plan, name)  # a borrower has yet to link them
         for f in [out / "weights.safetensors", out / "sft.safetensors", *out.glob("iter_*/*.safetensors"),
                   *out.glob("iter_*/run_*/weights.safetensors")]:
