@@ -132,7 +132,7 @@ def plan_lines(plan: Plan, seeds: list[int], sizes: dict,
              f"{(steps - shared) * step_s / 60:.0f} min at {step_s:.2f} s/step), {len(specs)} distinct candidates × "
              f"{len(sizes['etas']) - 1} η = {points} evaluations of {sizes['n_prompts']} × "
              f"{sizes['samples_per_prompt']} (≈ {points * per_point / 60:.0f} min at {sample_s:.3f} s/sample); "
-             f"{len(seeds)} seeds + the SFT point + gold RM ≈ {GOLD_S / 60:.0f} min: **total ≈ {total / 3600:.1f} h**"]
+             f"{len(seeds)} seeds + the SFT point + gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ {total / 3600:.1f} h"]
     for name, run in plan.runs.items():
         lent = plan.shares.get(name)
         lines.append(f"  run {name}: {run}" + (f" (iteration 1's runs 1–{lent[1]} are {lent[0]}'s)" if lent else ""))
@@ -396,7 +396,7 @@ def main() -> int:
         write_section("WARP ablation: plan and measured rates",
                       f"{dt.datetime.now():%Y-%m-%d %H:%M} · `{cmd}`\n\n{measured[2][0].upper()}{measured[2][1:]}."
                       f"\n\nTarget (issue 14): the whole ablation ≤ 3 h on 2 cores: {verdict}.\n\n```\n"
-                      + "\n".join(line.replace("**", "") for line in lines) + "\n```\n")
+                      + "\n".join(lines) + "\n```\n")
     if args.plan:
         return 0
     out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
