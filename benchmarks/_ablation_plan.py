@@ -131,5 +131,4 @@ def needed_files(plan: Plan, name: str) -> set[str]:
 def lent_files(plan: Plan, name: str) -> set[str]:
     """The files of run ``name`` that its borrowers link to (kept until every borrower has linked them)."""
     n = max((k for lender, k in plan.shares.values() if lender == name), default=0)
-    return ({"sft.safetensors", "sft.safetensors.sha256"} | {f"iter_1/run_{j}/weights.safetensors"
-                                                              for j in range(1, n + 1)}) if n else set()
+    return ({"sft.safetensors"} | {f"iter_1/run_{j}/weights.safetensors" for j in range(1, n + 1)}) if n else set()

@@ -174,13 +174,15 @@ def borrow_runs(lender: Path, out: Path, cfg, n: int) -> None:
     1 and its θ_sft: the runs ``out`` would train are bit-identical to them (see ``_ablation_plan``). Idempotent: a
     run already finished in ``out`` is kept, a half-linked one (the benchmark was killed) is linked again."""
     from warprl.commands import outdir
-    from warprl.rl.warp import run_dir, run_finished
+    from warprl.io import digest_file
+    from warprl.rl.warp import init_path, run_dir, run_finished
 
     if not (out / outdir.CONFIG_FILE).is_file():
         outdir.prepare(outdir.check(out, outdir.ALIGN, cfg=cfg), cfg)  # the folder and its config.yaml, as align
-    for name in ("sft.safetensors", "sft.safetensors.sha256"):
-        if not (out / name).exists():
-            _link(lender / name, out / name)
+    sft = init_path(lender, 1)
+    for src in (sft, digest_file(sft)):
+        if not (out / src.name).exists():
+            _link(src, out / src.name)
     for m in range(1, n + 1):
         src, dst = run_dir(lender, 1, m), run_dir(out, 1, m)
         if run_finished(dst):
@@ -188,10 +190,7 @@ def borrow_runs(lender: Path, out: Path, cfg, n: int) -> None:
         if not run_finished(src):
             raise RuntimeError(f"{src} is not a finished run: train {lender.name} before {out.name}")
         shutil.rmtree(dst, ignore_errors=True)
-        for f in sorted(src.rglob("*")):
-            if f.is_file():
-                (dst / f.relative_to(src)).parent.mkdir(parents=True, exist_ok=True)
-                _link(f, dst / f.relative_to(src))
+        shutil.copytree(src, dst, copy_function=lambda a, b: _link(Path(a), Path(b)))
 
 
 def prune(plan: Plan, seed_dir: Path) -> float:
@@ -209,7 +208,8 @@ def prune(plan: Plan, seed_dir: Path) -> float:
         for f in [out / "weights.safetensors", out / "sft.safetensors", *out.glob("iter_*/*.safetensors"),
                   *out.glob("iter_*/run_*/weights.safetensors")]:
             if f.is_file() and f.relative_to(out).as_posix() not in keep:
-                freed += f.stat().st_size if f.stat().st_nlink == 1 else 0  # a linked file's space stays in use
+                st = f.stat()
+                freed += st.st_size if st.st_nlink == 1 else 0  # a linked file's space stays in use
                 f.unlink()
     return freed / 2**30
 
@@ -240,8 +240,9 @@ def weights_folder(seed_dir: Path, spec: str, work: Path) -> Path:
         if rest.startswith("iter"):
             _link(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
         elif rest.startswith("slerp"):
-            _link(run / f"iter_{int(rest[5:])}" / "slerp.safetensors", target)
-            row = json.loads((run / f"iter_{int(rest[5:])}" / "iteration.json").read_text())  # its runs' angle
+            idir = run / f"iter_{int(rest[5:])}"
+            _link(idir / "slerp.safetensors", target)
+            row = json.loads((idir / "iteration.json").read_text())  # its runs' angle
             (folder / "angle.json").write_text(json.dumps({k: v for k, v in row.items() if k.startswith("charts/task")}))
         else:  # merge:<op>:<m>
             _, op, m = rest.split(":")
