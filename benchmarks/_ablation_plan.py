@@ -112,12 +112,13 @@ def shared_steps(plan: Plan) -> int:
     return sum(n * plan.runs[b]["steps"] for b, (_, n) in plan.shares.items())
 
 
-def needed_files(plan: Plan, name: str) -> set[str]:
-    """The files of run ``name`` (relative to its folder) that the candidates read; the rest can go."""
+def needed_files(plan: Plan, name: str, evaluated: set[str] = frozenset()) -> set[str]:
+    """The files of run ``name`` (relative to its folder) that the candidates not yet ``evaluated`` read; the rest
+    can go."""
     need: set[str] = set()
     for spec, _ in plan.candidates.values():
         run, _, rest = spec.partition(":")
-        if run != name:
+        if run != name or spec in evaluated:
             continue
         if rest.startswith("merge"):
             need |= {"sft.safetensors"} | {f"iter_1/run_{j}/weights.safetensors" for j in range(1, 5)}

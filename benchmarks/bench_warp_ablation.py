@@ -31,6 +31,10 @@ once and cached in --out, never committed). Fronts are compared at matched KL: p
 over prompts, across seeds mean ± t·s/√n of the per-seed mean Δ; the verdict rule is
 :data:`warprl.eval.stats.VERDICT_RULE`. Writes runs/ablation/{results.md, ablation.json, *.png}, and (not with
 --smoke) the section "WARP ablation" of benchmarks/RESULTS.md and docs/results/ablation_*.png.
+
+Stopping and going on: each seed is trained, then evaluated, before the next. The same command again goes on where
+a killed or stopped one left off (finished runs and evaluated sweeps are kept, see ``_ablation_files``), also in a
+later session; a folder started with other settings (sizes, parts, precision) is refused with exit code 2.
 """
 
 from __future__ import annotations
@@ -43,7 +47,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _ablation_plan import I1, Plan, lent_files, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
+import _ablation_files as files  # noqa: E402
+from _ablation_plan import I1, Plan, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
 from _results import machine, matmul_peak, read_bandwidth, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,11 +56,12 @@ DATA = "../shared/data/imdb/train.parquet"
 POLICY = "smollm2-imdb"  # the IMDB SFT policy (embedded LoRA on SmolLM2-135M): every run starts from it, KL to it
 
 
-def bf16() -> bool:
-    """The commands' default: bf16 compute copies only where bf16 is native (an emulated one costs ~10× per step)."""
+def bf16(args) -> bool:
+    """The commands' default: bf16 compute copies only where bf16 is native (an emulated one costs ~10× per step);
+    --fp32 keeps fp32 there too (to go on with an --out folder started in fp32 on another machine)."""
     from warprl.commands.flags import default_bf16
 
-    return default_bf16("cpu")
+    return not args.fp32 and default_bf16("cpu")
 
 
 def align_config(sizes: dict, args, **settings):
@@ -64,7 +70,7 @@ def align_config(sizes: dict, args, **settings):
 
     return AlignConfig(policy=POLICY, reward="imdb-sentiment", prompts=args.data, prompt_tokens="5-10",
                        batch_size=sizes["batch_size"], k=sizes["k"], max_new_tokens=sizes["max_new_tokens"],
-                       lr=sizes["lr"], checkpoint_every=0, progress=False, device="cpu", bf16=bf16(), **settings)
+                       lr=sizes["lr"], checkpoint_every=0, progress=False, device="cpu", bf16=bf16(args), **settings)
 
 
 def eval_config(sizes: dict, args, **settings):
@@ -72,7 +78,7 @@ def eval_config(sizes: dict, args, **settings):
     from warprl.config import EvalConfig
 
     return EvalConfig(prompts=args.data, prompt_tokens="5-10", samples_per_prompt=sizes["samples_per_prompt"],
-                      max_new_tokens=sizes["max_new_tokens"], device="cpu", bf16=bf16(), **settings)
+                      max_new_tokens=sizes["max_new_tokens"], device="cpu", bf16=bf16(args), **settings)
 
 # Sizes. FULL holds the issue's minimum per point (256 held-out prompts × 2) and scales the reference task's
 # T = 100 to T = 15 (pass --steps 100 for the real one); --plan --measure says what it costs on this machine.
@@ -110,7 +116,7 @@ def measure_rates(sizes: dict, args) -> tuple[float, float, str]:
         sample_s = (time.perf_counter() - t0) / (len(ev.prompts) * sizes["samples_per_prompt"])
     import torch
 
-    dtype = torch.bfloat16 if bf16() else torch.float32  # the precision the runs compute in
+    dtype = torch.bfloat16 if bf16(args) else torch.float32  # the precision the runs compute in
     peak, bw = matmul_peak(dtype), read_bandwidth()
     text = (f"measured here: {step_s:.2f} s per RL step (steps 2–3 of 3), {sample_s:.3f} s per evaluated sample "
             f"({len(ev.prompts)} prompts × {sizes['samples_per_prompt']}, one batch); in the same run "
@@ -134,126 +140,39 @@ def plan_lines(plan: Plan, seeds: list[int], sizes: dict,
              f"{(steps - shared) * step_s / 60:.0f} min at {step_s:.2f} s/step), {len(specs)} distinct candidates × "
              f"{len(sizes['etas']) - 1} η = {points} evaluations of {sizes['n_prompts']} × "
              f"{sizes['samples_per_prompt']} (≈ {points * per_point / 60:.0f} min at {sample_s:.3f} s/sample); "
-             f"{len(seeds)} seeds + the SFT point + gold RM ≈ {GOLD_S / 60:.0f} min: total ≈ {total / 3600:.1f} h"]
+             f"{len(seeds)} seed{'s' * (len(seeds) != 1)} + the SFT point + gold RM ≈ {GOLD_S / 60:.0f} min: "
+             f"total ≈ {total / 3600:.1f} h"]
     for name, run in plan.runs.items():
         lent = plan.shares.get(name)
         lines.append(f"  run {name}: {run}" + (f" (iteration 1's runs 1–{lent[1]} are {lent[0]}'s)" if lent else ""))
-    kept = sum(len(needed_files(plan, n)) + 1 + (run.get("method") == "warp") for n, run in plan.runs.items())
-    lines.append(f"disk (SmolLM2-135M, 0.54 GB per fp32 weight file): ≈ {kept * 0.54 * len(seeds):.0f} GB kept "
-                 f"after pruning, plus one unpruned run at a time (≤ {(2 + 4 * 3) * 0.54:.0f} GB)")
+    outputs = len(plan.runs)  # final/: what a seed keeps once evaluated
+    merges = sum(":merge:" in s and ":one:" not in s for s in specs)  # written under candidates/
+    pending = (outputs + sum(run.get("method") == "warp" for run in plan.runs.values())  # + final_slerp/
+               + merges + sum(len(needed_files(plan, n)) for n in plan.runs))  # a seed before its evaluation
+    peak = (outputs * (len(seeds) - 1) + pending + 2 + 4 * 3) * 0.54  # + one unpruned run of M = 4 (3 iterations)
+    lines.append(f"disk (SmolLM2-135M, 0.54 GB per fp32 weight file): ≈ {outputs * 0.54 * len(seeds):.0f} GB at the "
+                 f"end (each run's final/), at most ≈ {peak:.0f} GB on the way (the last seed's unpruned run, and "
+                 f"its candidates until they are evaluated)")
     return total, lines
 
 
 # ------------------------------------------------------------------------------------------------- doing
 
 
-def train_runs(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args) -> dict[str, float]:
+def train_run(plan: Plan, seed_dir: Path, seed: int, name: str, sizes: dict, args) -> None:
+    """Train run ``name`` of one seed unless it is finished (a killed one resumes)."""
     from warprl.commands.align import run_align
 
-    seconds, freed = {}, 0.0
-    for name, run in plan.runs.items():
-        out = seed_dir / name
-        if (out / "summary.json").is_file():
-            continue
-        cfg = align_config(sizes, args, seed=seed, out=str(out), **run)
-        if name in plan.shares:
-            lender, n = plan.shares[name]
-            borrow_runs(seed_dir / lender, out, cfg, n)
-        cfg.resume = (out / "config.yaml").is_file()  # an interrupted benchmark continues where it stopped
-        t0 = time.perf_counter()
-        run_align(cfg)
-        seconds[name] = round(time.perf_counter() - t0, 1)
-        freed += prune(plan, seed_dir)  # after every run: the disk holds one unpruned run at a time
-    freed += prune(plan, seed_dir)
-    print(f"seed {seed}: pruned {freed:.1f} GB of weights no candidate reads", file=sys.stderr)
-    return seconds
-
-
-def borrow_runs(lender: Path, out: Path, cfg, n: int) -> None:
-    """Start (or complete) the WARP folder ``out`` with hard links to the first ``n`` runs of the lender's iteration
-    1 and its θ_sft: the runs ``out`` would train are bit-identical to them (see ``_ablation_plan``). Idempotent: a
-    run already finished in ``out`` is kept, a half-linked one (the benchmark was killed) is linked again."""
-    from warprl.commands import outdir
-    from warprl.io import digest_file
-    from warprl.rl.warp import init_path, run_dir, run_finished
-
-    if not (out / outdir.CONFIG_FILE).is_file():
-        outdir.prepare(outdir.check(out, outdir.ALIGN, cfg=cfg), cfg)  # the folder and its config.yaml, as align
-    sft = init_path(lender, 1)
-    for src in (sft, digest_file(sft)):
-        if not (out / src.name).exists():
-            _link(src, out / src.name)
-    for m in range(1, n + 1):
-        src, dst = run_dir(lender, 1, m), run_dir(out, 1, m)
-        if run_finished(dst):
-            continue
-        if not run_finished(src):
-            raise RuntimeError(f"{src} is not a finished run: train {lender.name} before {out.name}")
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst, copy_function=lambda a, b: _link(Path(a), Path(b)))
-
-
-def prune(plan: Plan, seed_dir: Path) -> float:
-    """Delete the weight files of finished runs that no candidate reads (each is 0.54 GB for SmolLM2-135M in
-    fp32: unpruned, one seed of all four parts holds ≈ 37 GB); final/ and final_slerp/ stay. Returns GB freed."""
-    freed = 0
-    for name in plan.runs:
-        out = seed_dir / name
-        if not (out / "summary.json").is_file():
-            continue
-        keep = needed_files(plan, name)
-        borrowers = [b for b, (lender, _) in plan.shares.items() if lender == name]
-        if any(not (seed_dir / b / "summary.json").is_file() for b in borrowers):
-            keep |= lent_files(plan, name)  # a borrower has yet to link them
-        for f in [out / "weights.safetensors", out / "sft.safetensors", *out.glob("iter_*/*.safetensors"),
-                  *out.glob("iter_*/run_*/weights.safetensors")]:
-            if f.is_file() and f.relative_to(out).as_posix() not in keep:
-                st = f.stat()
-                freed += st.st_size if st.st_nlink == 1 else 0  # a linked file's space stays in use
-                f.unlink()
-    return freed / 2**30
-
-
-def _link(src: Path, dst: Path) -> None:
-    """A hard link (no second copy on disk), or a copy across file systems."""
-    try:
-        dst.hardlink_to(src)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
-def weights_folder(seed_dir: Path, spec: str, work: Path) -> Path:
-    """An HF-style folder holding the weights a candidate spec names (merges are written here once)."""
-    from warprl import merge
-    from warprl.rl.warp import task_vector_stats
-
-    name, _, rest = spec.partition(":")
-    run = seed_dir / name
-    if not rest:
-        return run / "final"
-    if rest == "slerp":
-        return run / "final_slerp"
-    folder = work / spec.replace(":", "_")
-    target = folder / "model.safetensors"
-    if not target.is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        if rest.startswith("iter"):
-            _link(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
-        elif rest.startswith("slerp"):
-            idir = run / f"iter_{int(rest[5:])}"
-            _link(idir / "slerp.safetensors", target)
-            row = json.loads((idir / "iteration.json").read_text())  # its runs' angle
-            (folder / "angle.json").write_text(json.dumps({k: v for k, v in row.items() if k.startswith("charts/task")}))
-        else:  # merge:<op>:<m>
-            _, op, m = rest.split(":")
-            runs = [run / "iter_1" / f"run_{j}" / "weights.safetensors" for j in range(1, int(m) + 1)]
-            if op == "one":
-                _link(runs[0], target)
-            else:
-                merge.merge_files(run / "sft.safetensors", runs, target, op, lam=0.5 if int(m) == 2 else None)
-                stats = task_vector_stats(run / "sft.safetensors", runs)
-                (folder / "angle.json").write_text(json.dumps(stats))
-    return folder
+    out = seed_dir / name
+    if (out / "summary.json").is_file():
+        return
+    cfg = align_config(sizes, args, seed=seed, out=str(out), **plan.runs[name])
+    if name in plan.shares:
+        lender, n = plan.shares[name]
+        files.borrow_runs(seed_dir / lender, out, cfg, n)
+    cfg.resume = (out / "config.yaml").is_file()  # an interrupted benchmark continues where it stopped
+    print(f"seed {seed}: training {name}", file=sys.stderr)
+    run_align(cfg)
 
 
 def train_gold(out: Path, sizes: dict, args) -> Path:
@@ -266,49 +185,103 @@ def train_gold(out: Path, sizes: dict, args) -> Path:
         train(RewardTrainConfig(data=args.data, backbone="minilm-l6", out=str(gold), pooling="mean",
                                 init_head="imdb-sentiment", lr=2e-5, max_pairs=sizes["gold_pairs"],
                                 max_length=sizes["gold_max_length"], val_pairs=64 if args.smoke else 1000,
-                                device="cpu", bf16=bf16(), overwrite=True, progress=False))
+                                device="cpu", bf16=bf16(args), overwrite=True, progress=False))
     return gold
 
 
-def evaluate_all(plan: Plan, seeds: list[int], out: Path, sizes: dict, gold: Path, args) -> dict:
-    from warprl.eval.pareto import Evaluator
+def eval_key(ecfg, sizes: dict) -> dict:
+    """What an evaluated point depends on besides the weights: a cached sweep is reused only under the same key."""
+    from dataclasses import asdict
 
-    ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"], gold=str(gold))
-    ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)
-    etas = [e for e in sizes["etas"] if e > 0]
-    results: dict[str, list[list[dict]]] = {}  # candidate → per seed → points
+    settings = asdict(ecfg)
+    settings["gold"] = Path(settings["gold"]).name  # the folder's own gold RM, wherever the folder is
+    return {"policy": POLICY, "eval": settings, "etas": list(sizes["etas"])}
+
+
+def evaluate_run(plan: Plan, seed_dir: Path, run: str, ev, key: dict, sft_point: dict, etas: list[float],
+                 records: dict[str, dict]) -> None:
+    """Add spec → {points, angle, seconds} to ``records`` for each candidate read from run ``run``, swept over
+    ``etas`` once (a policy named in several parts is evaluated once) and cached in seed_dir/evaluated/, where a
+    rerun reads it back."""
+    for name, (spec, _) in plan.candidates.items():
+        if spec in records or spec.partition(":")[0] != run:
+            continue
+        path = files.points_path(seed_dir, spec)
+        record = files.read_cached(path, key)
+        if record is None:
+            print(f"{seed_dir.name}: evaluating {spec}", file=sys.stderr)
+            t0 = time.perf_counter()
+            folder = files.weights_folder(seed_dir, spec)
+            points = [{"eta": 0.0, **sft_point}] + ev.sweep(folder, etas, name)
+            record = {"points": points, "angle": files.angle_of(folder),
+                      "seconds": round(time.perf_counter() - t0, 1)}
+            files.write_cached(path, key, record)
+        records[spec] = record
+
+
+def run_seed(plan: Plan, seed_dir: Path, seed: int, sizes: dict, args, ev, key: dict, sft_point: dict) -> dict:
+    """Spec → record for one seed: each run is trained and its candidates evaluated before the next run (so the
+    first parts' results are on disk first), and then the weights no candidate still reads are pruned."""
+    records: dict[str, dict] = {}
+    for name in plan.runs:
+        train_run(plan, seed_dir, seed, name, sizes, args)
+        evaluate_run(plan, seed_dir, name, ev, key, sft_point, [e for e in sizes["etas"] if e > 0], records)
+        files.prune(plan, seed_dir, set(records))  # the disk holds one unpruned run at a time
+    return records
+
+
+def cached_sft_point(ev, out: Path, key: dict) -> dict:
+    """The SFT policy's own evaluation (η = 0 of every sweep: the same prompts and sampling seed), done once."""
+    path = out / "sft_point.json"
+    record = files.read_cached(path, key)
+    if record is None:
+        t0 = time.perf_counter()
+        record = {"point": ev.at_eta(out, 0.0, "sft"), "seconds": round(time.perf_counter() - t0, 1)}
+        files.write_cached(path, key, record)
+    return record
+
+
+def evaluate_all(plan: Plan, per_seed: dict[int, dict[str, dict]], n_prompts: int) -> dict:
+    """The report's input: candidate → per seed → points, candidate → angles, from the seeds' records."""
+    results: dict[str, list[list[dict]]] = {}
     angles: dict[str, list[float]] = {}
-    for seed in seeds:
-        seed_dir = out / f"seed{seed}"
-        done: dict[str, list[dict]] = {}  # spec → points: a policy named in several parts is evaluated once
+    for records in per_seed.values():
         for name, (spec, _) in plan.candidates.items():
-            folder = weights_folder(seed_dir, spec, seed_dir / "candidates")
-            if spec not in done:
-                done[spec] = [{"eta": 0.0, **ev.at_eta(folder, 0.0, "sft")}] + ev.sweep(folder, etas, name)
-            results.setdefault(name, []).append(done[spec])
-            if (folder / "angle.json").is_file():
-                a = json.loads((folder / "angle.json").read_text())["charts/task_vector_angle_deg"]
-                if a is not None:
-                    angles.setdefault(name, []).append(a)
-    return {"results": results, "angles": angles, "n_prompts": len(ev.prompts)}
+            results.setdefault(name, []).append(records[spec]["points"])
+            if records[spec]["angle"] is not None:
+                angles.setdefault(name, []).append(records[spec]["angle"])
+    return {"results": results, "angles": angles, "n_prompts": n_prompts}
+
+
+def compute_minutes(plan: Plan, out: Path, seeds: list[int], per_seed: dict, sft_record: dict) -> dict[str, float]:
+    """Minutes of compute the results cost, from what each step recorded (true across resumed benchmarks)."""
+    train = sum(json.loads((out / f"seed{s}" / n / "summary.json").read_text()).get("train_seconds", 0.0)
+                for s in seeds for n in plan.runs)
+    evaluate = sft_record["seconds"] + sum(r["seconds"] for recs in per_seed.values() for r in recs.values())
+    gold = json.loads((out / "gold_rm" / "metrics.json").read_text()).get("train_seconds", 0.0) \
+        if (out / "gold_rm" / "metrics.json").is_file() else 0.0
+    return {"training": train / 60, "evaluation": evaluate / 60, "gold RM": gold / 60}
 
 
 # ------------------------------------------------------------------------------------------------ report
 
 
-def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, smoke: bool, seconds: float) -> str:
+def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args, minutes: dict[str, float]) -> str:
     from warprl.eval import stats
     from warprl.eval.pareto import compare_fronts, seeded_series
     from warprl.eval.report import _ci, plot_front
 
     series = {n: seeded_series(n, "sweep", "", pts) for n, pts in ev["results"].items()}
-    lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if smoke else "")
-             + f"{len(seeds)} seeds ({', '.join(map(str, seeds))}); policy `{POLICY}`, reward `imdb-sentiment`, "
-             f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`); T = {sizes['steps']}, "
+    gold = json.loads((out / "gold_rm" / "metrics.json").read_text())["val"]["accuracy"]
+    lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if args.smoke else "")
+             + f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); policy `{POLICY}`, "
+             "reward `imdb-sentiment`, "
+             f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`, {gold:.1%} pairwise on its "
+             f"validation pairs); T = {sizes['steps']}, "
              f"{sizes['batch_size']} prompts × {sizes['k']} samples per step, ≤ {sizes['max_new_tokens']} tokens; "
              f"{ev['n_prompts']} held-out IMDB prompts × {sizes['samples_per_prompt']} samples per point, η ∈ "
-             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {'bf16' if bf16() else 'fp32'}; {machine()}; "
-             f"{seconds / 60:.1f} min.", "",
+             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {'bf16' if bf16(args) else 'fp32'}; {machine()}; "
+             "compute: " + ", ".join(f"{k} {v:.0f} min" for k, v in minutes.items()) + ".", "",
              ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
               "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
               "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
@@ -367,6 +340,26 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, smoke
     return "\n".join(lines)
 
 
+def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
+    """Train and evaluate every seed (each resumes where it stopped), then the report's text."""
+    from warprl.eval.pareto import Evaluator
+
+    files.check_settings(out, {"policy": POLICY, "data": args.data, "parts": sorted(args.parts), "sizes": sizes,
+                               "bf16": bf16(args)})
+    gold = train_gold(out, sizes, args)
+    ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"], gold=str(gold))
+    ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)
+    key = eval_key(ecfg, sizes)
+    sft = cached_sft_point(ev, out, key)
+    per_seed = {}
+    for seed in args.seeds:  # a seed is trained and evaluated before the next: its results are then on disk
+        per_seed[seed] = run_seed(plan, out / f"seed{seed}", seed, sizes, args, ev, key, sft["point"])
+    minutes = compute_minutes(plan, out, args.seeds, per_seed, sft)
+    cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
+    return (report(plan, evaluate_all(plan, per_seed, len(ev.prompts)), args.seeds, sizes, out, args, minutes)
+            + f"\nCommand: `{cmd}`.\n")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -378,6 +371,8 @@ def main() -> int:
     ap.add_argument("--plan", action="store_true", help="print the runs and a time estimate, run nothing")
     ap.add_argument("--measure", action="store_true", help="time an RL step and an evaluation batch here first and "
                     "estimate from those rates (a few minutes)")
+    ap.add_argument("--fp32", action="store_true", help="compute in fp32 even where bf16 is native (to go on with "
+                    "an --out folder started in fp32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on "
                     "cores shared with other jobs)")
     args = ap.parse_args()
@@ -404,17 +399,13 @@ def main() -> int:
         return 0
     out = (ROOT / args.out) if not Path(args.out).is_absolute() else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    gold = train_gold(out, sizes, args)
-    train_s = {}
-    for seed in args.seeds:
-        print(f"seed {seed}: training {len(plan.runs)} runs", file=sys.stderr)
-        train_s[seed] = train_runs(plan, out / f"seed{seed}", seed, sizes, args)
-    print("evaluating every candidate", file=sys.stderr)
-    ev = evaluate_all(plan, args.seeds, out, sizes, gold, args)
-    seconds = time.perf_counter() - t0
-    cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
-    text = report(plan, ev, args.seeds, sizes, out, args.smoke, seconds) + f"\nCommand: `{cmd}`; training seconds per run: {json.dumps(train_s)}.\n"
+    from warprl.errors import UserError
+
+    try:
+        text = run_ablation(plan, out, sizes, args)
+    except UserError as e:  # e.g. a folder started with other settings is not continued with these
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     (out / "results.md").write_text(text)
     print(text)
     if not args.smoke:  # a smoke run is never written where results live

@@ -1,5 +1,6 @@
-"""benchmarks/bench_warp_ablation.py's plan: which WARP configs share iteration 1's runs, and that a folder started
-from another config's runs (hard links) ends bit-identical to one trained from scratch."""
+"""benchmarks/bench_warp_ablation.py: its plan (which WARP configs share iteration 1's runs), that a folder started
+from another config's runs (hard links) ends bit-identical to one trained from scratch, and what its --out folder
+keeps so that a stopped benchmark goes on where it stopped (settings, cached sweeps, pruning)."""
 
 import sys
 from pathlib import Path
@@ -10,7 +11,8 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _ablation_plan import I1, lent_files, needed_files, plan_for, shared_steps  # noqa: E402
+import _ablation_files as files  # noqa: E402
+from _ablation_plan import I1, Plan, lent_files, needed_files, plan_for, shared_steps  # noqa: E402
 
 from tests.conftest import PROMPT_LINES  # noqa: E402
 
@@ -53,7 +55,7 @@ def _cfg(policy, prompts, out, **kw):
     return AlignConfig(**{**settings, "policy": str(policy), "prompts": str(prompts), "out": str(out), **kw})
 
 
-def test_a_borrowed_start_ends_as_a_run_from_scratch(bench, tiny_policy_dir, tmp_path):
+def test_a_borrowed_start_ends_as_a_run_from_scratch(tiny_policy_dir, tmp_path):
     from warprl.commands.align import run_align
 
     prompts = tmp_path / "prompts.txt"
@@ -67,12 +69,107 @@ def test_a_borrowed_start_ends_as_a_run_from_scratch(bench, tiny_policy_dir, tmp
     other = dict(iterations=2, runs=3, eta=0.3)  # M, η and I differ: the first two runs of iteration 1 do not
     run_align(_cfg(tiny_policy_dir, prompts, scratch, **other), reward_fn=reward)
     cfg = _cfg(tiny_policy_dir, prompts, borrower, **other)
-    bench.borrow_runs(lender, borrower, cfg, 2)
+    files.borrow_runs(lender, borrower, cfg, 2)
     assert (borrower / "iter_1/run_1/weights.safetensors").stat().st_ino == \
         (lender / "iter_1/run_1/weights.safetensors").stat().st_ino  # a link, not a copy
-    bench.borrow_runs(lender, borrower, cfg, 2)  # again (a killed benchmark's rerun): nothing changes
+    files.borrow_runs(lender, borrower, cfg, 2)  # again (a killed benchmark's rerun): nothing changes
     cfg.resume = True
     run_align(cfg, reward_fn=reward)
     for name in ("iter_1/run_3/weights.safetensors", "iter_2/init.safetensors", "final/model.safetensors"):
         a, b = load_file(str(borrower / name)), load_file(str(scratch / name))
         assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_an_out_folder_keeps_its_settings_and_refuses_others(tmp_path):
+    from warprl.errors import UserError
+
+    settings = {"policy": "p", "sizes": {"etas": (0.0, 1.0), "steps": 15}, "bf16": False}
+    files.check_settings(tmp_path, settings)
+    files.check_settings(tmp_path, settings)  # the same again (tuples stored as lists): accepted
+    before = (tmp_path / files.SETTINGS_FILE).read_text()
+    with pytest.raises(UserError, match=r"bf16: False there, True now; sizes.steps: 15 there, 100 now"):
+        files.check_settings(tmp_path, {**settings, "bf16": True, "sizes": {"etas": (0.0, 1.0), "steps": 100}})
+    assert (tmp_path / files.SETTINGS_FILE).read_text() == before
+
+
+def test_the_benchmark_refuses_to_go_on_with_other_settings(bench, tmp_path, monkeypatch, capsys):
+    (tmp_path / files.SETTINGS_FILE).write_text('{"bf16": true}')
+    monkeypatch.setattr(sys, "argv", ["bench_warp_ablation.py", "--out", str(tmp_path), "--fp32"])
+    assert bench.main() == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"error: {tmp_path} was started with other settings (bf16: True there, False now;")
+
+
+class FakeEvaluator:
+    """Records which weights it was asked to sweep; each point's reward is the number of sweeps so far."""
+
+    def __init__(self):
+        self.swept: list[str] = []
+
+    def sweep(self, folder: Path, etas, name):
+        assert (folder / "model.safetensors").is_file() or (folder / "weights").is_file(), folder
+        self.swept.append(name)
+        return [{"eta": e, "reward_mean": float(len(self.swept))} for e in etas]
+
+
+def _run_folder(seed_dir: Path, name: str, weights: list[str]) -> Path:
+    run = seed_dir / name
+    for w in weights:
+        (run / w).parent.mkdir(parents=True, exist_ok=True)
+        (run / w).write_bytes(b"w" * 10)
+    (run / "summary.json").write_text("{}")
+    return run
+
+
+def test_a_swept_candidate_is_read_back_and_the_weights_only_it_read_are_pruned(tmp_path):
+    from warprl.errors import UserError
+
+    plan = Plan(runs={"w": {"method": "warp"}, "r": {"method": "rloo"}},
+                candidates={"W final": ("w", "d"), "W I=2": ("w:iter2", "c"), "W SLERP": ("w:slerp", "d"),
+                            "R": ("r", "d"), "W I=2 again": ("w:iter2", "x")})
+    w = _run_folder(tmp_path, "w", ["final/model.safetensors", "final_slerp/model.safetensors",
+                                    "iter_2/init.safetensors", "iter_1/run_1/weights.safetensors"])
+    _run_folder(tmp_path, "r", ["final/model.safetensors"])
+    key, ev = {"eval": {"n_prompts": 4}}, FakeEvaluator()
+    records = bench_evaluate(plan, tmp_path, ev, key)
+    assert ev.swept == ["W final", "W I=2", "W SLERP", "R"]  # a policy named twice is swept once
+    assert set(records) == {"w", "w:iter2", "w:slerp", "r"}
+    assert records["w:iter2"]["points"][0] == {"eta": 0.0, "reward_mean": -1.0}  # the SFT point, then the sweep
+    assert [p["reward_mean"] for p in records["w:iter2"]["points"][1:]] == [2.0, 2.0]
+    # What only the swept candidates read is gone; each run's final/ stays.
+    assert not (w / "iter_2/init.safetensors").exists() and not (w / "iter_1/run_1/weights.safetensors").exists()
+    assert not (w / "final_slerp").exists() and not (tmp_path / "candidates" / "w_iter2").exists()
+    assert (w / "final/model.safetensors").is_file() and (tmp_path / "r/final/model.safetensors").is_file()
+    # A rerun reads every sweep back and sweeps nothing.
+    again = FakeEvaluator()
+    assert bench_evaluate(plan, tmp_path, again, key) == records and again.swept == []
+    with pytest.raises(UserError, match=r"evaluated/w.json was evaluated with other settings \(eval.n_prompts: 4 "
+                                        r"there, 8 now\)"):
+        bench_evaluate(plan, tmp_path, again, {"eval": {"n_prompts": 8}})
+
+
+def bench_evaluate(plan, seed_dir, ev, key):
+    """Both runs of ``plan`` evaluated as the benchmark does after training each (their folders exist)."""
+    import bench_warp_ablation
+
+    records = {}
+    for run in plan.runs:
+        bench_warp_ablation.evaluate_run(plan, seed_dir, run, ev, key, {"reward_mean": -1.0}, [0.5, 1.0], records)
+        files.prune(plan, seed_dir, set(records))
+    return records
+
+
+def test_the_sft_point_is_evaluated_once_per_folder(tmp_path):
+    import bench_warp_ablation
+
+    class Ev:
+        calls = 0
+
+        def at_eta(self, folder, eta, desc):
+            assert eta == 0.0
+            Ev.calls += 1
+            return {"reward_mean": 0.25}
+
+    first = bench_warp_ablation.cached_sft_point(Ev(), tmp_path, {"k": 1})
+    assert bench_warp_ablation.cached_sft_point(Ev(), tmp_path, {"k": 1}) == first and Ev.calls == 1
+    assert first["point"] == {"reward_mean": 0.25}
