@@ -10,7 +10,8 @@ stopped at any point goes on where it stopped, in the same session or a later on
 
 A run folder resumes as `warprl align --resume` does (whole runs for RLOO/REINFORCE, whole WARP runs); an
 evaluated candidate is never evaluated again under the same settings, and once it is, the weights only it read
-are deleted: the disk then holds each run's final/ plus one seed's work in progress.
+are deleted: the disk then holds each run's final/ plus one seed's work in progress. The report reads its input
+back from the records (:func:`report_input`), also for the parts finished so far (:func:`complete_parts`).
 """
 
 from __future__ import annotations
@@ -192,3 +193,32 @@ def angle_of(folder: Path) -> float | None:
     """The task vectors' mean pairwise angle (degrees) of a merged candidate, None for a run's own output."""
     path = folder / "angle.json"
     return json.loads(path.read_text()).get("charts/task_vector_angle_deg") if path.is_file() else None
+
+
+def report_input(plan: Plan, per_seed: dict[int, dict[str, dict]], n_prompts: int) -> dict:
+    """The report's input: candidate → per seed → points, candidate → angles, from the seeds' records."""
+    results: dict[str, list[list[dict]]] = {}
+    angles: dict[str, list[float]] = {}
+    for records in per_seed.values():
+        for name, (spec, _) in plan.candidates.items():
+            results.setdefault(name, []).append(records[spec]["points"])
+            if records[spec]["angle"] is not None:
+                angles.setdefault(name, []).append(records[spec]["angle"])
+    return {"results": results, "angles": angles, "n_prompts": n_prompts}
+
+
+def compute_minutes(plan: Plan, out: Path, seeds: list[int], per_seed: dict, sft_record: dict) -> dict[str, float]:
+    """Minutes of compute the results cost, from what each step recorded (true across resumed benchmarks)."""
+    summaries = [out / f"seed{s}" / n / "summary.json" for s in seeds for n in plan.runs]
+    train = sum(json.loads(f.read_text()).get("train_seconds", 0.0) for f in summaries if f.is_file())
+    evaluate = sft_record["seconds"] + sum(r["seconds"] for recs in per_seed.values() for r in recs.values())
+    gold = json.loads((out / "gold_rm" / "metrics.json").read_text()).get("train_seconds", 0.0) \
+        if (out / "gold_rm" / "metrics.json").is_file() else 0.0
+    return {"training": train / 60, "evaluation": evaluate / 60, "gold RM": gold / 60}
+
+
+def complete_parts(plan: Plan, per_seed: dict[int, dict]) -> set[str]:
+    """The parts whose every candidate has a record (spec → record) in every seed of ``per_seed``."""
+    return {part for _, part in plan.candidates.values()
+            if all(spec in records for records in per_seed.values() for spec, p in plan.candidates.values()
+                   if p == part)}

@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_warp_ablation.py --plan      # the runs and evaluations, with a time estimate
     .venv/bin/python benchmarks/bench_warp_ablation.py --plan --measure   # the estimate from rates measured here
     .venv/bin/python benchmarks/bench_warp_ablation.py --smoke     # tiny sizes: proves the pipeline, not a result
+    .venv/bin/python benchmarks/bench_warp_ablation.py --so-far --seeds 0   # the parts seed 0 has finished, so far
 
 Parts (every comparison at equal RL compute = the same number of RL steps of the same shape, S = I·M·T):
 
@@ -241,39 +242,22 @@ def cached_sft_point(ev, out: Path, key: dict) -> dict:
     return record
 
 
-def evaluate_all(plan: Plan, per_seed: dict[int, dict[str, dict]], n_prompts: int) -> dict:
-    """The report's input: candidate → per seed → points, candidate → angles, from the seeds' records."""
-    results: dict[str, list[list[dict]]] = {}
-    angles: dict[str, list[float]] = {}
-    for records in per_seed.values():
-        for name, (spec, _) in plan.candidates.items():
-            results.setdefault(name, []).append(records[spec]["points"])
-            if records[spec]["angle"] is not None:
-                angles.setdefault(name, []).append(records[spec]["angle"])
-    return {"results": results, "angles": angles, "n_prompts": n_prompts}
-
-
-def compute_minutes(plan: Plan, out: Path, seeds: list[int], per_seed: dict, sft_record: dict) -> dict[str, float]:
-    """Minutes of compute the results cost, from what each step recorded (true across resumed benchmarks)."""
-    train = sum(json.loads((out / f"seed{s}" / n / "summary.json").read_text()).get("train_seconds", 0.0)
-                for s in seeds for n in plan.runs)
-    evaluate = sft_record["seconds"] + sum(r["seconds"] for recs in per_seed.values() for r in recs.values())
-    gold = json.loads((out / "gold_rm" / "metrics.json").read_text()).get("train_seconds", 0.0) \
-        if (out / "gold_rm" / "metrics.json").is_file() else 0.0
-    return {"training": train / 60, "evaluation": evaluate / 60, "gold RM": gold / 60}
-
-
 # ------------------------------------------------------------------------------------------------ report
 
 
-def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args, minutes: dict[str, float]) -> str:
+def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args, minutes: dict[str, float],
+           dest: Path | None = None) -> str:
+    """The results' Markdown; the plots and ablation.json go to ``dest`` (default: ``out``)."""
     from warprl.eval import stats
     from warprl.eval.pareto import compare_fronts, seeded_series
     from warprl.eval.report import _ci, plot_front
 
     series = {n: seeded_series(n, "sweep", "", pts) for n, pts in ev["results"].items()}
     gold = json.loads((out / "gold_rm" / "metrics.json").read_text())["val"]["accuracy"]
+    parts = sorted({part for _, part in plan.candidates.values()})
     lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if args.smoke else "")
+             + (f"**INTERIM — the parts evaluated so far for every seed shown ({', '.join(parts)}); the ablation has "
+                "not finished.** " if args.so_far else "")
              + f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); policy `{POLICY}`, "
              "reward `imdb-sentiment`, "
              f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`, {gold:.1%} pairwise on its "
@@ -323,11 +307,11 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args,
             center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
             md = "–" if center is None else f"{center:+.3f}"
             lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | {c['verdict']} |")
-        png = out / f"ablation_{part}.png"
+        png = (dest or out) / f"ablation_{part}.png"
         plot_front([series[n] for n in names[part]], png, title=titles[part])
         lines += ["", f"![{titles[part]}]({png.name})"]
         if part == "d":
-            gpng = out / "ablation_d_gold.png"
+            gpng = (dest or out) / "ablation_d_gold.png"
             plot_front([series[n] for n in names[part]], gpng, title="gold reward vs KL (never optimised)",
                        metric="gold_mean", ylabel="mean gold reward")
             lines += ["", f"![gold vs KL]({gpng.name})"]
@@ -336,7 +320,7 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args,
     for s in summary["series"].values():
         for p in s:
             p.pop("samples", None)
-    (out / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
+    ((dest or out) / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
     return "\n".join(lines)
 
 
@@ -354,10 +338,39 @@ def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
     per_seed = {}
     for seed in args.seeds:  # a seed is trained and evaluated before the next: its results are then on disk
         per_seed[seed] = run_seed(plan, out / f"seed{seed}", seed, sizes, args, ev, key, sft["point"])
-    minutes = compute_minutes(plan, out, args.seeds, per_seed, sft)
+    minutes = files.compute_minutes(plan, out, args.seeds, per_seed, sft)
     cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
-    return (report(plan, evaluate_all(plan, per_seed, len(ev.prompts)), args.seeds, sizes, out, args, minutes)
+    return (report(plan, files.report_input(plan, per_seed, len(ev.prompts)), args.seeds, sizes, out, args, minutes)
             + f"\nCommand: `{cmd}`.\n")
+
+
+def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
+    """The report of the parts that every one of ``args.seeds`` has evaluated so far, read from --out alone."""
+    from warprl.errors import UserError
+
+    ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"],
+                       gold=str(out / "gold_rm"))
+    key = eval_key(ecfg, sizes)
+    sft = files.read_cached(out / "sft_point.json", key)
+    per_seed = {s: {} for s in args.seeds}
+    for seed, records in per_seed.items():
+        for spec, _ in plan.candidates.values():
+            record = files.read_cached(files.points_path(out / f"seed{seed}", spec), key)
+            if record is not None:
+                records[spec] = record
+    done = files.complete_parts(plan, per_seed)
+    if sft is None or not done:
+        raise UserError(f"{out}: no part is evaluated yet for every one of seeds {args.seeds}")
+    sub = Plan(runs=plan.runs, candidates={n: c for n, c in plan.candidates.items() if c[1] in done},
+               shares=plan.shares)
+    per_seed = {seed: {spec: r[spec] for spec, _ in sub.candidates.values()} for seed, r in per_seed.items()}
+    folder = out / "so_far"  # its own files: the running benchmark writes the final ones into --out
+    folder.mkdir(exist_ok=True)
+    n_prompts = next(iter(per_seed[args.seeds[0]].values()))["points"][0]["n_prompts"]
+    text = report(sub, files.report_input(sub, per_seed, n_prompts), args.seeds, sizes, out, args,
+                  files.compute_minutes(sub, out, args.seeds, per_seed, sft), dest=folder)
+    (folder / "results.md").write_text(text)
+    return text
 
 
 def main() -> int:
@@ -371,6 +384,8 @@ def main() -> int:
     ap.add_argument("--plan", action="store_true", help="print the runs and a time estimate, run nothing")
     ap.add_argument("--measure", action="store_true", help="time an RL step and an evaluation batch here first and "
                     "estimate from those rates (a few minutes)")
+    ap.add_argument("--so-far", action="store_true", help="report the parts every one of --seeds has evaluated so "
+                    "far, from --out alone (trains and evaluates nothing; written to --out/so_far/)")
     ap.add_argument("--fp32", action="store_true", help="compute in fp32 even where bf16 is native (to go on with "
                     "an --out folder started in fp32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on "
@@ -402,6 +417,10 @@ def main() -> int:
     from warprl.errors import UserError
 
     try:
+        if args.so_far:
+            text = interim_report(plan, out, sizes, args)
+            print(text)
+            return 0
         text = run_ablation(plan, out, sizes, args)
     except UserError as e:  # e.g. a folder started with other settings is not continued with these
         print(f"error: {e}", file=sys.stderr)

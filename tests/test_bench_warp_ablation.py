@@ -173,3 +173,14 @@ def test_the_sft_point_is_evaluated_once_per_folder(tmp_path):
     first = bench_warp_ablation.cached_sft_point(Ev(), tmp_path, {"k": 1})
     assert bench_warp_ablation.cached_sft_point(Ev(), tmp_path, {"k": 1}) == first and Ev.calls == 1
     assert first["point"] == {"reward_mean": 0.25}
+
+
+def test_an_interim_report_shows_only_the_parts_every_seed_has_evaluated(bench, tmp_path, monkeypatch, capsys):
+    plan = Plan(candidates={"x": ("r1", "a"), "y": ("r2", "a"), "z": ("r3", "d")})
+    done = {"r1": {}, "r2": {}, "r3": {}}
+    assert files.complete_parts(plan, {0: done, 1: {"r1": {}, "r2": {}}}) == {"a"}  # seed 1 lacks part d's r3
+    assert files.complete_parts(plan, {0: done, 1: {"r1": {}}}) == set()
+    monkeypatch.setattr(sys, "argv", ["bench_warp_ablation.py", "--out", str(tmp_path), "--so-far", "--seeds", "0"])
+    assert bench.main() == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == \
+        f"error: {tmp_path}: no part is evaluated yet for every one of seeds [0]"
