@@ -42,18 +42,33 @@ def _differences(stored: dict, new: dict, prefix: str = "") -> list[str]:
     return said
 
 
-def check_settings(out: Path, settings: dict) -> None:
-    """Record ``settings`` in a new --out folder; refuse (UserError) to go on in one started with other settings."""
+def code_digest(root: Path) -> str:
+    """SHA-256 over the files of ``root``/src/warprl and the ablation's plan: the code every number depends on. One
+    --out folder is the work of one code version: a change, even a comment, asks for the code it was started with."""
+    import hashlib
+
+    h = hashlib.sha256()
+    paths = [p for p in sorted((root / "src" / "warprl").rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    for path in paths + [root / "benchmarks" / "_ablation_plan.py"]:
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def check_settings(out: Path, settings: dict, started: dict | None = None) -> None:
+    """Record ``settings`` (and, not compared, ``started``: e.g. the commit) in a new --out folder; refuse
+    (UserError) to go on in one started with other settings."""
     from warprl.errors import UserError
     from warprl.io import atomic_write_json
 
     path = out / SETTINGS_FILE
     if not path.is_file():
-        atomic_write_json(path, _plain(settings))
+        atomic_write_json(path, _plain({**settings, "started": started or {}}))
         return
-    said = _differences(json.loads(path.read_text()), _plain(settings))
+    stored = json.loads(path.read_text())
+    said = _differences({k: v for k, v in stored.items() if k != "started"}, _plain(settings))
     if said:
-        raise UserError(f"{out} was started with other settings ({'; '.join(said)}): pass the same ones or a new --out")
+        raise UserError(f"{out} was started with other settings ({'; '.join(said)}; it was started with "
+                        f"{stored.get('started') or 'nothing recorded'}): pass the same ones or a new --out")
 
 
 def spec_name(spec: str) -> str:

@@ -324,12 +324,21 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args,
     return "\n".join(lines)
 
 
+def started() -> dict:
+    """Where and when a folder was started (the commit names the code its "code" digest stands for)."""
+    import datetime as dt
+    import subprocess
+
+    git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return {"commit": git.stdout.strip() or None, "date": f"{dt.datetime.now():%Y-%m-%d %H:%M}", "machine": machine()}
+
+
 def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
     """Train and evaluate every seed (each resumes where it stopped), then the report's text."""
     from warprl.eval.pareto import Evaluator
 
     files.check_settings(out, {"policy": POLICY, "data": args.data, "parts": sorted(args.parts), "sizes": sizes,
-                               "bf16": bf16(args)})
+                               "bf16": bf16(args), "code": files.code_digest(ROOT)}, started=started())
     gold = train_gold(out, sizes, args)
     ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"], gold=str(gold))
     ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)

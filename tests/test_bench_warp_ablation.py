@@ -81,13 +81,15 @@ def test_a_borrowed_start_ends_as_a_run_from_scratch(tiny_policy_dir, tmp_path):
 
 
 def test_an_out_folder_keeps_its_settings_and_refuses_others(tmp_path):
+    """What it started with (the commit) is recorded and named, not compared."""
     from warprl.errors import UserError
 
     settings = {"policy": "p", "sizes": {"etas": (0.0, 1.0), "steps": 15}, "bf16": False}
-    files.check_settings(tmp_path, settings)
-    files.check_settings(tmp_path, settings)  # the same again (tuples stored as lists): accepted
+    files.check_settings(tmp_path, settings, started={"commit": "abc"})
+    files.check_settings(tmp_path, settings, started={"commit": "def"})  # the same (tuples as lists): accepted
     before = (tmp_path / files.SETTINGS_FILE).read_text()
-    with pytest.raises(UserError, match=r"bf16: False there, True now; sizes.steps: 15 there, 100 now"):
+    with pytest.raises(UserError, match=r"bf16: False there, True now; sizes.steps: 15 there, 100 now; it was "
+                                        r"started with {'commit': 'abc'}\)"):
         files.check_settings(tmp_path, {**settings, "bf16": True, "sizes": {"etas": (0.0, 1.0), "steps": 100}})
     assert (tmp_path / files.SETTINGS_FILE).read_text() == before
 
@@ -97,7 +99,8 @@ def test_the_benchmark_refuses_to_go_on_with_other_settings(bench, tmp_path, mon
     monkeypatch.setattr(sys, "argv", ["bench_warp_ablation.py", "--out", str(tmp_path), "--fp32"])
     assert bench.main() == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err.startswith(f"error: {tmp_path} was started with other settings (bf16: True there, False now;")
+    assert err.startswith(f"error: {tmp_path} was started with other settings (bf16: True there, False now; code: "
+                          f"None there, {files.code_digest(Path(bench.__file__).parents[1])} now;")
 
 
 class FakeEvaluator:
@@ -184,3 +187,22 @@ def test_an_interim_report_shows_only_the_parts_every_seed_has_evaluated(bench, 
     assert bench.main() == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
         f"error: {tmp_path}: no part is evaluated yet for every one of seeds [0]"
+
+
+def test_the_code_digest_changes_with_any_file_of_the_package_or_the_plan(tmp_path):
+    (tmp_path / "src/warprl/assets").mkdir(parents=True)
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "src/warprl/a.py").write_text("x = 1\n")
+    (tmp_path / "src/warprl/assets/w.bin").write_bytes(b"\0\1")
+    (tmp_path / "benchmarks/_ablation_plan.py").write_text("T = 15\n")
+    first = files.code_digest(tmp_path)
+    (tmp_path / "src/warprl/__pycache__").mkdir()
+    (tmp_path / "src/warprl/__pycache__/a.pyc").write_bytes(b"compiled")
+    assert files.code_digest(tmp_path) == first  # byte code is not code
+    for path, text in (("src/warprl/a.py", "x = 1  # a comment\n"), ("src/warprl/assets/w.bin", "\0\2"),
+                       ("benchmarks/_ablation_plan.py", "T = 16\n")):
+        old = (tmp_path / path).read_text()
+        (tmp_path / path).write_text(text)
+        assert files.code_digest(tmp_path) != first, path
+        (tmp_path / path).write_text(old)
+    assert files.code_digest(tmp_path) == first
