@@ -33,9 +33,10 @@ over prompts, across seeds mean ± t·s/√n of the per-seed mean Δ; the verdic
 :data:`warprl.eval.stats.VERDICT_RULE`. Writes runs/ablation/{results.md, ablation.json, *.png}, and (not with
 --smoke) the section "WARP ablation" of benchmarks/RESULTS.md and docs/results/ablation_*.png.
 
-Stopping and going on: each seed is trained, then evaluated, before the next. The same command again goes on where
-a killed or stopped one left off (finished runs and evaluated sweeps are kept, see ``_ablation_files``), also in a
-later session; a folder started with other settings (sizes, parts, precision) is refused with exit code 2.
+Stopping and going on: each run is trained and its candidates evaluated before the next run, and a seed finishes
+before the next. The same command again goes on where a killed or stopped one left off (finished runs and evaluated
+sweeps are kept, see ``_ablation_files``), also in a later session; a folder started with other settings (sizes,
+parts, precision, the code of src/warprl) is refused with exit code 2.
 """
 
 from __future__ import annotations
@@ -254,6 +255,9 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args,
 
     series = {n: seeded_series(n, "sweep", "", pts) for n, pts in ev["results"].items()}
     gold = json.loads((out / "gold_rm" / "metrics.json").read_text())["val"]["accuracy"]
+    settings = out / files.SETTINGS_FILE
+    stored = json.loads(settings.read_text()) if settings.is_file() else {}  # what the folder was computed with
+    begun, in_bf16 = stored.get("started") or {}, stored.get("bf16", bf16(args))
     parts = sorted({part for _, part in plan.candidates.values()})
     lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if args.smoke else "")
              + (f"**INTERIM — the parts evaluated so far for every seed shown ({', '.join(parts)}); the ablation has "
@@ -264,8 +268,9 @@ def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args,
              f"validation pairs); T = {sizes['steps']}, "
              f"{sizes['batch_size']} prompts × {sizes['k']} samples per step, ≤ {sizes['max_new_tokens']} tokens; "
              f"{ev['n_prompts']} held-out IMDB prompts × {sizes['samples_per_prompt']} samples per point, η ∈ "
-             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {'bf16' if bf16(args) else 'fp32'}; {machine()}; "
-             "compute: " + ", ".join(f"{k} {v:.0f} min" for k, v in minutes.items()) + ".", "",
+             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {'bf16' if in_bf16 else 'fp32'}; started "
+             f"{begun.get('date', '?')} on {begun.get('machine', '?')}, reported {time.strftime('%Y-%m-%d %H:%M')} on "
+             f"{machine()}; compute: " + ", ".join(f"{k} {v:.0f} min" for k, v in minutes.items()) + ".", "",
              ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
               "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
               "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
