@@ -1,7 +1,9 @@
 """What the WARP ablation keeps in its --out folder (``bench_warp_ablation.py``), so that a benchmark killed or
 stopped at any point goes on where it stopped, in the same session or a later one, and never mixes settings.
+One benchmark at a time writes to a folder (the commands' one-writer lock beside it).
 
-    settings.json                  the policy, data, parts, sizes and precision the folder was started with
+    settings.json                  the policy, data, parts, sizes, precision and code (a digest) it was started
+                                   with, compared on every rerun; the commit, date and machine, recorded
     gold_rm/                       the gold reward model (trained once)
     sft_point.json                 the SFT policy's evaluation: the η = 0 point of every sweep
     seed<s>/<run>/                 one `warprl align` folder per run, pruned to what a candidate still reads

@@ -340,8 +340,10 @@ def started() -> dict:
 
 def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
     """Train and evaluate every seed (each resumes where it stopped), then the report's text."""
+    from warprl.commands import outdir
     from warprl.eval.pareto import Evaluator
 
+    outdir.claim(out)  # one writer per folder: a second benchmark on it is refused while this one runs
     files.check_settings(out, {"policy": POLICY, "data": args.data, "parts": sorted(args.parts), "sizes": sizes,
                                "bf16": bf16(args), "code": files.code_digest(ROOT)}, started=started())
     gold = train_gold(out, sizes, args)
@@ -360,6 +362,7 @@ def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
 
 def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
     """The report of the parts that every one of ``args.seeds`` has evaluated so far, read from --out alone."""
+    from warprl.commands import outdir
     from warprl.errors import UserError
 
     ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"],
@@ -379,6 +382,7 @@ def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
                shares=plan.shares)
     per_seed = {seed: {spec: r[spec] for spec, _ in sub.candidates.values()} for seed, r in per_seed.items()}
     folder = out / "so_far"  # its own files: the running benchmark writes the final ones into --out
+    outdir.claim(folder)
     folder.mkdir(exist_ok=True)
     n_prompts = next(iter(per_seed[args.seeds[0]].values()))["points"][0]["n_prompts"]
     text = report(sub, files.report_input(sub, per_seed, n_prompts), args.seeds, sizes, out, args,

@@ -103,6 +103,25 @@ def test_the_benchmark_refuses_to_go_on_with_other_settings(bench, tmp_path, mon
                           f"None there, {files.code_digest(Path(bench.__file__).parents[1])} now;")
 
 
+def test_one_benchmark_at_a_time_writes_to_a_folder(bench, tmp_path, monkeypatch, capsys):
+    import subprocess
+
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from warprl.commands import outdir; "
+                               f"outdir.claim({str(tmp_path)!r}); print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        monkeypatch.setattr(sys, "argv", ["bench_warp_ablation.py", "--out", str(tmp_path)])
+        assert bench.main() == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1] == \
+            f"error: --out {tmp_path} is in use by another warprl command (PID {holder.pid}); wait for it to end or " \
+            "choose another --out"
+        assert not (tmp_path / files.SETTINGS_FILE).exists()  # refused before it wrote anything
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 class FakeEvaluator:
     """Records which weights it was asked to sweep; each point's reward is the number of sweeps so far."""
 
