@@ -50,7 +50,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _ablation_files as files  # noqa: E402
-from _ablation_plan import I1, Plan, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
+import _ablation_report as ablation_report  # noqa: E402
+from _ablation_plan import Plan, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
 from _results import machine, matmul_peak, read_bandwidth, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,92 +244,6 @@ def cached_sft_point(ev, out: Path, key: dict) -> dict:
     return record
 
 
-# ------------------------------------------------------------------------------------------------ report
-
-
-def report(plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args, minutes: dict[str, float],
-           dest: Path | None = None) -> str:
-    """The results' Markdown; the plots and ablation.json go to ``dest`` (default: ``out``)."""
-    from warprl.eval import stats
-    from warprl.eval.pareto import compare_fronts, seeded_series
-    from warprl.eval.report import _ci, plot_front
-
-    series = {n: seeded_series(n, "sweep", "", pts) for n, pts in ev["results"].items()}
-    gold = json.loads((out / "gold_rm" / "metrics.json").read_text())["val"]["accuracy"]
-    settings = out / files.SETTINGS_FILE
-    stored = json.loads(settings.read_text()) if settings.is_file() else {}  # what the folder was computed with
-    begun, in_bf16 = stored.get("started") or {}, stored.get("bf16", bf16(args))
-    parts = sorted({part for _, part in plan.candidates.values()})
-    lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if args.smoke else "")
-             + (f"**INTERIM — the parts evaluated so far for every seed shown ({', '.join(parts)}); the ablation has "
-                "not finished.** " if args.so_far else "")
-             + f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); policy `{POLICY}`, "
-             "reward `imdb-sentiment`, "
-             f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`, {gold:.1%} pairwise on its "
-             f"validation pairs); T = {sizes['steps']}, "
-             f"{sizes['batch_size']} prompts × {sizes['k']} samples per step, ≤ {sizes['max_new_tokens']} tokens; "
-             f"{ev['n_prompts']} held-out IMDB prompts × {sizes['samples_per_prompt']} samples per point, η ∈ "
-             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {'bf16' if in_bf16 else 'fp32'}; started "
-             f"{begun.get('date', '?')} on {begun.get('machine', '?')}, reported {time.strftime('%Y-%m-%d %H:%M')} on "
-             f"{machine()}; compute: " + ", ".join(f"{k} {v:.0f} min" for k, v in minutes.items()) + ".", "",
-             ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
-              "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
-              "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
-              "Each candidate: η = 1 reward / gold / KL with 95 % bootstrap intervals over prompts. Comparisons: "
-              "mean Δreward at matched KL (the first's front at the second's KLs), paired bootstrap over prompts. ")
-             + "Each pair is compared both ways; KL values beyond the first front's range are left out. "
-             + stats.VERDICT_RULE, ""]
-    names = {part: [n for n, (_, p) in plan.candidates.items() if p == part] for part in "abcd"}
-    titles = {"a": "(a) anchor: SFT vs EMA", "b": "(b) merging", "c": "(c) LITI η and iterations I",
-              "d": "(d) fronts at equal total RL steps"}
-    pairs = {"a": [("RLOO EMA anchor", "RLOO SFT anchor"), ("REINFORCE EMA anchor", "REINFORCE SFT anchor")],
-             "b": [(f"{op} M={m}", "one run (T steps)") for op in ("LERP", "SLERP") for m in (2, 4)]
-             + [("SLERP M=4", "one RLOO run of 4T steps, EMA anchor"), ("SLERP M=4", "LERP M=4")],
-             "c": [("η=0.3 I=3", I1), ("η=0.5 I=3", I1), ("η=0.3 I=2", I1), ("η=0.5 I=2", I1),
-                   ("η=0.3 I=3", "η=0.5 I=3")],
-             "d": [(f"task β={b}: WARP {w}", f"task β={b}: {m}") for b in (0.01, 0.1)
-                   for w in ("final (LITI)", "last SLERP") for m in ("RLOO", "REINFORCE")]
-             + [("paper: WARP last SLERP (its output)", "paper: REINFORCE"), ("paper: WARP final (LITI)",
-                                                                          "paper: REINFORCE"),
-                ("paper: WARP last SLERP (its output)", "paper: WARP final (LITI)")]}
-    summary: dict = {"comparisons": []}
-    for part in "abcd":
-        if not names[part]:
-            continue
-        lines += [f"### {titles[part]}", "", "| candidate | reward η=1 | gold η=1 | KL η=1 | seeds |", "|---|---:|---:|---:|---:|"]
-        for n in names[part]:
-            p = series[n].points[-1]
-            ang = ev["angles"].get(n)
-            lines.append(f"| {n}" + (f" (task vectors {sum(ang) / len(ang):.0f}°)" if ang else "")
-                         + f" | {p['reward_mean']:.2f} {_ci(p.get('reward_ci'), '{:.2f}')} | "
-                         f"{p.get('gold_mean', float('nan')):.2f} {_ci(p.get('gold_ci'), '{:.2f}')} | "
-                         f"{p['kl_mean']:.1f} {_ci(p.get('kl_ci'), '{:.1f}')} | {p.get('n_seeds', 1)} |")
-        lines += ["", "| comparison | matched KL | mean Δreward | 95 % interval | verdict |", "|---|---:|---:|---:|---|"]
-        for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
-            if a not in series or b not in series:
-                continue
-            c = compare_fronts(series[a], series[b])
-            summary["comparisons"].append({"part": part, **{k: v for k, v in c.items() if k != "rows"}})
-            center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
-            md = "–" if center is None else f"{center:+.3f}"
-            lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | {c['verdict']} |")
-        png = (dest or out) / f"ablation_{part}.png"
-        plot_front([series[n] for n in names[part]], png, title=titles[part])
-        lines += ["", f"![{titles[part]}]({png.name})"]
-        if part == "d":
-            gpng = (dest or out) / "ablation_d_gold.png"
-            plot_front([series[n] for n in names[part]], gpng, title="gold reward vs KL (never optimised)",
-                       metric="gold_mean", ylabel="mean gold reward")
-            lines += ["", f"![gold vs KL]({gpng.name})"]
-        lines.append("")
-    summary["series"] = {n: s.points for n, s in series.items()}
-    for s in summary["series"].values():
-        for p in s:
-            p.pop("samples", None)
-    ((dest or out) / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
-    return "\n".join(lines)
-
-
 def started() -> dict:
     """Where and when a folder was started (the commit names the code its "code" digest stands for)."""
     import datetime as dt
@@ -356,7 +271,7 @@ def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
         per_seed[seed] = run_seed(plan, out / f"seed{seed}", seed, sizes, args, ev, key, sft["point"])
     minutes = files.compute_minutes(plan, out, args.seeds, per_seed, sft)
     cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
-    return (report(plan, files.report_input(plan, per_seed, len(ev.prompts)), args.seeds, sizes, out, args, minutes)
+    return (ablation_report.report(POLICY, plan, files.report_input(plan, per_seed, len(ev.prompts)), args.seeds, sizes, out, args, minutes)
             + f"\nCommand: `{cmd}`.\n")
 
 
@@ -375,18 +290,19 @@ def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
             record = files.read_cached(files.points_path(out / f"seed{seed}", spec), key)
             if record is not None:
                 records[spec] = record
+    if sft is None or not any(per_seed.values()):
+        raise UserError(f"{out}: nothing is evaluated yet for seeds {args.seeds}")
     done = files.complete_parts(plan, per_seed)
-    if sft is None or not done:
-        raise UserError(f"{out}: no part is evaluated yet for every one of seeds {args.seeds}")
+    n_prompts = next(r for records in per_seed.values() for r in records.values())["points"][0]["n_prompts"]
     sub = Plan(runs=plan.runs, candidates={n: c for n, c in plan.candidates.items() if c[1] in done},
                shares=plan.shares)
-    per_seed = {seed: {spec: r[spec] for spec, _ in sub.candidates.values()} for seed, r in per_seed.items()}
     folder = out / "so_far"  # its own files: the running benchmark writes the final ones into --out
     outdir.claim(folder)
     folder.mkdir(exist_ok=True)
-    n_prompts = next(iter(per_seed[args.seeds[0]].values()))["points"][0]["n_prompts"]
-    text = report(sub, files.report_input(sub, per_seed, n_prompts), args.seeds, sizes, out, args,
+    complete = {seed: {spec: r[spec] for spec, _ in sub.candidates.values()} for seed, r in per_seed.items()}
+    text = ablation_report.report(POLICY, sub, files.report_input(sub, complete, n_prompts), args.seeds, sizes, out, args,
                   files.compute_minutes(sub, out, args.seeds, per_seed, sft), dest=folder)
+    text += "\n" + "\n".join(ablation_report.pending_lines(plan, per_seed, done)) + "\n"
     (folder / "results.md").write_text(text)
     return text
 
@@ -403,7 +319,8 @@ def main() -> int:
     ap.add_argument("--measure", action="store_true", help="time an RL step and an evaluation batch here first and "
                     "estimate from those rates (a few minutes)")
     ap.add_argument("--so-far", action="store_true", help="report the parts every one of --seeds has evaluated so "
-                    "far, from --out alone (trains and evaluates nothing; written to --out/so_far/)")
+                    "far, and the other candidates evaluated, from --out alone (trains and evaluates nothing; "
+                    "written to --out/so_far/)")
     ap.add_argument("--fp32", action="store_true", help="compute in fp32 even where bf16 is native (to go on with "
                     "an --out folder started in fp32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on "

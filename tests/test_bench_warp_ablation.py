@@ -205,7 +205,7 @@ def test_an_interim_report_shows_only_the_parts_every_seed_has_evaluated(bench, 
     monkeypatch.setattr(sys, "argv", ["bench_warp_ablation.py", "--out", str(tmp_path), "--so-far", "--seeds", "0"])
     assert bench.main() == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == \
-        f"error: {tmp_path}: no part is evaluated yet for every one of seeds [0]"
+        f"error: {tmp_path}: nothing is evaluated yet for seeds [0]"
 
 
 def test_the_code_digest_changes_with_any_file_of_the_package_or_the_plan(tmp_path):
@@ -225,3 +225,17 @@ def test_the_code_digest_changes_with_any_file_of_the_package_or_the_plan(tmp_pa
         assert files.code_digest(tmp_path) != first, path
         (tmp_path / path).write_text(old)
     assert files.code_digest(tmp_path) == first
+
+
+def test_candidates_of_unfinished_parts_are_listed_with_their_own_points_only():
+    import _ablation_report
+
+    plan = Plan(candidates={"R": ("r", "a"), "E": ("e", "a"), "W": ("w", "d")})
+    point = {"reward_mean": 1.5, "reward_ci": [1.0, 2.0], "gold_mean": 0.5, "gold_ci": [0.25, 0.75], "kl_mean": 3.0,
+             "kl_ci": [2.5, 3.5]}
+    records = {"r": {"points": [{"reward_mean": 0.0, "kl_mean": 0.0}, {"reward_mean": 1.0, "kl_mean": 1.5}, point]},
+               "w": {"points": [point, point]}}
+    lines = _ablation_report.pending_lines(plan, {0: records}, done={"d"})
+    assert lines[-1] == "| 0 | R | a | 1.50 [1.00, 2.00] | 0.50 [0.25, 0.75] | 3.00 [2.50, 3.50] | 1.00 (KL 1.50) |"
+    assert len(lines) == 5  # part d is complete (reported in full) and E is not evaluated
+    assert _ablation_report.pending_lines(plan, {0: records}, done={"a", "d"}) == []

@@ -1,0 +1,116 @@
+"""The WARP ablation's report (``bench_warp_ablation.py``): Markdown tables, comparisons at matched KL with their
+verdicts, and the plots, from the records the benchmark keeps in --out (``_ablation_files``)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import _ablation_files as files
+from _ablation_plan import I1, Plan
+from _results import machine
+
+
+def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args,
+           minutes: dict[str, float], dest: Path | None = None) -> str:
+    """The results' Markdown; the plots and ablation.json go to ``dest`` (default: ``out``)."""
+    from warprl.eval import stats
+    from warprl.eval.pareto import compare_fronts, seeded_series
+    from warprl.eval.report import _ci, plot_front
+
+    series = {n: seeded_series(n, "sweep", "", pts) for n, pts in ev["results"].items()}
+    gold = json.loads((out / "gold_rm" / "metrics.json").read_text())["val"]["accuracy"]
+    settings = out / files.SETTINGS_FILE
+    stored = json.loads(settings.read_text()) if settings.is_file() else {}  # what the folder was computed with
+    begun = stored.get("started") or {}
+    precision = {True: "bf16", False: "fp32"}.get(stored.get("bf16"), "precision not recorded")
+    parts = sorted({part for _, part in plan.candidates.values()})
+    lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if args.smoke else "")
+             + (f"**INTERIM — the parts evaluated so far for every seed shown ({', '.join(parts)}); the ablation has "
+                "not finished.** " if args.so_far else "")
+             + f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); policy `{policy}`, "
+             "reward `imdb-sentiment`, "
+             f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`, {gold:.1%} pairwise on its "
+             f"validation pairs); T = {sizes['steps']}, "
+             f"{sizes['batch_size']} prompts × {sizes['k']} samples per step, ≤ {sizes['max_new_tokens']} tokens; "
+             f"{ev['n_prompts']} held-out IMDB prompts × {sizes['samples_per_prompt']} samples per point, η ∈ "
+             f"{{{', '.join(f'{e:g}' for e in sizes['etas'])}}}; {precision}; started "
+             f"{begun.get('date', '?')} on {begun.get('machine', '?')}, reported {time.strftime('%Y-%m-%d %H:%M')} on "
+             f"{machine()}; compute: " + ", ".join(f"{k} {v:.0f} min" for k, v in minutes.items()) + ".", "",
+             ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
+              "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
+              "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
+              "Each candidate: η = 1 reward / gold / KL with 95 % bootstrap intervals over prompts. Comparisons: "
+              "mean Δreward at matched KL (the first's front at the second's KLs), paired bootstrap over prompts. ")
+             + "Each pair is compared both ways; KL values beyond the first front's range are left out. "
+             + stats.VERDICT_RULE, ""]
+    names = {part: [n for n, (_, p) in plan.candidates.items() if p == part] for part in "abcd"}
+    titles = {"a": "(a) anchor: SFT vs EMA", "b": "(b) merging", "c": "(c) LITI η and iterations I",
+              "d": "(d) fronts at equal total RL steps"}
+    pairs = {"a": [("RLOO EMA anchor", "RLOO SFT anchor"), ("REINFORCE EMA anchor", "REINFORCE SFT anchor")],
+             "b": [(f"{op} M={m}", "one run (T steps)") for op in ("LERP", "SLERP") for m in (2, 4)]
+             + [("SLERP M=4", "one RLOO run of 4T steps, EMA anchor"), ("SLERP M=4", "LERP M=4")],
+             "c": [("η=0.3 I=3", I1), ("η=0.5 I=3", I1), ("η=0.3 I=2", I1), ("η=0.5 I=2", I1),
+                   ("η=0.3 I=3", "η=0.5 I=3")],
+             "d": [(f"task β={b}: WARP {w}", f"task β={b}: {m}") for b in (0.01, 0.1)
+                   for w in ("final (LITI)", "last SLERP") for m in ("RLOO", "REINFORCE")]
+             + [("paper: WARP last SLERP (its output)", "paper: REINFORCE"), ("paper: WARP final (LITI)",
+                                                                          "paper: REINFORCE"),
+                ("paper: WARP last SLERP (its output)", "paper: WARP final (LITI)")]}
+    summary: dict = {"comparisons": []}
+    for part in "abcd":
+        if not names[part]:
+            continue
+        lines += [f"### {titles[part]}", "", "| candidate | reward η=1 | gold η=1 | KL η=1 | seeds |", "|---|---:|---:|---:|---:|"]
+        for n in names[part]:
+            p = series[n].points[-1]
+            ang = ev["angles"].get(n)
+            lines.append(f"| {n}" + (f" (task vectors {sum(ang) / len(ang):.0f}°)" if ang else "")
+                         + f" | {p['reward_mean']:.2f} {_ci(p.get('reward_ci'), '{:.2f}')} | "
+                         f"{p.get('gold_mean', float('nan')):.2f} {_ci(p.get('gold_ci'), '{:.2f}')} | "
+                         f"{p['kl_mean']:.1f} {_ci(p.get('kl_ci'), '{:.1f}')} | {p.get('n_seeds', 1)} |")
+        lines += ["", "| comparison | matched KL | mean Δreward | 95 % interval | verdict |", "|---|---:|---:|---:|---|"]
+        for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
+            if a not in series or b not in series:
+                continue
+            c = compare_fronts(series[a], series[b])
+            summary["comparisons"].append({"part": part, **{k: v for k, v in c.items() if k != "rows"}})
+            center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
+            md = "–" if center is None else f"{center:+.3f}"
+            lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | {c['verdict']} |")
+        png = (dest or out) / f"ablation_{part}.png"
+        plot_front([series[n] for n in names[part]], png, title=titles[part])
+        lines += ["", f"![{titles[part]}]({png.name})"]
+        if part == "d":
+            gpng = (dest or out) / "ablation_d_gold.png"
+            plot_front([series[n] for n in names[part]], gpng, title="gold reward vs KL (never optimised)",
+                       metric="gold_mean", ylabel="mean gold reward")
+            lines += ["", f"![gold vs KL]({gpng.name})"]
+        lines.append("")
+    summary["series"] = {n: s.points for n, s in series.items()}
+    for s in summary["series"].values():
+        for p in s:
+            p.pop("samples", None)
+    ((dest or out) / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
+    return "\n".join(lines)
+
+
+def pending_lines(plan: Plan, per_seed: dict[int, dict], done: set[str]) -> list[str]:
+    """A table of the candidates evaluated so far in parts not yet complete: their own points, no comparison."""
+    from warprl.eval.report import _ci
+
+    lines = ["### Evaluated so far in parts not yet complete (no comparison until their partners are evaluated)", "",
+             "| seed | candidate | part | reward η=1 | gold η=1 | KL η=1 | reward at η = 0.25, 0.5, 0.75 |",
+             "|---:|---|---|---:|---:|---:|---|"]
+    for seed, records in per_seed.items():
+        for name, (spec, part) in plan.candidates.items():
+            if part in done or spec not in records:
+                continue
+            pts = records[spec]["points"]
+            p = pts[-1]
+            lines.append(f"| {seed} | {name} | {part} | {p['reward_mean']:.2f} {_ci(p.get('reward_ci'), '{:.2f}')} | "
+                         f"{p.get('gold_mean', float('nan')):.2f} {_ci(p.get('gold_ci'), '{:.2f}')} | "
+                         f"{p['kl_mean']:.2f} {_ci(p.get('kl_ci'), '{:.2f}')} | "
+                         + ", ".join(f"{q['reward_mean']:.2f} (KL {q['kl_mean']:.2f})" for q in pts[1:-1]) + " |")
+    return lines if len(lines) > 4 else []
