@@ -192,7 +192,8 @@ def weights_folder(seed_dir: Path, spec: str) -> Path:
         elif rest.startswith("slerp"):
             idir = run / f"iter_{int(rest[5:])}"
             row = json.loads((idir / "iteration.json").read_text())  # its runs' angle
-            (folder / "angle.json").write_text(json.dumps({k: v for k, v in row.items() if k.startswith("charts/task")}))
+            angle = {k: v for k, v in row.items() if k.startswith("charts/task")}
+            (folder / "angle.json").write_text(json.dumps(angle))
             link(idir / "slerp.safetensors", target)  # last: a folder with its weights is complete
         else:  # merge:<op>:<m>
             _, op, m = rest.split(":")

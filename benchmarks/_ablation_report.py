@@ -39,8 +39,8 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
              f"{begun.get('date', '?')} on {begun.get('machine', '?')}, reported {time.strftime('%Y-%m-%d %H:%M')} on "
              f"{machine()}; compute: " + ", ".join(f"{k} {v:.0f} min" for k, v in minutes.items()) + ".", "",
              ("Each candidate: η = 1 reward / gold / KL (mean over seeds, 95 % interval across seeds). Comparisons: "
-              "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's mean "
-              "Δ, 95 % interval across seeds. " if len(seeds) > 1 else
+              "mean Δreward at matched KL (the first's front at the second's KLs), mean over seeds of each seed's "
+              "mean Δ, 95 % interval across seeds. " if len(seeds) > 1 else
               "Each candidate: η = 1 reward / gold / KL with 95 % bootstrap intervals over prompts. Comparisons: "
               "mean Δreward at matched KL (the first's front at the second's KLs), paired bootstrap over prompts. ")
              + "Each pair is compared both ways; KL values beyond the first front's range are left out. "
@@ -62,7 +62,8 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
     for part in "abcd":
         if not names[part]:
             continue
-        lines += [f"### {titles[part]}", "", "| candidate | reward η=1 | gold η=1 | KL η=1 | seeds |", "|---|---:|---:|---:|---:|"]
+        lines += [f"### {titles[part]}", "", "| candidate | reward η=1 | gold η=1 | KL η=1 | seeds |",
+                  "|---|---:|---:|---:|---:|"]
         for n in names[part]:
             p = series[n].points[-1]
             ang = ev["angles"].get(n)
@@ -70,7 +71,8 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
                          + f" | {p['reward_mean']:.2f} {_ci(p.get('reward_ci'), '{:.2f}')} | "
                          f"{p.get('gold_mean', float('nan')):.2f} {_ci(p.get('gold_ci'), '{:.2f}')} | "
                          f"{p['kl_mean']:.1f} {_ci(p.get('kl_ci'), '{:.1f}')} | {p.get('n_seeds', 1)} |")
-        lines += ["", "| comparison | matched KL | mean Δreward | 95 % interval | verdict |", "|---|---:|---:|---:|---|"]
+        lines += ["", "| comparison | matched KL | mean Δreward | 95 % interval | verdict |",
+                  "|---|---:|---:|---:|---|"]
         for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
             if a not in series or b not in series:
                 continue

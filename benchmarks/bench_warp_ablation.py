@@ -271,8 +271,9 @@ def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
         per_seed[seed] = run_seed(plan, out / f"seed{seed}", seed, sizes, args, ev, key, sft["point"])
     minutes = files.compute_minutes(plan, out, args.seeds, per_seed, sft)
     cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
-    return (ablation_report.report(POLICY, plan, files.report_input(plan, per_seed, len(ev.prompts)), args.seeds, sizes, out, args, minutes)
-            + f"\nCommand: `{cmd}`.\n")
+    text = ablation_report.report(POLICY, plan, files.report_input(plan, per_seed, len(ev.prompts)), args.seeds,
+                                  sizes, out, args, minutes)
+    return text + f"\nCommand: `{cmd}`.\n"
 
 
 def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
@@ -300,8 +301,8 @@ def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
     outdir.claim(folder)
     folder.mkdir(exist_ok=True)
     complete = {seed: {spec: r[spec] for spec, _ in sub.candidates.values()} for seed, r in per_seed.items()}
-    text = ablation_report.report(POLICY, sub, files.report_input(sub, complete, n_prompts), args.seeds, sizes, out, args,
-                  files.compute_minutes(sub, out, args.seeds, per_seed, sft), dest=folder)
+    text = ablation_report.report(POLICY, sub, files.report_input(sub, complete, n_prompts), args.seeds, sizes, out,
+                                  args, files.compute_minutes(sub, out, args.seeds, per_seed, sft), dest=folder)
     text += "\n" + "\n".join(ablation_report.pending_lines(plan, per_seed, done)) + "\n"
     (folder / "results.md").write_text(text)
     return text
