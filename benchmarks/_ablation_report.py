@@ -27,8 +27,8 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
     precision = {True: "bf16", False: "fp32"}.get(stored.get("bf16"), "precision not recorded")
     parts = sorted({part for _, part in plan.candidates.values()})
     lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if args.smoke else "")
-             + (f"**INTERIM — the parts evaluated so far for every seed shown ({', '.join(parts)}); the ablation has "
-                "not finished.** " if args.so_far else "")
+             + (f"**INTERIM — the parts evaluated so far for every seed shown ({', '.join(parts) or 'none yet'}); "
+                "the ablation has not finished.** " if args.so_far else "")
              + f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); policy `{policy}`, "
              "reward `imdb-sentiment`, "
              f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`, {gold:.1%} pairwise on its "
