@@ -178,7 +178,8 @@ def train_run(plan: Plan, seed_dir: Path, seed: int, name: str, sizes: dict, arg
     run_align(cfg)
 
 
-def train_gold(out: Path, sizes: dict, args) -> Path:
+def train_gold(out: Path, sizes: dict, args) -> None:
+    """Train the gold RM into out/gold_rm (where :func:`candidate_eval` reads it) unless it is there."""
     from warprl.commands.reward import train
     from warprl.config import RewardTrainConfig
 
@@ -189,16 +190,18 @@ def train_gold(out: Path, sizes: dict, args) -> Path:
                                 init_head="imdb-sentiment", lr=2e-5, max_pairs=sizes["gold_pairs"],
                                 max_length=sizes["gold_max_length"], val_pairs=64 if args.smoke else 1000,
                                 device="cpu", bf16=bf16(args), overwrite=True, progress=False))
-    return gold
 
 
-def eval_key(ecfg, sizes: dict) -> dict:
-    """What an evaluated point depends on besides the weights: a cached sweep is reused only under the same key."""
+def candidate_eval(out: Path, sizes: dict, args):
+    """(EvalConfig, key) of the candidates' evaluation with the folder's gold RM: the key is what an evaluated
+    point depends on besides the weights, and a cached sweep is reused only under the same key."""
     from dataclasses import asdict
 
+    ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"],
+                       gold=str(out / "gold_rm"))
     settings = asdict(ecfg)
     settings["gold"] = Path(settings["gold"]).name  # the folder's own gold RM, wherever the folder is
-    return {"policy": POLICY, "eval": settings, "etas": list(sizes["etas"])}
+    return ecfg, {"policy": POLICY, "eval": settings, "etas": list(sizes["etas"])}
 
 
 def evaluate_run(plan: Plan, seed_dir: Path, run: str, ev, key: dict, sft_point: dict, etas: list[float],
@@ -261,10 +264,9 @@ def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
     outdir.claim(out)  # one writer per folder: a second benchmark on it is refused while this one runs
     files.check_settings(out, {"policy": POLICY, "data": args.data, "parts": sorted(args.parts), "sizes": sizes,
                                "bf16": bf16(args), "code": files.code_digest(ROOT)}, started=started())
-    gold = train_gold(out, sizes, args)
-    ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"], gold=str(gold))
+    train_gold(out, sizes, args)
+    ecfg, key = candidate_eval(out, sizes, args)
     ev = Evaluator(POLICY, ecfg, "imdb-sentiment", "vader", progress=False)
-    key = eval_key(ecfg, sizes)
     sft = cached_sft_point(ev, out, key)
     per_seed = {}
     for seed in args.seeds:  # a seed is trained and evaluated before the next: its results are then on disk
@@ -281,9 +283,7 @@ def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
     from warprl.commands import outdir
     from warprl.errors import UserError
 
-    ecfg = eval_config(sizes, args, n_prompts=sizes["n_prompts"], batch_size=sizes["eval_batch"],
-                       gold=str(out / "gold_rm"))
-    key = eval_key(ecfg, sizes)
+    _, key = candidate_eval(out, sizes, args)
     sft = files.read_cached(out / "sft_point.json", key)
     per_seed = {s: {} for s in args.seeds}
     for seed, records in per_seed.items():

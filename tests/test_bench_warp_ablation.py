@@ -129,7 +129,7 @@ class FakeEvaluator:
         self.swept: list[str] = []
 
     def sweep(self, folder: Path, etas, name):
-        assert (folder / "model.safetensors").is_file() or (folder / "weights").is_file(), folder
+        assert (folder / "model.safetensors").is_file(), folder
         self.swept.append(name)
         return [{"eta": e, "reward_mean": float(len(self.swept))} for e in etas]
 
