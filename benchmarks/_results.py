@@ -22,8 +22,8 @@ PREVIOUS = " — previous run"
 HEADER = "# Benchmark results\n\nWritten by the scripts in benchmarks/ (one section each); rerun a script to refresh its section.\n"
 
 
-def machine() -> str:
-    """One line describing where the numbers were measured."""
+def machine(device=None) -> str:
+    """One line describing where the numbers were measured (with the GPU's name when ``device`` is CUDA)."""
     import torch
 
     cpu = platform.processor() or platform.machine()
@@ -34,8 +34,11 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return (f"{os.cpu_count()} cores {cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
+    host = (f"{os.cpu_count()} cores {cpu}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
+    if device is not None and torch.device(device).type == "cuda":
+        return f"{torch.cuda.get_device_name(torch.device(device))} (CUDA {torch.version.cuda}), host {host}"
+    return host
 
 
 def _split(text: str) -> tuple[str, list[tuple[str, str]]]:
@@ -85,30 +88,46 @@ def replace_section(sections: list[tuple[str, str]], title: str, body: str,
     return out
 
 
-def matmul_peak(dtype, n: int = 2048, reps: int = 10) -> float:
-    """FLOP/s of an n × n matmul in ``dtype`` (a torch dtype), the best of three rounds of ``reps``."""
+def matmul_peak(dtype, n: int = 0, reps: int = 10, device="cpu") -> float:
+    """FLOP/s of an n × n matmul in ``dtype`` (a torch dtype), the best of three rounds of ``reps``.
+
+    n defaults to 2048 on a CPU and 8192 on a GPU (where 2048² is too small to fill the card).
+    """
     import torch
 
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    from warprl.precision import synchronize
+
+    device = torch.device(device)
+    n = n or (8192 if torch.device(device).type == "cuda" else 2048)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     a @ b
     best = float("inf")
     for _ in range(3):
+        synchronize(device)
         t = time.perf_counter()
         for _ in range(reps):
             a @ b
+        synchronize(device)
         best = min(best, time.perf_counter() - t)
     return 2 * n**3 * reps / best
 
 
-def read_bandwidth(gib: float = 1.0, reps: int = 5) -> float:
-    """Bytes/s the cores read from memory: the best of ``reps`` sums over a ``gib`` GiB fp32 tensor."""
+def read_bandwidth(gib: float = 1.0, reps: int = 5, device="cpu") -> float:
+    """Bytes/s read from memory: the best of ``reps`` sums over a ``gib`` GiB fp32 tensor (on ``device``)."""
     import torch
 
-    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32)
-    x.sum()  # fault the pages in first
+    from warprl.precision import synchronize
+
+    device = torch.device(device)
+    x = torch.ones(int(gib * 2**30) // 4, dtype=torch.float32, device=device)
+    x.sum()  # fault the pages in (CPU) / load the kernel (GPU) first
+    inner = 20 if torch.device(device).type == "cuda" else 1  # a GPU reads 1 GiB in ~0.3 ms: time 20 at once
     best = float("inf")
     for _ in range(reps):
+        synchronize(device)
         t = time.perf_counter()
-        x.sum()
-        best = min(best, time.perf_counter() - t)
+        for _ in range(inner):
+            x.sum()
+        synchronize(device)
+        best = min(best, (time.perf_counter() - t) / inner)
     return x.numel() * 4 / best

@@ -8,8 +8,11 @@ once per token / memory read bandwidth measured in this run (sum over a 1 GiB te
 the sampling step alone (``engine.sample_next`` on [batch, vocabulary] fp32 logits) with each draw, since the
 draw's cost does not depend on the model and is easy to lose in a whole decode's noise.
 
+On a GPU (``--device cuda``, the default where one is present) every clock waits for the device's queued
+work first, and the bound is the card's own: weight bytes / the read bandwidth measured on it.
+
     PYTHONPATH=src python benchmarks/bench_decode.py [--rows 16] [--k 1] [--tokens 64] [--repeats 3] [--precision fp32]
-        [--json]
+        [--device auto] [--policy smollm2-135m] [--json]
 """
 
 from __future__ import annotations
@@ -22,11 +25,11 @@ import statistics
 import time
 
 import torch
-from _results import read_bandwidth
+from _results import machine, read_bandwidth
 
 from warprl.data import builtin_prompts
-from warprl.models import load_policy
-from warprl.precision import bf16_is_native
+from warprl.models import load_policy, pick_device
+from warprl.precision import bf16_is_native, synchronize
 from warprl.rl import engine as E
 from warprl.rl.rollout import tokenize_prompts
 
@@ -63,12 +66,15 @@ def engine_options(options: dict):
 
 
 def time_engine(model, tok, prompts, k, tokens, options) -> dict:
+    device = model.device
     with engine_options(options):
-        enc = tokenize_prompts(tok, prompts, torch.device("cpu"))
+        enc = tokenize_prompts(tok, prompts, device)
         torch.manual_seed(0)
         E._WEIGHTS.pop(model, None)
+        synchronize(device)
         t = time.perf_counter()
         E._weights(model, len(prompts) * k)
+        synchronize(device)
         build = time.perf_counter() - t
         dec = E.generate(model, enc["input_ids"], enc["attention_mask"], k, tokens, None, tok.pad_token_id)
     tm = dec.timings
@@ -76,16 +82,18 @@ def time_engine(model, tok, prompts, k, tokens, options) -> dict:
             "weights_s": build}
 
 
-def time_draws(rows: int, vocab: int, repeats: int, calls: int = 20) -> dict[str, float]:
+def time_draws(rows: int, vocab: int, repeats: int, device, calls: int = 20) -> dict[str, float]:
     """Median ms per ``sample_next`` call at temperature 1 on random [rows, vocab] logits, for each draw."""
-    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3
+    logits = (torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3).to(device)
     times: dict[str, list[float]] = {draw: [] for draw in E.DRAWS}
     for _ in range(repeats):
         for draw in times:  # interleaved
             with engine_options({"draw": draw}):
+                synchronize(device)
                 t = time.perf_counter()
                 for _ in range(calls):
                     E.sample_next(logits, 1.0)
+                synchronize(device)
                 times[draw].append(1e3 * (time.perf_counter() - t) / calls)
     return {draw: statistics.median(ts) for draw, ts in times.items()}
 
@@ -94,13 +102,16 @@ def time_hf(model, tok, prompts, k, tokens) -> dict:
     """HF generate without EOS stopping, so both sides decode the same number of steps."""
     torch.manual_seed(0)
     rows = [p for p in prompts for _ in range(k)]
-    enc = tokenize_prompts(tok, rows, torch.device("cpu"))
+    enc = tokenize_prompts(tok, rows, model.device)
+    synchronize(model.device)
     t = time.perf_counter()
     model.generate(**enc, do_sample=True, max_new_tokens=1, min_new_tokens=1, pad_token_id=tok.pad_token_id)
+    synchronize(model.device)
     prefill = time.perf_counter() - t
     t = time.perf_counter()
     model.generate(**enc, do_sample=True, max_new_tokens=tokens, min_new_tokens=tokens, eos_token_id=None,
                    pad_token_id=tok.pad_token_id)
+    synchronize(model.device)
     total = time.perf_counter() - t
     return {"ms_per_token": 1e3 * (total - prefill) / (tokens - 1), "prefill_s": prefill}
 
@@ -112,17 +123,22 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--precision", choices=("bf16", "fp32"), default="",
-                    help="compute dtype (default: bf16 where this CPU computes it natively, else fp32)")
+                    help="compute dtype (default: bf16 where the device computes it natively, else fp32)")
+    ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
+    ap.add_argument("--policy", default="smollm2-135m",
+                    help="any policy spec warprl loads (alias, HF folder, GGUF); a Llama-type model for the engine")
     ap.add_argument("--draw-rows", type=int, nargs="*", default=None,
                     help="batch sizes of the sampling-step table (default: the decode batch)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    args.precision = args.precision or ("bf16" if bf16_is_native(torch.device("cpu")) else "fp32")
-    master, tok = load_policy("smollm2-135m")
+    device = pick_device(args.device)
+    args.precision = args.precision or ("bf16" if bf16_is_native(device) else "fp32")
+    master, tok = load_policy(args.policy)
     model = copy.deepcopy(master).to(torch.bfloat16 if args.precision == "bf16" else torch.float32).eval()
     del master
+    model.to(device)
     prompts = builtin_prompts("train")[: args.rows]
-    bw = read_bandwidth()
+    bw = read_bandwidth(device=device)
     wbytes = weight_bytes(model)
     bound_ms = 1e3 * wbytes / bw
     load0 = open("/proc/loadavg").read().split()[0]
@@ -135,12 +151,13 @@ def main() -> None:
             runs["HF generate"].append(time_hf(model, tok, prompts, args.k, args.tokens))
             for name, opts in LEVERS.items():
                 runs[name].append(time_engine(model, tok, prompts, args.k, args.tokens, opts))
-        draws = {n: time_draws(n, model.config.vocab_size, max(args.repeats, 5))
+        draws = {n: time_draws(n, model.config.vocab_size, max(args.repeats, 5), device)
                  for n in (args.draw_rows or [args.rows * args.k])}
     load1 = open("/proc/loadavg").read().split()[0]
-    result = {"precision": args.precision, "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9,
+    result = {"machine": machine(device), "policy": args.policy, "precision": args.precision, "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9,
               "weight_MB": wbytes / 1e6, "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
-    print(f"batch {args.rows * args.k} rows × {args.tokens} tokens, {args.precision} SmolLM2-135M; read bandwidth "
+    print(f"{machine(device)}: batch {args.rows * args.k} rows × {args.tokens} tokens, {args.precision} "
+          f"{args.policy}; read bandwidth "
           f"{bw / 1e9:.1f} GB/s, weights {wbytes / 1e6:.0f} MB → bound {bound_ms:.1f} ms/token; "
           f"load {load0} → {load1}")
     print("| decoder | ms/token (median) | × bound | prefill s | weight build s |")

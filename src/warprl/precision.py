@@ -51,6 +51,12 @@ def autocast(device: torch.device, enabled: bool):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for ``device``'s queued kernels, so a phase's clock reads its own time (CUDA is asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def release_memory(device: torch.device | None = None) -> None:
     """Give back what finished work left behind: Python's reference cycles, CUDA's cached blocks, and the heap
     pages glibc keeps after many frees (``malloc_trim``: without it a process stays at its peak resident memory

@@ -37,6 +37,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from warprl.precision import synchronize
+
 # Fused weights per model object, rebuilt when any parameter's version (in-place update counter) changes.
 # torch's fused optimisers (Adam/AdamW with fused=True) do not bump versions: after such a step call
 # :func:`weights_changed` (``MixedPrecision.sync`` does).
@@ -371,6 +373,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int,
     cos, sin = cos_tab[pos_ids][:, :, None], sin_tab[pos_ids][:, :, None]
     x = _layer_stack(w, F.embedding(prompt_ids, w.embed), cos, sin, attend_prefill)
     logits = _logits(w, x[:, -1]).repeat_interleave(k, 0)
+    synchronize(device)
     t_prefill = time.perf_counter()
 
     out_ids = torch.full((rows, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
@@ -420,6 +423,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int,
     out_ids, out_lp = out_ids[:, :steps], out_lp[:, :steps]
     if eos_token_id is not None:
         _pad_after_eos(out_ids, out_lp, eos_token_id, pad_token_id)
+    synchronize(device)
     t1 = time.perf_counter()
     return Decoded(out_ids, out_lp, {"prefill_s": t_prefill - t0, "decode_s": t1 - t_prefill,
                                      "decode_steps": max(steps - 1, 0), "decode_row_steps": row_steps})
