@@ -127,3 +127,19 @@ def test_bundled_minilm_encoder_loads():
     enc, tok = models.load_encoder("minilm-l6")
     out = enc(**tok(["a fine film"], return_tensors="pt"))
     assert out.last_hidden_state.shape[-1] == 384
+
+
+def test_auto_attention_is_eager_only_for_bf16_on_a_cpu_within_the_memory_bound():
+    cfg = type("Cfg", (), {"num_attention_heads": 9, "num_hidden_layers": 30})()
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    pick = models.training_attention
+    assert pick("auto", cpu, True, cfg, 16, 34) == "eager"
+    assert pick("auto", cpu, False, cfg, 16, 34) == "sdpa"  # fp32: no gain measured
+    assert pick("auto", gpu, True, cfg, 16, 34) == "sdpa"
+    for explicit in ("sdpa", "eager"):
+        assert pick(explicit, gpu, False, cfg, 10**4, 10**4) == explicit
+    # The bound: rows × heads × S² × 6 bytes × layers ≤ 1 GiB. 9 × 30 × 6 = 1620 bytes per row and S².
+    s = 256
+    fits = models.EAGER_ATTENTION_BYTES // (1620 * s * s)  # 10 rows of 256 tokens
+    assert pick("auto", cpu, True, cfg, fits, s) == "eager"
+    assert pick("auto", cpu, True, cfg, fits + 1, s) == "sdpa"

@@ -338,6 +338,27 @@ def load_encoder(spec: str, device: str | torch.device = "cpu", dtype: torch.dty
     return model.to(torch.device(device) if isinstance(device, str) else device), tok
 
 
+# What transformers' eager attention keeps per layer for the backward: the fp32 softmax output and its bf16
+# copy, [rows, heads, S, S] × 6 bytes. "auto" picks eager only while that stays under this, summed over layers.
+EAGER_ATTENTION_BYTES = 1 << 30
+
+
+def training_attention(requested: str, device, bf16: bool, config, rows: int, seq_len: int) -> str:
+    """The attention kernel of a training pass (log-probs, forward and backward): ``requested`` unless "auto".
+
+    "auto" is eager where the compute copy is bf16 on a CPU — there sdpa's flash-attention backward is slow,
+    and eager made the RL update 1.15–1.23× faster (RESULTS.md, "RL step") — as long as eager's saved
+    attention probabilities (rows × heads × S² × 6 bytes per layer) stay under 1 GiB; sdpa everywhere else
+    (fp32 on a CPU gained nothing measurable; a GPU's sdpa is a fused kernel).
+    """
+    if requested != "auto":
+        return requested
+    if not bf16 or torch.device(device).type != "cpu":
+        return "sdpa"
+    saved = rows * config.num_attention_heads * seq_len**2 * 6 * config.num_hidden_layers
+    return "eager" if saved <= EAGER_ATTENTION_BYTES else "sdpa"
+
+
 @contextmanager
 def attention_kernel(model, implementation: str):
     """Run ``model`` (and the copies made of it meanwhile) with another attention kernel, e.g. eager for

@@ -19,7 +19,7 @@ from warprl.commands import outdir
 from warprl.config import SFTConfig, SFTEvalConfig
 from warprl.data import load_reviews, split_train_val
 from warprl.io import atomic_dir, atomic_write_json
-from warprl.models import attention_kernel, load_policy, pick_device, save_model
+from warprl.models import attention_kernel, load_policy, pick_device, save_model, training_attention
 from warprl.rl.loop import graceful_stop
 from warprl.seeding import derive_seed
 from warprl.sft.data import micro_batches, tokenize
@@ -62,7 +62,9 @@ def run_sft(cfg: SFTConfig) -> dict:
     val_rows = encode_for_eval(sample_texts(val_texts, cfg.val_limit, cfg.seed), tok, cfg.max_length)
     # The kernel is a training choice, not the model's: merge_and_unload hands back this same base model, which
     # gets its own kernel back before final/ is saved.
-    with attention_kernel(model, cfg.attn_implementation):
+    kernel = training_attention(cfg.attn_implementation, device, cfg.bf16, model.config, cfg.batch_size,
+                                cfg.max_length)
+    with attention_kernel(model, kernel):
         torch.manual_seed(derive_seed(cfg.seed, "sft-init"))  # the LoRA A matrices
         if cfg.lora:
             model = lora.apply_lora(model, cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_targets)

@@ -270,8 +270,10 @@ class SFTConfig:
     lora_alpha: float = setting(32.0, "LoRA scaling alpha (the update is alpha/r · B·A)")
     lora_dropout: float = setting(0.0, "dropout on the LoRA input (> 0 draws a mask per adapted layer: 1.5x slower steps on a CPU)")
     lora_targets: str = setting("all-linear", "layers that get an adapter: all-linear (attention + MLP) or names, e.g. q_proj,v_proj")
-    attn_implementation: str = setting("sdpa", "attention kernel while training: sdpa, or eager (faster backward on a "
-                                       "CPU at short --max-length; memory grows with length²)", choices=("sdpa", "eager"))
+    attn_implementation: str = setting("auto", "attention kernel while training: auto (eager for a bf16 compute "
+                                       "copy on a CPU while its saved attention stays under 1 GiB, else sdpa), "
+                                       "sdpa or eager (faster backward on a CPU; memory grows with length²)",
+                                       choices=("auto", "sdpa", "eager"))
     packing: bool = setting(True, "pack texts into full --max-length blocks (else length-bucketed padded batches)")
     max_length: int = setting(256, "tokens per block (packing) or per text (bucketing)")
     batch_size: int = setting(8, "blocks/texts per micro-batch")

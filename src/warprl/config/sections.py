@@ -89,9 +89,9 @@ class RLSettings:
     token_mean: bool = setting(False, "average the loss over tokens instead of summing per sequence")
     min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
     kl_sft_every: int = setting(10, "log charts/kl_sft (KL to SFT, fixed batch) every N steps (0 = off)")
-    attn_implementation: str = setting("sdpa", "attention kernel of the log-prob passes and the update: sdpa, or "
-                                       "eager (meant for bf16 on a CPU, where sdpa's backward is slow; no gain "
-                                       "measured in fp32)", choices=("sdpa", "eager"))
+    attn_implementation: str = setting("auto", "attention kernel of the log-prob passes and the update: auto "
+                                       "(eager for a bf16 compute copy on a CPU while its saved attention stays "
+                                       "under 1 GiB, else sdpa), sdpa or eager", choices=("auto", "sdpa", "eager"))
 
     def validate(self) -> None:
         _non_negative("kl_sft_every", self.kl_sft_every)

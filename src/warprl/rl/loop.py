@@ -26,7 +26,7 @@ from safetensors.torch import load_model, save_model
 from tqdm.auto import tqdm
 
 from warprl import merge, optim
-from warprl.config import AlignConfig
+from warprl.config import AlignConfig, parse_prompt_tokens
 from warprl.errors import UserError
 from warprl.io import (
     atomic_dir,
@@ -37,8 +37,8 @@ from warprl.io import (
     remove_stale_temp_files,
 )
 from warprl.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter
-from warprl.models import attention_kernel
-from warprl.precision import MixedPrecision, plain_copy
+from warprl.models import attention_kernel, training_attention
+from warprl.precision import MixedPrecision, plain_copy, synchronize
 from warprl.rl import algorithms as A
 from warprl.rl.adapters import ADAPTER_DIR, LoraRun, fold_adapter
 from warprl.rl.checkpoint import (
@@ -156,6 +156,7 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     n_rows, n_tok = roll.input_ids.shape[0], roll.completion_ids.shape[1]
     micro = n_rows // cfg.grad_accum
     roll.ref_logprobs = anchor_logprobs(anchor.compute, roll, cfg.temperature, micro_batch=micro)
+    synchronize(roll.ref_logprobs.device)
     t_anchor = time.perf_counter()
 
     # log π for the KL comes from the same full forward pass as log π_anchor (not from the incremental
@@ -217,6 +218,7 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     if method == "reinforce" and cfg.baseline == "moving_average":
         state.baseline = A.update_baseline(state.baseline, total, cfg.baseline_decay)
     state.step += 1
+    synchronize(device)
     t1 = time.perf_counter()
     n_tokens = float(roll.mask.sum())
     step_time = t1 - t0
@@ -303,7 +305,10 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
 
     # The kernel is set before the anchor and compute copies are made, so they inherit it; ``policy`` gets
     # its own back at the end.
-    with attention_kernel(policy, cfg.attn_implementation):
+    rows = cfg.batch_size * cfg.k // cfg.grad_accum  # rows of one training pass
+    seq_len = parse_prompt_tokens(cfg.prompt_tokens)[1] + cfg.max_new_tokens
+    kernel = training_attention(cfg.attn_implementation, policy.device, cfg.bf16, policy.config, rows, seq_len)
+    with attention_kernel(policy, kernel):
         lora_run = LoraRun(cfg, policy, anchor_kind, seed) if lora else None
         clock.seconds["setup"] = time.perf_counter() - t_setup
         try:
