@@ -1,10 +1,14 @@
 """Time `warprl quickstart` (what `make demo` runs) end to end and record its before/after numbers.
 
-    .venv/bin/python benchmarks/bench_quickstart.py [--out runs/quickstart] [--readme README.md]
+    .venv/bin/python benchmarks/bench_quickstart.py [--out runs/quickstart] [--readme README.md] [--reference DIR]
 
 Runs the console command in a fresh process (imports, model loading and everything included), then writes the
 section "Quickstart (make demo)" of benchmarks/RESULTS.md: wall time against the 5-minute target, the time
 of each phase, the before/after table, the η sweep and a few generations before and after.
+
+``--reference DIR`` (the folder of an earlier quickstart, e.g. one run before a change to its defaults) also
+compares the two WARP fronts on the same held-out prompts, each against the other's points at matched KL
+(the paired bootstrap and verdict rule of `warprl pareto`): whether a change kept the demo's quality.
 """
 
 from __future__ import annotations
@@ -28,7 +32,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/quickstart")
     ap.add_argument("--readme", default="", help="passed to `warprl quickstart --readme`")
+    ap.add_argument("--reference", default="", help="an earlier quickstart folder whose WARP front to compare with")
     args = ap.parse_args()
+    reference = None
+    if args.reference:  # read before the run: --out may be the same folder
+        ref_dir = Path(args.reference)
+        reference = (json.loads((ref_dir / "pareto.json").read_text()),
+                     json.loads((ref_dir / "summary.json").read_text()))
     warprl = ROOT / ".venv" / "bin" / "warprl"
     cmd = [str(warprl) if warprl.exists() else "warprl", "quickstart", "--out", args.out]
     if args.readme:
@@ -70,10 +80,44 @@ def main() -> int:
     for i in range(0, min(len(first), 8), 2):  # one sample per prompt (samples of a prompt are adjacent)
         lines.append(f"- *{first[i]['prompt']}* → {' '.join(first[i]['completion'].split())!r} → "
                      f"{' '.join(last[i]['completion'].split())!r}")
+    if reference is not None:
+        lines += ["", *same_quality_lines(pareto, reference[0], reference[1], args.reference)]
     lines += ["", f"Rerun: `.venv/bin/python benchmarks/bench_quickstart.py` (report: `{args.out}/report.md`)."]
     path = write_section("Quickstart (make demo)", "\n".join(lines))
     print(f"wall {wall:.0f} s; section written to {path}", file=sys.stderr)
     return 0
+
+
+def warp_front(pareto: dict):
+    """The WARP η sweep of a quickstart's pareto.json as a Series (its first series)."""
+    from warprl.eval.pareto import Series
+
+    s = pareto["series"][0]
+    return Series(s["name"], s["kind"], s.get("source", ""), s["points"], s.get("seeds", []))
+
+
+def same_quality_lines(pareto: dict, ref_pareto: dict, ref_summary: dict, ref_name: str) -> list[str]:
+    """This run's WARP front against a reference quickstart's, both ways, with intervals and verdicts."""
+    from warprl.eval.pareto import compare_fronts
+    from warprl.eval.stats import VERDICT_RULE
+
+    new, ref = warp_front(pareto), warp_front(ref_pareto)
+    q, sec = ref_summary["quickstart"], ref_summary["seconds"]
+    lines = [f"Same quality as the reference `{ref_name}` ({q['iterations']} × {q['runs']} × {q['steps']} steps, lr "
+             f"{q['lr']}, {q['eta_steps'] + 1} η points; {sec['total_s']:.0f} s), on the same held-out prompts. "
+             + VERDICT_RULE, ""]
+    for a, b, what in ((ref, new, "the reference's front minus this run's points"),
+                       (new, ref, "this run's front minus the reference's points")):
+        c = compare_fronts(a, b)
+        ci = c["mean_delta_ci"]
+        interval = f" [{ci[0]:+.2f}, {ci[1]:+.2f}]" if ci else ""
+        mean = f"{c['mean_delta']:+.3f}" if c["mean_delta"] is not None else "–"
+        lines.append(f"- {what}: mean Δ reward at matched KL {mean}{interval} over {c['matched']} points → "
+                     f"**{c['verdict']}**")
+    ra, rr = pareto["series"][0]["points"][-1], ref_pareto["series"][0]["points"][-1]
+    lines.append(f"- the final policy (η = 1): reward {ra['reward_mean']:.3f} at KL {ra['kl_mean']:.2f} here, "
+                 f"{rr['reward_mean']:.3f} at KL {rr['kl_mean']:.2f} in the reference")
+    return lines
 
 
 if __name__ == "__main__":

@@ -221,7 +221,9 @@ class ParetoConfig(EvalSettings):
 class QuickstartConfig(WarpSettings, RunSettings):
     """`warprl quickstart` (`make demo`): WARP on the embedded defaults, evaluation before/after, Pareto sweep.
 
-    The defaults are sized for a 2-core CPU in under 10 minutes (see benchmarks/bench_quickstart.py). The
+    The defaults are sized for a 2-core CPU in about 5 minutes: 268 s in bf16 on an AMD EPYC with AVX512-BF16,
+    where the earlier T=25, lr 5e-5, 11-point sweep took 583 s and reached the same front at matched KL, only
+    further along it (benchmarks/bench_quickstart.py --reference, RESULTS.md "Quickstart (make demo)"). The
     WARP run is an `align` run (:func:`align_config`) and the evaluation a `pareto` sweep (:func:`pareto_config`).
     """
 
@@ -230,16 +232,17 @@ class QuickstartConfig(WarpSettings, RunSettings):
     reward: str = setting("imdb-sentiment", "reward model or alias")
     judge: str = setting("vader", "independent judge reward (never trained on)")
     prompts: str = setting("builtin", "training prompts and held-out evaluation prompts")
-    steps: int = setting(25, "RL steps T per run")
+    steps: int = setting(10, "RL steps T per run")
     batch_size: int = setting(8, "prompts per RL step")
     k: int = setting(2, "samples per prompt (RLOO)")
-    lr: float = setting(5e-5, "learning rate (a small policy needs more than the reference 1e-5 to move within minutes)")
+    lr: float = setting(1e-4, "learning rate (a small policy needs more than the reference 1e-5 to move within "
+                        "minutes; 1.5e-4 gave a front below this one's)")
     beta: float = setting(0.05, "KL coefficient β")
     mu: float = setting(0.01, "EMA anchor rate μ")
     max_new_tokens: int = setting(24, "completion tokens, in training and evaluation")
     n_prompts: int = setting(32, "held-out prompts per evaluation")
     samples_per_prompt: int = setting(2, "completions per held-out prompt")
-    eta_steps: int = setting(10, "Pareto η grid 0, 1/N, …, 1")
+    eta_steps: int = setting(5, "Pareto η grid 0, 1/N, …, 1")
     seed: int = setting(0, "random seed of the WARP run (evaluation always uses seed 1234)")
     readme: str = setting("", "also put the results into this README between <!-- results:start/end --> markers")
     overwrite: bool = setting(False, "replace --out even if it holds something other than a previous quickstart")
