@@ -35,16 +35,9 @@ import torch
 from _results import machine, matmul_peak, read_bandwidth, write_section
 
 from warprl import optim
-from warprl.config import AlignConfig, parse_prompt_tokens
+from warprl.config import AlignConfig
 from warprl.data import builtin_prompts
-from warprl.models import (
-    convert_gguf,
-    load_policy,
-    merged_adapter_folder,
-    pick_device,
-    resolve,
-    training_attention,
-)
+from warprl.models import convert_gguf, load_policy, merged_adapter_folder, pick_device, resolve
 from warprl.precision import MixedPrecision, bf16_is_native, synchronize
 from warprl.reward import load_reward
 from warprl.rl import loop as L
@@ -73,13 +66,6 @@ def loadavg() -> float:
     return float(open("/proc/loadavg").read().split()[0])
 
 
-def kernel_for(cfg: AlignConfig, policy) -> str:
-    """The attention kernel ``run_rl`` trains ``policy`` with under ``cfg`` ("auto" resolved)."""
-    rows = cfg.batch_size * cfg.k // cfg.grad_accum
-    seq_len = parse_prompt_tokens(cfg.prompt_tokens)[1] + cfg.max_new_tokens
-    return training_attention(cfg.attn_implementation, policy.device, cfg.bf16, policy.config, rows, seq_len)
-
-
 class Warprl:
     """warprl's RL step driven one step at a time (what ``run_rl`` does, minus files and checkpoints)."""
 
@@ -90,7 +76,7 @@ class Warprl:
                                engine=engine, attn_implementation=attn)
         policy, self.tok = load_policy(policy_spec, device=device)
         # As run_rl does: "auto" resolved for this shape, set before the anchor and the bf16 copies are made.
-        self.attn = kernel_for(self.cfg, policy)
+        self.attn = L.training_kernel(self.cfg, policy)
         policy.set_attn_implementation(self.attn)
         anchor = copy.deepcopy(policy).eval()
         for p in anchor.parameters():
@@ -357,6 +343,18 @@ def markdown(run: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def section_title(run: dict) -> str:
+    """bf16 keeps the section it always had; an fp32 run (a CPU without native bf16) gets its own beside it, and
+    an fp32 run of one shape its own per shape (one shape alone can take most of an hour there); a GPU run its
+    card's."""
+    title = "RL step: warprl vs TRL RLOOTrainer"
+    if run["gpu"]:
+        return f"{title}, {run['gpu']}"
+    if run["precision"] != "bf16":
+        title += ", fp32" + ("" if len(run["shapes"]) > 1 else f", {run['shapes'][0]}")
+    return title
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shapes", nargs="+", default=["8x2x24", "16x4x64"], help="prompts x k x tokens")
@@ -409,17 +407,6 @@ def main() -> None:
     if args.json:
         print(json.dumps(run, default=str))
 
-
-def section_title(run: dict) -> str:
-    """bf16 keeps the section it always had; an fp32 run (a CPU without native bf16) gets its own beside it, and
-    an fp32 run of one shape its own per shape (one shape alone can take most of an hour there); a GPU run its
-    card's."""
-    title = "RL step: warprl vs TRL RLOOTrainer"
-    if run["gpu"]:
-        return f"{title}, {run['gpu']}"
-    if run["precision"] != "bf16":
-        title += ", fp32" + ("" if len(run["shapes"]) > 1 else f", {run['shapes'][0]}")
-    return title
 
 if __name__ == "__main__":
     main()

@@ -263,6 +263,14 @@ def kl_to_sft(cfg: AlignConfig, policy, sft, tokenizer, prompts: list[str], seed
     return float(A.sequence_kl(logp, logp_sft, roll.mask, "k1").mean())
 
 
+def training_kernel(cfg: AlignConfig, policy) -> str:
+    """The attention kernel of the run's training passes: ``cfg.attn_implementation`` with "auto" resolved for
+    one pass's rows (the step's batch over its micro-batches) and its longest sequence (prompt + completion)."""
+    rows = cfg.batch_size * cfg.k // cfg.grad_accum
+    seq_len = parse_prompt_tokens(cfg.prompt_tokens)[1] + cfg.max_new_tokens
+    return training_attention(cfg.attn_implementation, policy.device, cfg.bf16, policy.config, rows, seq_len)
+
+
 def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompts: list[str], *,
            method: str, anchor_kind: str, seed: int, resume: bool, desc: str = "",
            sft_weights: Path | None = None, base_name: str = "", clock: PhaseClock | None = None) -> RunResult:
@@ -305,10 +313,7 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
 
     # The kernel is set before the anchor and compute copies are made, so they inherit it; ``policy`` gets
     # its own back at the end.
-    rows = cfg.batch_size * cfg.k // cfg.grad_accum  # rows of one training pass
-    seq_len = parse_prompt_tokens(cfg.prompt_tokens)[1] + cfg.max_new_tokens
-    kernel = training_attention(cfg.attn_implementation, policy.device, cfg.bf16, policy.config, rows, seq_len)
-    with attention_kernel(policy, kernel):
+    with attention_kernel(policy, training_kernel(cfg, policy)):
         lora_run = LoraRun(cfg, policy, anchor_kind, seed) if lora else None
         clock.seconds["setup"] = time.perf_counter() - t_setup
         try:
