@@ -154,8 +154,8 @@ def main() -> None:
         draws = {n: time_draws(n, model.config.vocab_size, max(args.repeats, 5), device)
                  for n in (args.draw_rows or [args.rows * args.k])}
     load1 = open("/proc/loadavg").read().split()[0]
-    result = {"machine": machine(device), "policy": args.policy, "precision": args.precision, "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9,
-              "weight_MB": wbytes / 1e6, "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
+    result = {"machine": machine(device), "policy": args.policy, "precision": args.precision,
+              "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9, "weight_MB": wbytes / 1e6, "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
     print(f"{machine(device)}: batch {args.rows * args.k} rows × {args.tokens} tokens, {args.precision} "
           f"{args.policy}; read bandwidth "
           f"{bw / 1e9:.1f} GB/s, weights {wbytes / 1e6:.0f} MB → bound {bound_ms:.1f} ms/token; "

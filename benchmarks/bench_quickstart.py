@@ -92,8 +92,7 @@ def warp_front(pareto: dict):
     """The WARP η sweep of a quickstart's pareto.json as a Series (its first series)."""
     from warprl.eval.pareto import Series
 
-    s = pareto["series"][0]
-    return Series(s["name"], s["kind"], s.get("source", ""), s["points"], s.get("seeds", []))
+    return Series(**pareto["series"][0])
 
 
 def same_quality_lines(pareto: dict, ref_pareto: dict, ref_summary: dict, ref_name: str) -> list[str]:
@@ -114,7 +113,7 @@ def same_quality_lines(pareto: dict, ref_pareto: dict, ref_summary: dict, ref_na
         mean = f"{c['mean_delta']:+.3f}" if c["mean_delta"] is not None else "–"
         lines.append(f"- {what}: mean Δ reward at matched KL {mean}{interval} over {c['matched']} points → "
                      f"**{c['verdict']}**")
-    ra, rr = pareto["series"][0]["points"][-1], ref_pareto["series"][0]["points"][-1]
+    ra, rr = new.points[-1], ref.points[-1]
     lines.append(f"- the final policy (η = 1): reward {ra['reward_mean']:.3f} at KL {ra['kl_mean']:.2f} here, "
                  f"{rr['reward_mean']:.3f} at KL {rr['kl_mean']:.2f} in the reference")
     return lines

@@ -178,8 +178,7 @@ def step_floor(res: dict, peak: float, n_params: int) -> dict:
     decode = 2 * n_params * res["samples"] * w["completion_length"]
     total = update + update / 3 + decode
     target_s = res["trl"]["step_s"] / TARGET_RATIO
-    best = max((res[n] for n in res if n.startswith("warprl") and isinstance(res[n], dict) and "step_s" in res[n]),
-               key=lambda o: o["ratio_vs_trl"])
+    best = max((res[n] for n in res if n.startswith("warprl")), key=lambda o: o["ratio_vs_trl"])
     return {"update_flops": update, "anchor_flops": update / 3, "decode_flops": decode, "flops": total,
             "floor_s": total / peak, "target_s": target_s, "target_share_of_peak": total / peak / target_s,
             "best_ratio": best["ratio_vs_trl"], "best_share_of_peak": total / peak / best["step_s"]}
@@ -302,7 +301,8 @@ def markdown(run: dict) -> str:
              f"of {precision} weights / bandwidth = {bound:.2f} ms/token. TRL {run['trl_version']} `RLOOTrainer("
              f"bf16={precision == 'bf16'}, use_cpu={not gpu}, "
              f"gradient_checkpointing=False)` with attention {trl_attn}; warprl (attention {attn[0]} unless its row "
-             f"says otherwise{'; auto is resolved per shape as align resolves it' if attn[0] == 'auto' else ''}) and TRL alternate step by step in one process; medians "
+             f"says otherwise{'; auto is resolved per shape as align resolves it' if attn[0] == 'auto' else ''}) and "
+             f"TRL alternate step by step in one process; medians "
              f"exclude the first (warm-up) step; load = median 1-min load average at step start "
              f"({run['cores']} cores, shared).", ""]
     lines += ["| shape (prompts × k × tokens) | side | s / step | samples / s | ratio vs TRL | load | generate | reward "
