@@ -401,9 +401,10 @@ def main() -> None:
            "policy": args.policy, "precision": args.precision, "shapes": args.shapes, "attn": args.attn,
            "trl_attn": args.trl_attn, "trl_version": trl.__version__, "peak_flops": peak, "read_bandwidth": bw,
            "weight_bytes": wbytes, "decode_bound_ms_per_token": 1e3 * wbytes / bw, "results": results}
-    print(markdown(run))
+    md = markdown(run)
+    print(md)
     if not args.no_write:
-        write_section(section_title(run), markdown(run))
+        write_section(section_title(run), md)
     if args.json:
         print(json.dumps(run, default=str))
 
