@@ -70,3 +70,23 @@ def test_safetensors_results_get_ordinary_permissions(tmp_path):
     atomic_dir(tmp_path / "m", lambda d: save_file({"x": torch.zeros(2)}, str(d / "model.safetensors")))
     assert stat.S_IMODE((tmp_path / "m" / "model.safetensors").stat().st_mode) == 0o666 & ~mask
 
+
+
+def test_atomic_write_digest_is_the_files_sha256_taken_beside_the_fsync(tmp_path, monkeypatch):
+    import hashlib
+
+    from warprl.io import WriteError, atomic_write
+
+    p = tmp_path / "w.bin"
+    data = os.urandom(3 << 20)  # several read blocks
+    got = atomic_write(p, lambda tmp: open(tmp, "wb").write(data), digest=True)
+    assert got == hashlib.sha256(data).hexdigest() and p.read_bytes() == data
+    assert atomic_write(p, lambda tmp: open(tmp, "wb").write(b"x")) is None  # no digest unless asked
+
+    def failing_fsync(fd):  # the fsync runs in a thread: its failure still fails the write, old file kept
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(WriteError, match="Input/output error"):
+        atomic_write(p, lambda tmp: open(tmp, "wb").write(b"new"), digest=True)
+    assert p.read_bytes() == b"x" and [x.name for x in tmp_path.iterdir()] == ["w.bin"]

@@ -1,7 +1,8 @@
 """Atomic file and folder writes: a crash never leaves a half-written result behind.
 
 Every write of warprl goes through this module: :func:`atomic_write` (a file: temp, fsync, rename),
-:func:`atomic_dir` (a folder: temp folder, fsync, two renames) and :func:`append_line` (the metrics logs).
+:func:`atomic_dir` (a folder: temp folder, fsync, two renames), :func:`append_line` (the metrics logs) and
+:func:`save_weights` (a model's weights, one safetensors file under HF's names, with its sha256).
 A failed write (disk full, I/O error) raises :class:`WriteError`, a one-line :class:`UserError` naming the
 path and the system's reason; the file or folder it was replacing is left as it was.
 
@@ -25,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -116,10 +118,15 @@ def _umask() -> int:
     return mask
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``; a failure raises WriteError."""
+def atomic_write(path: str | os.PathLike, write: Callable[[str], None], digest: bool = False) -> str | None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``; a failure raises WriteError.
+
+    With ``digest`` the file's sha256 is returned, read back from the page cache while the disk syncs
+    (a model's file: the hash costs no time of its own beside the fsync).
+    """
     path = Path(path)
     tmp = None
+    sha = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -128,7 +135,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
         # mkstemp (and safetensors' own temp-and-rename) make 0600 files; a result reads like any other file.
         os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+            if digest:
+                sync = _Background(os.fsync, f.fileno())  # fsync and hashlib both release the GIL
+                try:
+                    sha = file_digest(tmp)
+                finally:
+                    sync.join()
+            else:
+                os.fsync(f.fileno())
         _event("write", path)
         os.replace(tmp, path)
         _fsync_dir(path.parent)
@@ -139,6 +153,27 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+    return sha
+
+
+class _Background(threading.Thread):
+    """``fn(*args)`` in a thread; :meth:`join` re-raises what it raised."""
+
+    def __init__(self, fn: Callable, *args):
+        super().__init__(daemon=True)
+        self.fn, self.args, self.error = fn, args, None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.fn(*self.args)
+        except BaseException as e:  # noqa: BLE001 - handed to the joining thread
+            self.error = e
+
+    def join(self, timeout: float | None = None) -> None:
+        super().join(timeout)
+        if self.error is not None:
+            raise self.error
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
@@ -228,10 +263,11 @@ def digest_file(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".sha256")
 
 
-def write_digest(path: str | os.PathLike) -> str:
-    """Record the sha256 of ``path`` in its ``.sha256`` file (atomically); returns it."""
+def write_digest(path: str | os.PathLike, digest: str | None = None) -> str:
+    """Record the sha256 of ``path`` (``digest`` when the writer computed it already) in its ``.sha256`` file
+    (atomically); returns it."""
     path = Path(path)
-    digest = file_digest(path)
+    digest = digest or file_digest(path)
     atomic_write_text(digest_file(path), f"{digest}  {path.name}\n")
     return digest
 
@@ -298,3 +334,34 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> None:
             shutil.rmtree(p, ignore_errors=True)
         else:
             p.unlink(missing_ok=True)
+
+
+# ------------------------------------------------------------------------------------------- model weights
+
+
+def weight_tensors(model) -> dict:
+    """The model's tensors by name, each storage once under the first name that holds it: the tied lm_head
+    is stored as ``model.embed_tokens.weight``, as ``save_pretrained`` stores it (safetensors' ``save_model``
+    would keep ``lm_head.weight``, which loaders such as vLLM skip for tied models)."""
+    seen: set[tuple] = set()
+    tensors = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride())
+        if key not in seen:
+            seen.add(key)
+            tensors[name] = t.detach().contiguous()
+    return tensors
+
+
+def save_weights(model, path: str | Path, check: Callable[[str], None] | None = None) -> str:
+    """The model's weights as one safetensors file (HF names, ``format: pt``), written atomically; returns its
+    sha256. ``check(tmp_path)`` may refuse the new file before it replaces anything."""
+
+    from safetensors.torch import save_file  # torch only where model weights are written
+
+    def write(tmp: str) -> None:
+        save_file(weight_tensors(model), tmp, metadata={"format": "pt"})
+        if check is not None:
+            check(tmp)
+
+    return atomic_write(path, write, digest=True)

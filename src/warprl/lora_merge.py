@@ -53,8 +53,9 @@ def merge_task_vectors(deltas: list[torch.Tensor], op: str = "slerp", lam: float
 
 
 def merge_adapter_files(init_path: str | os.PathLike, adapters: Sequence[str | os.PathLike],
-                        out_path: str | os.PathLike, op: str = "slerp", lam: float | None = None) -> None:
-    """θ_init + merge of the adapters' ΔW into ``out_path`` (atomically), one tensor of θ_init at a time."""
+                        out_path: str | os.PathLike, op: str = "slerp", lam: float | None = None) -> str:
+    """θ_init + merge of the adapters' ΔW into ``out_path`` (atomically), one tensor of θ_init at a time;
+    returns the file's sha256."""
     read = _read_all(adapters)
     modules = set(read[0][2])
     out: dict[str, torch.Tensor] = {}
@@ -75,7 +76,7 @@ def merge_adapter_files(init_path: str | os.PathLike, adapters: Sequence[str | o
                 cdt = kernels.compute_dtype(w0.dtype)
                 w0 = (w0.to(cdt) + merge_task_vectors(deltas, op, lam).to(cdt)).to(w0.dtype)
             out[key] = w0.contiguous()
-    atomic_write(out_path, lambda tmp: save_file(out, tmp, metadata=metadata))
+    return atomic_write(out_path, lambda tmp: save_file(out, tmp, metadata=metadata), digest=True)
 
 
 def task_vector_gram_adapters(adapters: Sequence[str | os.PathLike]) -> list[list[float]]:

@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -374,11 +375,26 @@ def attention_kernel(model, implementation: str):
         model.set_attn_implementation(own)
 
 
-def save_model(model, tokenizer, out: str | Path, extra_files: dict[str, str] | None = None) -> Path:
-    """``save_pretrained`` of model and tokenizer into ``out`` atomically (safetensors)."""
+def save_model(model, tokenizer, out: str | Path, extra_files: dict[str, str] | None = None,
+               weights_file: str | Path | None = None) -> Path:
+    """``save_pretrained`` of model and tokenizer into ``out`` atomically (safetensors).
+
+    With ``weights_file`` (a safetensors file of :func:`save_weights`' layout, e.g. a merge's result) the folder
+    gets that file as ``model.safetensors`` — hard-linked where the file system allows, else copied — and
+    ``model`` gives only its config: its own weights are not written.
+    """
 
     def fill(tmp: Path) -> None:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if weights_file is None:
+            model.save_pretrained(tmp, safe_serialization=True)
+        else:
+            model.config.save_pretrained(tmp)
+            if getattr(model, "generation_config", None) is not None and model.can_generate():
+                model.generation_config.save_pretrained(tmp)
+            try:
+                os.link(weights_file, tmp / "model.safetensors")  # warprl never writes a file in place
+            except OSError:
+                shutil.copyfile(weights_file, tmp / "model.safetensors")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():

@@ -139,6 +139,9 @@ def test_layout_and_final_folders_load_with_transformers(reference):
         expected = load_file(str(out / weights))
         assert all(torch.equal(state[k], v) for k, v in expected.items())
         assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()  # still tied
+        # The last iteration's file itself (hard-linked: written once), under save_pretrained's names.
+        assert os.path.samefile(out / folder / "model.safetensors", out / weights)
+        assert "model.embed_tokens.weight" in expected and "lm_head.weight" not in expected
 
 
 def test_iterations_follow_slerp_then_liti(reference, tiny_policy_dir):

@@ -13,6 +13,7 @@ from warprl.merge import (
     lerp,
     liti,
     merge_files,
+    merge_liti_files,
     slerp,
     task_vector_angle,
     task_vector_angle_files,
@@ -125,3 +126,23 @@ def test_task_vector_gram_files(model_files) -> None:
                                        (sds[b][k].float() - init[k].float()).reshape(-1)))
                        for k in init if init[k].is_floating_point())
             assert gram[a][b] == pytest.approx(want, rel=1e-6)
+
+
+@pytest.mark.parametrize("op", ["slerp", "lerp"])
+def test_merge_liti_files_is_merge_then_liti_in_one_pass(model_files, tmp_path: Path, op: str) -> None:
+    """The fused pass writes the same bits as merge_files twice (merge, then LITI on the merged file), returns
+    the same Gram matrix as task_vector_gram_files and the sha256 of both files."""
+    from warprl.io import file_digest
+
+    init_path, paths, _, _ = model_files
+    runs = paths[:2]
+    merged, liti_out = tmp_path / "merged.safetensors", tmp_path / "liti.safetensors"
+    gram, merged_sha, liti_sha = merge_liti_files(init_path, runs, merged, liti_out, op, eta=0.3, lam=0.25)
+    ref_merged, ref_liti = tmp_path / "ref_merged.safetensors", tmp_path / "ref_liti.safetensors"
+    merge_files(init_path, runs, ref_merged, op, lam=0.25)
+    merge_files(init_path, [ref_merged], ref_liti, "liti", eta=0.3)
+    assert merged.read_bytes() == ref_merged.read_bytes() and liti_out.read_bytes() == ref_liti.read_bytes()
+    assert (merged_sha, liti_sha) == (file_digest(merged), file_digest(liti_out))
+    assert gram == task_vector_gram_files(init_path, runs)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        merge_liti_files(init_path, runs, merged, liti_out, op, eta=0.3, lam=0.25, typo=1)

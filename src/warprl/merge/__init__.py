@@ -16,6 +16,7 @@ Conventions shared by every function:
 
 from warprl.merge.files import (
     merge_files,
+    merge_liti_files,
     open_streaming,
     task_vector_angle_files,
     task_vector_gram_files,
@@ -41,6 +42,7 @@ __all__ = [
     "lerp",
     "liti",
     "merge_files",
+    "merge_liti_files",
     "open_streaming",
     "slerp",
     "task_vector_angle",

@@ -1,6 +1,7 @@
 """Merging safetensors files one tensor name at a time, so that merging M policies never holds M models:
-:func:`merge_files` (SLERP, LERP, LITI, interpolation or any per-tensor callable, written atomically) and the
-task vectors' Gram matrix and angle, all over :func:`open_streaming` (pread, not mmap)."""
+:func:`merge_files` (SLERP, LERP, LITI, interpolation or any per-tensor callable, written atomically), a WARP
+iteration's SLERP + LITI + Gram matrix in one pass (:func:`merge_liti_files`), and the task vectors' Gram
+matrix and angle, all over :func:`open_streaming` (pread, not mmap)."""
 
 from __future__ import annotations
 
@@ -56,38 +57,16 @@ def _stream(init_path, paths: Sequence, device: str | torch.device = "cpu"):
         yield f_init.metadata(), ((k, f_init.get_tensor(k), [f.get_tensor(k) for f in fs]) for k in f_init.keys())
 
 
-def merge_files(
-    init_path: str | os.PathLike[str],
-    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-    out_path: str | os.PathLike[str],
-    op: str | Callable[..., torch.Tensor],
-    *,
-    device: str | torch.device = "cpu",
-    **kw: Any,
-) -> None:
-    """Merge safetensors files one tensor name at a time and write ``out_path`` atomically.
-
-    At most one tensor per input is loaded at a time; only the output (one model) is accumulated, because
-    ``save_file`` needs the whole dict. ``op`` and the meaning of ``init_path``/``paths``:
-
-    * ``"slerp"`` / ``"lerp"``: ``init_path`` is theta_init, ``paths`` the M models; ``kw`` as in
-      :func:`slerp` / :func:`lerp` (``lam``, ``method``, ``eps``, ``collinear_threshold``).
-    * ``"liti"``: ``init_path`` is theta_init, ``paths`` the single merged model; ``kw``: ``eta``.
-    * ``"interpolate"``: ``init_path`` is ``a``, ``paths`` the single ``b``; ``kw``: ``t``.
-    * a callable ``op(init, ts, **kw) -> Tensor`` receiving the reference tensor and the list of model
-      tensors for one name, upcast to fp32 (fp64 kept); its result is cast back to the reference dtype.
-
-    Non-float tensors are copied from ``init_path``; the init file's metadata is kept. ``device`` is where
-    tensors are loaded and merged (results are moved to CPU for saving).
-    """
-    path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
-    n = len(path_list)
-    select: int | None = None  # index (0 = init) whose tensors are copied verbatim instead of merged
+def _kernel(op: str | Callable[..., torch.Tensor], n: int, kw: dict[str, Any]) -> tuple[Kernel, int | None]:
+    """The per-tensor kernel of ``op`` for ``n`` models (consuming its keywords from ``kw``), and the index
+    (0 = init) whose tensors are copied verbatim instead of merged, if any."""
+    select: int | None = None
     kernel: Kernel
     if callable(op):
         fn = op
         kernel = lambda i, ts: fn(i, ts, **kw)  # noqa: E731
-    elif op == "slerp":
+        return kernel, None
+    if op == "slerp":
         kernel = slerp_kernel(
             n,
             kw.pop("lam", None),
@@ -109,9 +88,42 @@ def merge_files(
         kernel = lambda i, ts: lerp2(i, ts[0], w)  # noqa: E731
     else:
         raise ValueError(f"unknown op {op!r}; expected 'slerp', 'lerp', 'liti', 'interpolate' or a callable")
-    if not callable(op) and kw:
+    if kw:
         raise TypeError(f"unexpected keyword arguments for op {op!r}: {sorted(kw)}")
+    return kernel, select
 
+
+def _write(out_path, tensors: dict[str, torch.Tensor], metadata) -> str:
+    # One write path for every result file: temp file, fsync, rename (a kill leaves the old file or none).
+    return atomic_write(out_path, lambda tmp: save_file(tensors, tmp, metadata=metadata), digest=True)
+
+
+def merge_files(
+    init_path: str | os.PathLike[str],
+    paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    out_path: str | os.PathLike[str],
+    op: str | Callable[..., torch.Tensor],
+    *,
+    device: str | torch.device = "cpu",
+    **kw: Any,
+) -> str:
+    """Merge safetensors files one tensor name at a time and write ``out_path`` atomically; returns its sha256.
+
+    At most one tensor per input is loaded at a time; only the output (one model) is accumulated, because
+    ``save_file`` needs the whole dict. ``op`` and the meaning of ``init_path``/``paths``:
+
+    * ``"slerp"`` / ``"lerp"``: ``init_path`` is theta_init, ``paths`` the M models; ``kw`` as in
+      :func:`slerp` / :func:`lerp` (``lam``, ``method``, ``eps``, ``collinear_threshold``).
+    * ``"liti"``: ``init_path`` is theta_init, ``paths`` the single merged model; ``kw``: ``eta``.
+    * ``"interpolate"``: ``init_path`` is ``a``, ``paths`` the single ``b``; ``kw``: ``t``.
+    * a callable ``op(init, ts, **kw) -> Tensor`` receiving the reference tensor and the list of model
+      tensors for one name, upcast to fp32 (fp64 kept); its result is cast back to the reference dtype.
+
+    Non-float tensors are copied from ``init_path``; the init file's metadata is kept. ``device`` is where
+    tensors are loaded and merged (results are moved to CPU for saving).
+    """
+    path_list = [paths] if isinstance(paths, str | os.PathLike) else list(paths)
+    kernel, select = _kernel(op, len(path_list), dict(kw))
     out: dict[str, torch.Tensor] = {}
     with _stream(init_path, path_list, device) as (metadata, tensors):
         for k, init, ts in tensors:
@@ -120,8 +132,68 @@ def merge_files(
             else:
                 res = apply_kernel(kernel, k, init, ts)
             out[k] = res.to("cpu").contiguous()
-    # One write path for every result file: temp file, fsync, rename (a kill leaves the old file or none).
-    atomic_write(out_path, lambda tmp: save_file(out, tmp, metadata=metadata))
+    return _write(out_path, out, metadata)
+
+
+def merge_liti_files(
+    init_path: str | os.PathLike[str],
+    paths: Sequence[str | os.PathLike[str]],
+    merged_path: str | os.PathLike[str],
+    liti_path: str | os.PathLike[str],
+    op: str,
+    *,
+    eta: float,
+    device: str | torch.device = "cpu",
+    **kw: Any,
+) -> tuple[list[list[float]], str, str]:
+    """A WARP iteration's merge in one streaming pass over θ_init and the M runs: θ_merged = ``op`` (``"slerp"``
+    or ``"lerp"``, ``kw`` as in :func:`merge_files`) into ``merged_path``, θ_liti = (1 − η)·θ_init + η·θ_merged
+    into ``liti_path``, and the task vectors' Gram matrix (:func:`task_vector_gram_files`).
+
+    The same bits as :func:`merge_files` for the merge, then for LITI on the merged file, and the same Gram
+    matrix, reading the runs once (θ_init twice) instead of three times and never the merged file. Like
+    :func:`merge_files` it holds one model: the LITI replaces the merged tensors once they are on disk.
+    Returns (Gram matrix, sha256 of ``merged_path``, sha256 of ``liti_path``).
+    """
+    path_list = list(paths)
+    kernel, _ = _kernel(op, len(path_list), dict(kw))
+    liti_kernel, _ = _kernel("liti", 1, {"eta": eta})
+    out: dict[str, torch.Tensor] = {}
+    gram = _Gram(len(path_list))
+    with _stream(init_path, path_list, device) as (metadata, tensors):
+        for k, init, ts in tensors:
+            gram.add(init, ts)
+            out[k] = apply_kernel(kernel, k, init, ts).to("cpu").contiguous()
+    merged_sha = _write(merged_path, out, metadata)
+    with _stream(init_path, [], device) as (_, tensors):
+        for k, init, _ in tensors:
+            out[k] = apply_kernel(liti_kernel, k, init, [out[k]]).to("cpu").contiguous()
+    return gram.matrix(), merged_sha, _write(liti_path, out, metadata)
+
+
+class _Gram:
+    """⟨δ_a, δ_b⟩ of the task vectors δ_m = θ_m − θ_init, summed one tensor name at a time (float tensors)."""
+
+    def __init__(self, m: int):
+        self.m = m
+        self.gram = [[0.0] * m for _ in range(m)]
+
+    def add(self, init: torch.Tensor, ts: Sequence[torch.Tensor]) -> None:
+        if not init.is_floating_point():
+            return
+        cdt = compute_dtype(init.dtype)
+        base = init.to(cdt)
+        deltas = [(t.to(device=init.device, dtype=cdt) - base).reshape(-1) for t in ts]
+        for i in range(self.m):
+            for j in range(i, self.m):
+                self.gram[i][j] += float(torch.dot(deltas[i], deltas[j]))
+
+    def matrix(self) -> list[list[float]]:
+        g = [row[:] for row in self.gram]
+        for i in range(self.m):
+            for j in range(i):
+                g[i][j] = g[j][i]
+        return g
 
 
 def task_vector_gram_files(
@@ -132,22 +204,11 @@ def task_vector_gram_files(
 ) -> list[list[float]]:
     """Gram matrix ⟨δ_a, δ_b⟩ of the task vectors δ_m = θ_m − θ_init over all float tensors, in one streaming
     pass (one tensor per file in memory): norms and every pairwise angle of M runs without M² reads."""
-    m = len(paths)
-    gram = [[0.0] * m for _ in range(m)]
+    gram = _Gram(len(paths))
     with _stream(init_path, paths, device) as (_, tensors):
         for _, v, ts in tensors:
-            if not v.is_floating_point():
-                continue
-            cdt = compute_dtype(v.dtype)
-            base = v.to(cdt)
-            deltas = [(t.to(device=v.device, dtype=cdt) - base).reshape(-1) for t in ts]
-            for i in range(m):
-                for j in range(i, m):
-                    gram[i][j] += float(torch.dot(deltas[i], deltas[j]))
-    for i in range(m):
-        for j in range(i):
-            gram[i][j] = gram[j][i]
-    return gram
+            gram.add(v, ts)
+    return gram.matrix()
 
 
 def task_vector_angle_files(

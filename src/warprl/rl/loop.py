@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from tqdm.auto import tqdm
 
 from warprl import merge, optim
@@ -30,11 +30,11 @@ from warprl.config import AlignConfig, parse_prompt_tokens
 from warprl.errors import UserError
 from warprl.io import (
     atomic_dir,
-    atomic_write,
     atomic_write_json,
     file_digest,
     recover_dirs,
     remove_stale_temp_files,
+    save_weights,
 )
 from warprl.lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, write_adapter
 from warprl.models import attention_kernel, training_attention
@@ -401,8 +401,7 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
     kept = {k: v for k, v in last.items() if k != "samples/first"}
     if lora_run is None:
         weights = run_dir / "weights.safetensors"
-        atomic_write(weights, lambda tmp: save_model(policy, tmp))
-        record = {"steps": state.step, "sha256": file_digest(weights), "last": kept}
+        record = {"steps": state.step, "sha256": save_weights(policy, weights), "last": kept}
     else:
         del mp_policy, mp_anchor, sft_of
         weights = run_dir / ADAPTER_DIR

@@ -23,7 +23,7 @@ Output folder::
     DIR/iter_<i>/init.safetensors       θ_init after LITI (the next iteration's start)
     DIR/iter_<i>/iteration.json         the iteration's metrics row; written last = the iteration is done
     DIR/metrics.jsonl                   one row per finished iteration
-    DIR/final/, DIR/final_slerp/        HF folders of the final θ_init and the last θ_slerp
+    DIR/final/, DIR/final_slerp/        HF folders of the final θ_init and the last θ_slerp (weights linked)
     DIR/summary.json
 
 Resume reads the state from disk: finished runs (done.json), merges (their files) and iterations
@@ -47,13 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 
 from warprl import lora_merge, merge
 from warprl.config import AlignConfig
 from warprl.errors import UserError, first_line
 from warprl.io import (
-    atomic_write,
     atomic_write_json,
     atomic_write_text,
     damage,
@@ -61,6 +60,7 @@ from warprl.io import (
     recorded_digest,
     recover_dirs,
     remove_stale_temp_files,
+    save_weights,
     write_digest,
 )
 from warprl.models import load_policy
@@ -176,10 +176,8 @@ TASK_RETRIES = 2  # a worker that dies (OOM kill, lost node) is replaced; the re
 
 
 def check_ray_address(address: str, timeout: float = RAY_CONNECT_TIMEOUT_S) -> None:
-    """Fail fast on an address nothing answers at: ray.init retries an unreachable cluster for minutes.
-
-    ``auto`` and ``local`` are Ray's to resolve (it answers at once when no cluster runs here).
-    """
+    """Fail fast on an address nothing answers at: ray.init retries an unreachable cluster for minutes
+    (``auto`` and ``local`` are Ray's to resolve: it answers at once when no cluster runs here)."""
     if address in ("auto", "local"):
         return
     hostport = address.removeprefix("ray://")
@@ -225,8 +223,7 @@ class RayExecutor:
             else:
                 ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level="WARNING")
                 self.started = True
-        # Workers print nothing but errors: M interleaved progress bars are unreadable. --progress is a
-        # run-control setting, so this does not change the result.
+        # Workers print only errors (M interleaved bars are unreadable); --progress never changes a result.
         self.cfg = dataclasses.replace(cfg, progress=False)
         self.show = cfg.progress
         self.device = "cuda" if device.type == "cuda" else "cpu"  # a worker sees only its own GPU
@@ -307,8 +304,8 @@ def write_merge(out_file: Path, init: Path, paths: list[Path], op: str, adapters
     """merge_files into ``out_file`` (atomically: temp file, fsync, rename), then its ``.sha256``; returns the
     seconds it took. With ``adapters``, ``paths`` are LoRA runs' adapter folders (lora_merge)."""
     t0 = time.perf_counter()
-    (lora_merge.merge_adapter_files if adapters else merge.merge_files)(init, paths, out_file, op, **kw)
-    write_digest(out_file)
+    digest = (lora_merge.merge_adapter_files if adapters else merge.merge_files)(init, paths, out_file, op, **kw)
+    write_digest(out_file, digest)
     return time.perf_counter() - t0
 
 
@@ -335,14 +332,21 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
     runs = [run_dir(out, i, m) / (ADAPTER_DIR if lora else "weights.safetensors") for m in range(1, cfg.runs + 1)]
     slerp_file, next_init = idir / "slerp.safetensors", idir / "init.safetensors"
     seconds = {"time/slerp_s": 0.0, "time/liti_s": 0.0}
-    if not reusable(slerp_file):
-        # λ weighs two runs; with more, the iterated SLERP uses 1/m weights (merge.slerp's rule).
-        lam = cfg.lam if cfg.runs == 2 else None
-        seconds["time/slerp_s"] = write_merge(slerp_file, init, runs, cfg.merge, lam=lam, adapters=lora)
-    if not reusable(next_init):
-        seconds["time/liti_s"] = write_merge(next_init, init, [slerp_file], "liti", eta=cfg.eta)
-    last = [_last_row(run_dir(out, i, m) / "metrics.jsonl") for m in range(1, cfg.runs + 1)]
+    lam = cfg.lam if cfg.runs == 2 else None  # λ weighs two runs; with more, SLERP uses 1/m weights (merge.slerp)
     gram = lora_merge.task_vector_gram_adapters(runs) if lora else None
+    if not lora and not reusable(slerp_file) and not reusable(next_init):
+        # The usual case: one pass over the runs gives the SLERP, its LITI and the Gram matrix.
+        t0 = time.perf_counter()
+        gram, *digests = merge.merge_liti_files(init, runs, slerp_file, next_init, cfg.merge, eta=cfg.eta, lam=lam)
+        for path, digest in zip((slerp_file, next_init), digests, strict=True):
+            write_digest(path, digest)
+        seconds["time/slerp_s"] = time.perf_counter() - t0  # the LITI included (time/liti_s stays 0)
+    else:  # LoRA runs, or a resume that finds one of the two files intact: each missing one on its own
+        if not reusable(slerp_file):
+            seconds["time/slerp_s"] = write_merge(slerp_file, init, runs, cfg.merge, lam=lam, adapters=lora)
+        if not reusable(next_init):
+            seconds["time/liti_s"] = write_merge(next_init, init, [slerp_file], "liti", eta=cfg.eta)
+    last = [_last_row(run_dir(out, i, m) / "metrics.jsonl") for m in range(1, cfg.runs + 1)]
     row = {"iteration": i, "step": i * cfg.steps, **task_vector_stats(init, runs, gram)}
     # charts/kl_anchor (= charts/kl_mean): the runs' last KL to their EMA anchor; charts/kl_sft: their last
     # measured KL to θ_sft (the KL of the merged θ_init is what `warprl evaluate` measures).
@@ -392,15 +396,13 @@ def write_sft(cfg: AlignConfig, path: Path, policy) -> None:
         return
     recorded = recorded_digest(path)
 
-    def write(tmp: str) -> None:
-        save_model(policy, tmp)
+    def check(tmp: str) -> None:
         if recorded is not None and file_digest(tmp) != recorded:
             raise UserError(f"--policy {cfg.policy} holds other weights than the ones this run started from "
                             f"({path}.sha256); resume with the same policy or choose another --out")
 
     why = damage(path) if recorded is not None and path.exists() else None
-    atomic_write(path, write)
-    write_digest(path)
+    write_digest(path, save_weights(policy, path, check))
     if why:
         note(f"{path} was damaged ({why}): written again")
 
@@ -442,9 +444,7 @@ def run_warp(cfg: AlignConfig, out: Path, policy, tok, executor) -> list[dict]:
         atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
         _check_stop(f"after iteration {i}")
     last = iter_dir(out, cfg.iterations)
-    # final_slerp first: final/ marks the folder as finished (the output-folder policy).
-    load_model(policy, str(last / "slerp.safetensors"))
-    save_hf(policy, tok, out / "final_slerp")
-    load_model(policy, str(last / "init.safetensors"))
-    save_hf(policy, tok, out / "final")
+    # final_slerp first: final/ marks the folder as finished (the output-folder policy). Weights: linked files.
+    save_hf(policy, tok, out / "final_slerp", weights_file=last / "slerp.safetensors")
+    save_hf(policy, tok, out / "final", weights_file=last / "init.safetensors")
     return rows
