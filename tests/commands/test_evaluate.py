@@ -1,6 +1,7 @@
 """`warprl evaluate` and `warprl pareto` (warprl.commands.evaluate): the commands, their files and refusals."""
 
 import json
+import os
 import shutil
 
 from tests.commands._helpers import PNG_MAGIC, tensor_reward
@@ -23,6 +24,7 @@ def test_pareto_with_a_swept_baseline(quickstart_run, tiny_policy_dir, prompt_fi
     run_align(AlignConfig(method="rloo", policy=str(tiny_policy_dir), prompts=str(prompt_file), steps=8,
                              batch_size=2, k=2, lr=3e-2, beta=0.1, max_new_tokens=6, bf16=False, progress=False,
                              out=str(rloo)), reward_fn=tensor_reward("good"))
+    assert os.path.samefile(rloo / "final" / "model.safetensors", rloo / "weights.safetensors")  # written once
     cfg = ParetoConfig(sft=str(tiny_policy_dir), final=str(warp_dir), baseline=[str(rloo)], sweep_baselines=True,
                        eta_steps=2, prompts=str(prompt_file), n_prompts=6, max_new_tokens=6, bf16=True,
                        progress=False, out=str(tmp_path / "pareto"))  # bf16: evaluated as bf16 copies

@@ -62,7 +62,8 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
                 result = run_rl(cfg, out, policy, tok, reward_fn, prompts, method=cfg.method,
                                 anchor_kind=cfg.anchor, seed=derive_seed(cfg.seed, "run", 0),
                                 resume=decision.resume, desc=cfg.method, base_name=cfg.policy)
-                save_model(policy, tok, out / "final")
+                # final/ around the run's own weights file (linked); a LoRA run's is an adapter: the merged policy
+                save_model(policy, tok, out / "final", weights_file=None if cfg.lora_r else result.weights)
     finally:
         if executor is not None:
             executor.close()
