@@ -50,6 +50,32 @@ def test_merge_files_on_tied_weights_keeps_one_name_and_reloads_tied(tmp_path):
     assert torch.equal(got["count"], load_file(str(init))["count"])  # integer buffers come from θ_init
 
 
+def test_merges_read_either_name_of_a_tied_tensor(tmp_path):
+    """Files that store the tied pair under its other name (safetensors' save_model keeps the first name in
+    sorted order and records the dropped one in the metadata, so an older warprl wrote SmolLM2's as
+    lm_head.weight; save_weights keeps save_pretrained's) merge together, under θ_init's names."""
+    from safetensors.torch import save_file
+
+    from warprl.io import save_weights
+
+    init, a, b = (_save(tmp_path, n, s) for n, s in (("init", 0), ("a", 1), ("b", 2)))
+    b_hf = tmp_path / "b_other_name.safetensors"
+    tensors = load_file(str(b))
+    tensors["head.weight"] = tensors.pop("embed.weight")
+    save_file(tensors, str(b_hf), metadata={"embed.weight": "head.weight"})
+    for op in ("slerp", "lerp"):
+        merge.merge_files(init, [a, b], tmp_path / "old.safetensors", op, lam=0.5)
+        merge.merge_files(init, [a, b_hf], tmp_path / "mixed.safetensors", op, lam=0.5)
+        assert (tmp_path / "old.safetensors").read_bytes() == (tmp_path / "mixed.safetensors").read_bytes()
+    gram, _, _ = merge.merge_liti_files(b_hf, [a, init], tmp_path / "m.safetensors", tmp_path / "l.safetensors",
+                                        "slerp", eta=0.5)
+    assert gram == merge.task_vector_gram_files(b, [a, init])
+    assert set(load_file(str(tmp_path / "l.safetensors"))) == set(load_file(str(b_hf)))  # θ_init's names
+    save_weights(nn.Linear(2, 2), tmp_path / "other.safetensors")  # another model: still refused
+    with pytest.raises(ValueError, match="key mismatch"):
+        merge.merge_files(init, [tmp_path / "other.safetensors"], tmp_path / "x.safetensors", "slerp")
+
+
 def test_task_vector_stats_match_merge(tmp_path):
     init, a, b, c = (_save(tmp_path, n, s) for n, s in (("init", 0), ("a", 1), ("b", 2), ("c", 3)))
     two = warp.task_vector_stats(init, [a, b])

@@ -44,6 +44,21 @@ def _file_shapes(f: Any) -> dict[str, list[int]]:
     return {k: f.get_slice(k).get_shape() for k in f.keys()}
 
 
+def _tied_names(f: Any) -> dict[str, str]:
+    """A tied tensor's other name → the name the file stores it under: safetensors' ``save_model`` records the
+    names it dropped in the metadata (``{"model.embed_tokens.weight": "lm_head.weight"}``); HF files have none."""
+    keys = set(f.keys())
+    return {a: b for a, b in (f.metadata() or {}).items() if b in keys and a not in keys}
+
+
+def _names_in(f: Any, init_keys: Sequence[str], init_tied: dict[str, str]) -> dict[str, str]:
+    """Each of θ_init's names → the file's name for that tensor: the same one, or its tied twin (a file written
+    under the other name of the tied embedding/lm_head pair, e.g. by an older warprl)."""
+    keys, tied = set(f.keys()), _tied_names(f)
+    twins = {b: a for a, b in init_tied.items()}  # init's stored name → the name it dropped
+    return {k: k if k in keys else tied.get(k, twins.get(k, k)) for k in init_keys}
+
+
 @contextlib.contextmanager
 def _stream(init_path, paths: Sequence, device: str | torch.device = "cpu"):
     """The one streaming driver: opens the files, checks they hold the same tensors, and yields the init
@@ -52,9 +67,16 @@ def _stream(init_path, paths: Sequence, device: str | torch.device = "cpu"):
     with contextlib.ExitStack() as stack:
         f_init = stack.enter_context(open_streaming(init_path, dev))
         fs = [stack.enter_context(open_streaming(p, dev)) for p in paths]
-        check_structure(str(init_path), _file_shapes(f_init),
-                         [(str(p), _file_shapes(f)) for p, f in zip(paths, fs, strict=True)])
-        yield f_init.metadata(), ((k, f_init.get_tensor(k), [f.get_tensor(k) for f in fs]) for k in f_init.keys())
+        init_keys, init_tied = list(f_init.keys()), _tied_names(f_init)
+        names, others = [], []
+        for p, f in zip(paths, fs, strict=True):
+            n, shapes = _names_in(f, init_keys, init_tied), _file_shapes(f)
+            as_init = {n[k]: k for k in init_keys if n[k] in shapes}
+            names.append(n)
+            others.append((str(p), {as_init.get(k, k): v for k, v in shapes.items()}))  # under θ_init's names
+        check_structure(str(init_path), _file_shapes(f_init), others)
+        yield f_init.metadata(), ((k, f_init.get_tensor(k), [f.get_tensor(n[k]) for f, n in zip(fs, names, strict=True)])
+                                  for k in init_keys)
 
 
 def _kernel(op: str | Callable[..., torch.Tensor], n: int, kw: dict[str, Any]) -> tuple[Kernel, int | None]:
