@@ -36,39 +36,6 @@ def test_save_model_replaces_atomically(tiny_policy_dir, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
-def test_save_weights_stores_hf_names_once_and_reloads_tied(tiny_policy_dir, tmp_path):
-    """One safetensors file per model with save_pretrained's names (the tied lm_head under the embedding's),
-    its sha256 returned, and a ``check`` that refuses the file before it replaces anything."""
-    from safetensors import safe_open
-    from safetensors.torch import load_model
-
-    from warprl.io import file_digest, save_weights
-
-    model, _ = models.load_policy(str(tiny_policy_dir))
-    path = tmp_path / "w.safetensors"
-    assert save_weights(model, path) == file_digest(path)
-    with safe_open(str(path), "pt") as f:
-        assert "model.embed_tokens.weight" in f.keys() and "lm_head.weight" not in f.keys()
-        assert f.metadata() == {"format": "pt"}
-        assert len(list(f.keys())) == len(model.state_dict()) - 1  # the one tied duplicate
-    other, _ = models.load_policy(str(tiny_policy_dir))
-    with torch.no_grad():
-        for p in other.parameters():
-            p.zero_()
-    load_model(other, str(path))
-    assert other.lm_head.weight is other.model.embed_tokens.weight
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), other.state_dict().values(), strict=True))
-
-    before = path.read_bytes()
-
-    def refuse(tmp):
-        raise UserError("not these weights")
-
-    with pytest.raises(UserError, match="not these weights"):
-        save_weights(other, path, check=refuse)
-    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
-
-
 @pytest.mark.parametrize("can_link", [True, False])
 def test_save_model_from_a_weights_file_links_it(tiny_policy_dir, tmp_path, monkeypatch, can_link):
     """An HF folder around a weights file already written (a merge's result): hard-linked, or copied where the
