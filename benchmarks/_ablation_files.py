@@ -24,6 +24,8 @@ from pathlib import Path
 
 from _ablation_plan import Plan, lent_files, needed_files
 
+from warprl.io import link_or_copy
+
 SETTINGS_FILE = "settings.json"
 
 
@@ -115,7 +117,7 @@ def borrow_runs(lender: Path, out: Path, cfg, n: int) -> None:
     sft = init_path(lender, 1)
     for src in (sft, digest_file(sft)):
         if not (out / src.name).exists():
-            link(src, out / src.name)
+            link_or_copy(src, out / src.name)
     for m in range(1, n + 1):
         src, dst = run_dir(lender, 1, m), run_dir(out, 1, m)
         if run_finished(dst):
@@ -123,7 +125,7 @@ def borrow_runs(lender: Path, out: Path, cfg, n: int) -> None:
         if not run_finished(src):
             raise RuntimeError(f"{src} is not a finished run: train {lender.name} before {out.name}")
         shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(src, dst, copy_function=lambda a, b: link(Path(a), Path(b)))
+        shutil.copytree(src, dst, copy_function=link_or_copy)
 
 
 def prune(plan: Plan, seed_dir: Path, evaluated: set[str] = frozenset()) -> float:
@@ -163,14 +165,6 @@ def _unlink(f: Path) -> int:
     return st.st_size if st.st_nlink == 1 else 0
 
 
-def link(src: Path, dst: Path) -> None:
-    """A hard link (no second copy on disk), or a copy across file systems."""
-    try:
-        dst.hardlink_to(src)
-    except OSError:
-        shutil.copyfile(src, dst)
-
-
 def weights_folder(seed_dir: Path, spec: str) -> Path:
     """An HF-style folder holding the weights a candidate spec names (merges are written once, under
     candidates/), with ``angle.json`` beside them where the spec is a merge of task vectors."""
@@ -188,18 +182,18 @@ def weights_folder(seed_dir: Path, spec: str) -> Path:
     if not target.is_file():
         folder.mkdir(parents=True, exist_ok=True)
         if rest.startswith("iter"):
-            link(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
+            link_or_copy(run / f"iter_{int(rest[4:])}" / "init.safetensors", target)
         elif rest.startswith("slerp"):
             idir = run / f"iter_{int(rest[5:])}"
             row = json.loads((idir / "iteration.json").read_text())  # its runs' angle
             angle = {k: v for k, v in row.items() if k.startswith("charts/task")}
             (folder / "angle.json").write_text(json.dumps(angle))
-            link(idir / "slerp.safetensors", target)  # last: a folder with its weights is complete
+            link_or_copy(idir / "slerp.safetensors", target)  # last: a folder with its weights is complete
         else:  # merge:<op>:<m>
             _, op, m = rest.split(":")
             runs = [run / "iter_1" / f"run_{j}" / "weights.safetensors" for j in range(1, int(m) + 1)]
             if op == "one":
-                link(runs[0], target)
+                link_or_copy(runs[0], target)
             else:
                 stats = task_vector_stats(run / "sft.safetensors", runs)
                 (folder / "angle.json").write_text(json.dumps(stats))

@@ -336,6 +336,15 @@ def remove_stale_temp_files(folder: str | os.PathLike) -> None:
             p.unlink(missing_ok=True)
 
 
+def link_or_copy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """``dst`` as a hard link to ``src`` (no second copy on disk; safe because warprl never writes a file in
+    place), or a copy where the file system refuses links (another device, some network mounts)."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 # ------------------------------------------------------------------------------------------- model weights
 
 

@@ -10,7 +10,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from warprl.errors import UserError, first_line
-from warprl.io import atomic_dir, atomic_write_text
+from warprl.io import atomic_dir, atomic_write_text, link_or_copy
 
 
 @dataclass(frozen=True)
@@ -379,7 +378,7 @@ def save_model(model, tokenizer, out: str | Path, extra_files: dict[str, str] | 
                weights_file: str | Path | None = None) -> Path:
     """``save_pretrained`` of model and tokenizer into ``out`` atomically (safetensors).
 
-    With ``weights_file`` (a safetensors file of :func:`save_weights`' layout, e.g. a merge's result) the folder
+    With ``weights_file`` (a safetensors file of :func:`warprl.io.save_weights`' layout, e.g. a merge's result) the folder
     gets that file as ``model.safetensors`` — hard-linked where the file system allows, else copied — and
     ``model`` gives only its config: its own weights are not written.
     """
@@ -391,10 +390,7 @@ def save_model(model, tokenizer, out: str | Path, extra_files: dict[str, str] | 
             model.config.save_pretrained(tmp)
             if getattr(model, "generation_config", None) is not None and model.can_generate():
                 model.generation_config.save_pretrained(tmp)
-            try:
-                os.link(weights_file, tmp / "model.safetensors")  # warprl never writes a file in place
-            except OSError:
-                shutil.copyfile(weights_file, tmp / "model.safetensors")
+            link_or_copy(weights_file, tmp / "model.safetensors")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():

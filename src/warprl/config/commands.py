@@ -223,7 +223,8 @@ class QuickstartConfig(WarpSettings, RunSettings):
 
     The defaults are sized for a 2-core CPU in about 5 minutes: 268 s in bf16 on an AMD EPYC with AVX512-BF16,
     where the earlier T=25, lr 5e-5, 11-point sweep took 583 s and reached the same front at matched KL, only
-    further along it (benchmarks/bench_quickstart.py --reference, RESULTS.md "Quickstart (make demo)"). The
+    further along it (benchmarks/bench_quickstart.py --reference; both on the smollm2-imdb adapter before the
+    950 k-token one, with which the quickstart took 248 s: RESULTS.md "Quickstart (make demo)"). The
     WARP run is an `align` run (:func:`align_config`) and the evaluation a `pareto` sweep (:func:`pareto_config`).
     """
 

@@ -326,15 +326,15 @@ def _mean(values: list[float | None]) -> float | None:
 
 def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
     """SLERP of the M runs, LITI towards θ_init, and the iteration's metrics row (skipping what exists)."""
-    idir = iter_dir(out, i)
-    init = init_path(out, i)
+    idir, init = iter_dir(out, i), init_path(out, i)
     lora = cfg.lora_r > 0  # a LoRA run's task vector: its ΔW = s·B·A per adapted matrix (lora_merge)
     runs = [run_dir(out, i, m) / (ADAPTER_DIR if lora else "weights.safetensors") for m in range(1, cfg.runs + 1)]
     slerp_file, next_init = idir / "slerp.safetensors", idir / "init.safetensors"
     seconds = {"time/slerp_s": 0.0, "time/liti_s": 0.0}
     lam = cfg.lam if cfg.runs == 2 else None  # λ weighs two runs; with more, SLERP uses 1/m weights (merge.slerp)
     gram = lora_merge.task_vector_gram_adapters(runs) if lora else None
-    if not lora and not reusable(slerp_file) and not reusable(next_init):
+    slerp_done, init_done = reusable(slerp_file), reusable(next_init)  # once each: a hash, a note if damaged
+    if not lora and not slerp_done and not init_done:
         # The usual case: one pass over the runs gives the SLERP, its LITI and the Gram matrix.
         t0 = time.perf_counter()
         gram, *digests = merge.merge_liti_files(init, runs, slerp_file, next_init, cfg.merge, eta=cfg.eta, lam=lam)
@@ -342,9 +342,9 @@ def merge_iteration(cfg: AlignConfig, out: Path, i: int) -> dict:
             write_digest(path, digest)
         seconds["time/slerp_s"] = time.perf_counter() - t0  # the LITI included (time/liti_s stays 0)
     else:  # LoRA runs, or a resume that finds one of the two files intact: each missing one on its own
-        if not reusable(slerp_file):
+        if not slerp_done:
             seconds["time/slerp_s"] = write_merge(slerp_file, init, runs, cfg.merge, lam=lam, adapters=lora)
-        if not reusable(next_init):
+        if not init_done:
             seconds["time/liti_s"] = write_merge(next_init, init, [slerp_file], "liti", eta=cfg.eta)
     last = [_last_row(run_dir(out, i, m) / "metrics.jsonl") for m in range(1, cfg.runs + 1)]
     row = {"iteration": i, "step": i * cfg.steps, **task_vector_stats(init, runs, gram)}
