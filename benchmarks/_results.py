@@ -69,6 +69,11 @@ def write_section(title: str, markdown: str, path: Path = RESULTS, keep_previous
     return path
 
 
+def section_titles(path: Path = RESULTS) -> list[str]:
+    """The ``## `` titles of RESULTS.md (none when it does not exist)."""
+    return [t for t, _ in _split(path.read_text(encoding="utf-8"))[1]] if path.exists() else []
+
+
 def replace_section(sections: list[tuple[str, str]], title: str, body: str,
                     keep_previous: bool = True) -> list[tuple[str, str]]:
     """``sections`` with ``title``'s body replaced by ``body`` (appended when new); the old body moves to

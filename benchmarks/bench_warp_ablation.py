@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/bench_warp_ablation.py --plan --measure   # the estimate from rates measured here
     .venv/bin/python benchmarks/bench_warp_ablation.py --smoke     # tiny sizes: proves the pipeline, not a result
     .venv/bin/python benchmarks/bench_warp_ablation.py --so-far --seeds 0   # the parts seed 0 has finished, so far
+                                                                            # (RESULTS.md: "WARP ablation: interim")
 
 Parts (every comparison at equal RL compute = the same number of RL steps of the same shape, S = I·M·T):
 
@@ -52,7 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _ablation_files as files  # noqa: E402
 import _ablation_report as ablation_report  # noqa: E402
 from _ablation_plan import Plan, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
-from _results import machine, matmul_peak, read_bandwidth, write_section  # noqa: E402
+from _results import RESULTS, machine, matmul_peak, read_bandwidth, section_titles, write_section  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/imdb/train.parquet"
@@ -308,6 +309,26 @@ def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
     return text
 
 
+INTERIM = "WARP ablation: interim"  # the RESULTS.md section of --so-far, until the final report replaces it
+
+
+def publish(folder: Path, text: str, final: bool, results: Path = RESULTS,
+            docs: Path = ROOT / "docs" / "results") -> None:
+    """Put a report whose plots are in ``folder`` where results live: the final one as RESULTS.md's section
+    "WARP ablation" with docs/results/ablation_*.png, an interim one (--so-far) as "WARP ablation: interim" with
+    docs/results/ablation_so_far_*.png. The final one replaces the interim section by a line pointing to it, so no
+    interim figure outlives the ablation."""
+    prefix = "ablation_" if final else "ablation_so_far_"
+    docs.mkdir(parents=True, exist_ok=True)
+    for png in sorted(folder.glob("ablation_*.png")):
+        shutil.copyfile(png, docs / (prefix + png.name.removeprefix("ablation_")))
+    text = text.replace("](ablation_", f"](../docs/results/{prefix}")
+    write_section("WARP ablation" if final else INTERIM, text, results)
+    if final and INTERIM in section_titles(results):
+        write_section(INTERIM, "Superseded by the finished ablation: the section \"WARP ablation\".", results,
+                      keep_previous=False)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -321,7 +342,7 @@ def main() -> int:
                     "estimate from those rates (a few minutes)")
     ap.add_argument("--so-far", action="store_true", help="report the parts every one of --seeds has evaluated so "
                     "far, and the other candidates evaluated, from --out alone (trains and evaluates nothing; "
-                    "written to --out/so_far/)")
+                    "written to --out/so_far/ and, not with --smoke, to RESULTS.md's section \"WARP ablation: interim\")")
     ap.add_argument("--fp32", action="store_true", help="compute in fp32 even where bf16 is native (to go on with "
                     "an --out folder started in fp32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on "
@@ -356,6 +377,9 @@ def main() -> int:
         if args.so_far:
             text = interim_report(plan, out, sizes, args)
             print(text)
+            if not args.smoke:  # a smoke run is never written where results live
+                cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
+                publish(out / "so_far", text + f"\nCommand: `{cmd}`.\n", final=False)
             return 0
         text = run_ablation(plan, out, sizes, args)
     except UserError as e:  # e.g. a folder started with other settings is not continued with these
@@ -364,10 +388,7 @@ def main() -> int:
     (out / "results.md").write_text(text)
     print(text)
     if not args.smoke:  # a smoke run is never written where results live
-        docs = ROOT / "docs" / "results"
-        for png in out.glob("ablation_*.png"):
-            shutil.copyfile(png, docs / png.name)
-        write_section("WARP ablation", text.replace("](ablation_", "](../docs/results/ablation_"))
+        publish(out, text, final=True)
     return 0
 
 

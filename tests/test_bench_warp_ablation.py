@@ -239,3 +239,25 @@ def test_candidates_of_unfinished_parts_are_listed_with_their_own_points_only():
     assert lines[-1] == "| 0 | R | a | 1.50 [1.00, 2.00] | 0.50 [0.25, 0.75] | 3.00 [2.50, 3.50] | 1.00 (KL 1.50) |"
     assert len(lines) == 5  # part d is complete (reported in full) and E is not evaluated
     assert _ablation_report.pending_lines(plan, {0: records}, done={"a", "d"}) == []
+
+
+def test_an_interim_report_is_published_apart_and_the_final_one_replaces_it(bench, tmp_path):
+    from _results import section_titles
+
+    results, docs = tmp_path / "RESULTS.md", tmp_path / "docs"
+    results.write_text("# Benchmark results\n\n## Other\n\nkept\n")
+    so_far, final = tmp_path / "so_far", tmp_path / "out"
+    for folder, colour in ((so_far, b"interim"), (final, b"final")):
+        folder.mkdir()
+        (folder / "ablation_d.png").write_bytes(colour)
+    bench.publish(so_far, "seed 0 so far ![d](ablation_d.png)", final=False, results=results, docs=docs)
+    text = results.read_text()
+    assert "## WARP ablation: interim\n\nseed 0 so far ![d](../docs/results/ablation_so_far_d.png)" in text
+    assert (docs / "ablation_so_far_d.png").read_bytes() == b"interim" and not (docs / "ablation_d.png").exists()
+    bench.publish(final, "3 seeds ![d](ablation_d.png)", final=True, results=results, docs=docs)
+    text = results.read_text()
+    assert section_titles(results) == ["Other", "WARP ablation: interim", "WARP ablation"]
+    assert "## WARP ablation\n\n3 seeds ![d](../docs/results/ablation_d.png)" in text
+    assert "seed 0 so far" not in text  # no interim figure outlives the final report, not even as a previous run
+    assert "Superseded by the finished ablation" in text and "kept" in text
+    assert (docs / "ablation_d.png").read_bytes() == b"final"
