@@ -313,20 +313,45 @@ INTERIM = "WARP ablation: interim"  # the RESULTS.md section of --so-far, until 
 
 
 def publish(folder: Path, text: str, final: bool, results: Path = RESULTS,
-            docs: Path = ROOT / "docs" / "results") -> None:
+            docs: Path = ROOT / "docs" / "results", readme: Path | None = None) -> None:
     """Put a report whose plots are in ``folder`` where results live: the final one as RESULTS.md's section
     "WARP ablation" with docs/results/ablation_*.png, an interim one (--so-far) as "WARP ablation: interim" with
     docs/results/ablation_so_far_*.png. The final one replaces the interim section by a line pointing to it, so no
-    interim figure outlives the ablation."""
+    interim figure outlives the ablation. With ``readme``: its block ``warp_ablation`` (:func:`readme_fragment`)."""
+    import os
+
     prefix = "ablation_" if final else "ablation_so_far_"
     docs.mkdir(parents=True, exist_ok=True)
     for png in sorted(folder.glob("ablation_*.png")):
         shutil.copyfile(png, docs / (prefix + png.name.removeprefix("ablation_")))
-    text = text.replace("](ablation_", f"](../docs/results/{prefix}")
-    write_section("WARP ablation" if final else INTERIM, text, results)
+    write_section("WARP ablation" if final else INTERIM,
+                  text.replace("](ablation_", f"]({os.path.relpath(docs, results.parent)}/{prefix}"), results)
     if final and INTERIM in section_titles(results):
         write_section(INTERIM, "Superseded by the finished ablation: the section \"WARP ablation\".", results,
                       keep_previous=False)
+    if readme is not None:
+        from warprl.eval.report import check_readme, splice_block
+        from warprl.io import atomic_write_text
+
+        fragment = readme_fragment(text, "WARP ablation" if final else INTERIM)
+        fragment = fragment.replace("](ablation_", f"]({os.path.relpath(docs, readme.parent)}/{prefix}")
+        atomic_write_text(readme, splice_block(check_readme(readme), "warp_ablation", fragment))
+
+
+def readme_fragment(text: str, section: str) -> str:
+    """The README's share of a report: its opening paragraphs and part (d), the question users ask (does WARP
+    beat RLOO and REINFORCE at the same KL and compute?); the other parts are named where they are."""
+    head, *parts = text.split("\n### ")
+    d = [p for p in parts if p.startswith("(d)")]
+    others = [p.split("\n", 1)[0] for p in parts if not p.startswith("(d)") and p.startswith("(")]
+    lines = [f"Written by `benchmarks/bench_warp_ablation.py`; the whole report: `benchmarks/RESULTS.md`, section "
+             f"\"{section}\"" + (f" (also {'; '.join(others)})." if others else "."), "", head.strip()]
+    lines += ["", "### " + d[0].strip()] if d else ["", "Part (d) is not complete yet for every seed shown."]
+    return "\n".join(lines) + "\n"
+
+
+def readme(args) -> Path | None:
+    return Path(args.readme).resolve() if args.readme else None
 
 
 def main() -> int:
@@ -343,6 +368,8 @@ def main() -> int:
     ap.add_argument("--so-far", action="store_true", help="report the parts every one of --seeds has evaluated so "
                     "far, and the other candidates evaluated, from --out alone (trains and evaluates nothing; "
                     "written to --out/so_far/ and, not with --smoke, to RESULTS.md's section \"WARP ablation: interim\")")
+    ap.add_argument("--readme", default="", help="also write the report's opening and part (d) into this README's "
+                    "block warp_ablation (not with --smoke)")
     ap.add_argument("--fp32", action="store_true", help="compute in fp32 even where bf16 is native (to go on with "
                     "an --out folder started in fp32)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default; 1 is faster on "
@@ -374,12 +401,16 @@ def main() -> int:
     from warprl.errors import UserError
 
     try:
+        if readme(args) and not args.smoke:  # a wrong README is said now, not after hours of compute
+            from warprl.eval.report import check_readme
+
+            check_readme(readme(args))
         if args.so_far:
             text = interim_report(plan, out, sizes, args)
             print(text)
             if not args.smoke:  # a smoke run is never written where results live
                 cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
-                publish(out / "so_far", text + f"\nCommand: `{cmd}`.\n", final=False)
+                publish(out / "so_far", text + f"\nCommand: `{cmd}`.\n", final=False, readme=readme(args))
             return 0
         text = run_ablation(plan, out, sizes, args)
     except UserError as e:  # e.g. a folder started with other settings is not continued with these
@@ -388,7 +419,7 @@ def main() -> int:
     (out / "results.md").write_text(text)
     print(text)
     if not args.smoke:  # a smoke run is never written where results live
-        publish(out, text, final=True)
+        publish(out, text, final=True, readme=readme(args))
     return 0
 
 

@@ -244,20 +244,38 @@ def test_candidates_of_unfinished_parts_are_listed_with_their_own_points_only():
 def test_an_interim_report_is_published_apart_and_the_final_one_replaces_it(bench, tmp_path):
     from _results import section_titles
 
-    results, docs = tmp_path / "RESULTS.md", tmp_path / "docs"
+    results, docs = tmp_path / "RESULTS.md", tmp_path / "docs" / "results"
     results.write_text("# Benchmark results\n\n## Other\n\nkept\n")
     so_far, final = tmp_path / "so_far", tmp_path / "out"
     for folder, colour in ((so_far, b"interim"), (final, b"final")):
         folder.mkdir()
         (folder / "ablation_d.png").write_bytes(colour)
-    bench.publish(so_far, "seed 0 so far ![d](ablation_d.png)", final=False, results=results, docs=docs)
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n\nIn short: prose\n\n<!-- results:start -->\n<!-- results:end -->\n")
+    report = "seed 0 so far\n\n### (a) anchor\n\nanchor table\n\n### (d) fronts\n\nd table ![d](ablation_d.png)"
+    bench.publish(so_far, report, final=False, results=results, docs=docs, readme=readme)
     text = results.read_text()
-    assert "## WARP ablation: interim\n\nseed 0 so far ![d](../docs/results/ablation_so_far_d.png)" in text
+    assert "## WARP ablation: interim\n\nseed 0 so far\n\n### (a) anchor" in text
+    assert "d table ![d](docs/results/ablation_so_far_d.png)" in text  # RESULTS.md and docs/ side by side here
+    block = readme.read_text().split("<!-- results:warp_ablation:start -->\n")[1].split("<!-- results:warp")[0]
+    assert block.startswith("Written by `benchmarks/bench_warp_ablation.py`")
+    assert "(also (a) anchor)" in block and "seed 0 so far" in block and "anchor table" not in block
+    assert block.endswith("### (d) fronts\n\nd table ![d](docs/results/ablation_so_far_d.png)\n")
     assert (docs / "ablation_so_far_d.png").read_bytes() == b"interim" and not (docs / "ablation_d.png").exists()
-    bench.publish(final, "3 seeds ![d](ablation_d.png)", final=True, results=results, docs=docs)
+    bench.publish(final, "3 seeds ![d](ablation_d.png)", final=True, results=results, docs=docs, readme=readme)
     text = results.read_text()
     assert section_titles(results) == ["Other", "WARP ablation: interim", "WARP ablation"]
-    assert "## WARP ablation\n\n3 seeds ![d](../docs/results/ablation_d.png)" in text
+    assert "## WARP ablation\n\n3 seeds ![d](docs/results/ablation_d.png)" in text
+    assert "3 seeds" in readme.read_text() and "seed 0 so far" not in readme.read_text()
+    assert "Part (d) is not complete yet" in readme.read_text()
     assert "seed 0 so far" not in text  # no interim figure outlives the final report, not even as a previous run
     assert "Superseded by the finished ablation" in text and "kept" in text
     assert (docs / "ablation_d.png").read_bytes() == b"final"
+
+
+def test_a_wrong_readme_is_refused_before_any_work(bench, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["bench_warp_ablation.py", "--out", str(tmp_path / "out"), "--readme",
+                                      str(tmp_path / "README.md")])
+    assert bench.main() == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --readme {tmp_path / 'README.md'}: file not found"
+    assert not (tmp_path / "out" / "settings.json").exists()
