@@ -43,7 +43,10 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
               "mean Δ, 95 % interval across seeds. " if len(seeds) > 1 else
               "Each candidate: η = 1 reward / gold / KL with 95 % bootstrap intervals over prompts. Comparisons: "
               "mean Δreward at matched KL (the first's front at the second's KLs), paired bootstrap over prompts. ")
-             + "Each pair is compared both ways; KL values beyond the first front's range are left out. "
+             + "Each pair is compared both ways; KL values beyond the first front's range are left out. Part (d) "
+             "compares the gold rewards too, read off the first's sweep (not its upper envelope: gold need not rise "
+             "with KL) at the second's KLs, with intervals and verdicts by the same rule; \"gold peaks at\" is the sweep's point of highest "
+             "gold reward (beyond it more KL buys proxy reward and loses gold: the proxy is being hacked). "
              + stats.VERDICT_RULE, ""]
     names = {part: [n for n, (_, p) in plan.candidates.items() if p == part] for part in "abcd"}
     titles = {"a": "(a) anchor: SFT vs EMA", "b": "(b) merging", "c": "(c) LITI η and iterations I",
@@ -62,25 +65,29 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
     for part in "abcd":
         if not names[part]:
             continue
-        lines += [f"### {titles[part]}", "", "| candidate | reward η=1 | gold η=1 | KL η=1 | seeds |",
-                  "|---|---:|---:|---:|---:|"]
+        lines += [f"### {titles[part]}", "", "| candidate | reward η=1 | gold η=1 | KL η=1 | gold peaks at | seeds |",
+                  "|---|---:|---:|---:|---|---:|"]
         for n in names[part]:
             p = series[n].points[-1]
             ang = ev["angles"].get(n)
             lines.append(f"| {n}" + (f" (task vectors {sum(ang) / len(ang):.0f}°)" if ang else "")
                          + f" | {p['reward_mean']:.2f} {_ci(p.get('reward_ci'), '{:.2f}')} | "
                          f"{p.get('gold_mean', float('nan')):.2f} {_ci(p.get('gold_ci'), '{:.2f}')} | "
-                         f"{p['kl_mean']:.1f} {_ci(p.get('kl_ci'), '{:.1f}')} | {p.get('n_seeds', 1)} |")
-        lines += ["", "| comparison | matched KL | mean Δreward | 95 % interval | verdict |",
-                  "|---|---:|---:|---:|---|"]
-        for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
-            if a not in series or b not in series:
-                continue
-            c = compare_fronts(series[a], series[b])
-            summary["comparisons"].append({"part": part, **{k: v for k, v in c.items() if k != "rows"}})
-            center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
-            md = "–" if center is None else f"{center:+.3f}"
-            lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | {c['verdict']} |")
+                         f"{p['kl_mean']:.1f} {_ci(p.get('kl_ci'), '{:.1f}')} | {gold_peak(series[n].points)} | "
+                         f"{p.get('n_seeds', 1)} |")
+        for metric in ("reward", "gold") if part == "d" else ("reward",):
+            lines += ["", f"| comparison{' (gold reward, never optimised)' * (metric == 'gold')} | matched KL | "
+                      f"mean Δ{metric} | 95 % interval | verdict |", "|---|---:|---:|---:|---|"]
+            for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
+                if a not in series or b not in series:
+                    continue
+                c = (compare_fronts if metric == "reward" else compare_gold)(series[a], series[b])
+                summary["comparisons"].append({"part": part, "metric": metric,
+                                               **{k: v for k, v in c.items() if k != "rows"}})
+                center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
+                md = "–" if center is None else f"{center:+.3f}"
+                lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | "
+                             f"{c['verdict']} |")
         png = (dest or out) / f"ablation_{part}.png"
         plot_front([series[n] for n in names[part]], png, title=titles[part])
         lines += ["", f"![{titles[part]}]({png.name})"]
@@ -96,6 +103,82 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
             p.pop("samples", None)
     ((dest or out) / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
     return "\n".join(lines)
+
+
+def curve_at(kls, values, kl: float):
+    """A sweep's value at ``kl``: linear between its points taken in order of KL (not its upper envelope: gold
+    reward need not rise with KL, and nobody can pick η by a reward they do not have); None outside their range.
+    ``kls``/``values`` may carry a trailing axis of bootstrap draws (then read each draw, clamped at the ends)."""
+    import numpy as np
+
+    k, v = np.asarray(kls, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if k.ndim == 1:
+        order = np.argsort(k, kind="stable")
+        return None if kl < k[order[0]] or kl > k[order[-1]] else float(np.interp(kl, k[order], v[order]))
+    out = np.empty(k.shape[1])
+    for t in range(k.shape[1]):
+        order = np.argsort(k[:, t], kind="stable")
+        out[t] = np.interp(kl[t], k[order, t], v[order, t])
+    return out
+
+
+def compare_gold(a, b) -> dict:
+    """Mean over b's sweep points (η > 0, within a's KL range) of gold_a(KL of b_j) − gold of b_j, read off a's
+    sweep by :func:`curve_at`; 95 % interval across seeds (mean ± t·s/√n of each seed's mean Δ) with several
+    seeds, else a paired bootstrap over prompts (the same draws for both sweeps); the verdict rule as for reward."""
+    import numpy as np
+
+    from warprl.eval import stats
+
+    def point_delta(pa: list[dict], pb: list[dict]) -> tuple[float | None, list[int]]:
+        ka, ga = [p["kl_mean"] for p in pa], [p["gold_mean"] for p in pa]
+        rows = [(j, curve_at(ka, ga, p["kl_mean"])) for j, p in enumerate(pb) if p["kl_mean"] > 1e-6]
+        matched = [(j, g - pb[j]["gold_mean"]) for j, g in rows if g is not None]
+        return (sum(d for _, d in matched) / len(matched) if matched else None), [j for j, _ in matched]
+
+    if not all("gold_mean" in p for p in a.points + b.points):
+        return {"a": a.name, "b": b.name, "matched": 0, "mean_delta": None, "mean_delta_ci": None,
+                "verdict": "no gold"}
+    mean, matched = point_delta(a.points, b.points)
+    out = {"a": a.name, "b": b.name, "matched": len(matched), "mean_delta": mean, "mean_delta_ci": None}
+    if a.seeds or b.seeds:
+        a_seeds, b_seeds = a.seeds or [a.points], b.seeds or [b.points]
+        per_seed = [point_delta(a_seeds[s % len(a_seeds)], b_seeds[s % len(b_seeds)])[0]
+                    for s in range(max(len(a_seeds), len(b_seeds)))]
+        per_seed = [d for d in per_seed if d is not None]
+        if len(per_seed) >= 2:
+            m, lo, hi = stats.t_interval(per_seed)
+            out.update(mean_delta_ci=[lo, hi], ci_over="seeds", seed_deltas=per_seed, seed_mean_delta=m)
+    elif matched and all(p.get("samples") for p in a.points + b.points):
+        def arrays(points):  # [points, prompts] per-prompt means of KL and gold, prompts in one order
+            names = [stats.per_prompt([s["prompt"] for s in p["samples"]], [0.0] * len(p["samples"]))[0]
+                     for p in points]
+            kl = np.stack([stats.per_prompt([s["prompt"] for s in p["samples"]], [s["kl"] for s in p["samples"]])[1]
+                           for p in points])
+            gold = np.stack([stats.per_prompt([s["prompt"] for s in p["samples"]],
+                                              [s["gold"] for s in p["samples"]])[1] for p in points])
+            return names, kl, gold
+
+        (na, akl, ag), (nb, bkl, bg) = arrays(a.points), arrays(b.points)
+        if all(n == na[0] for n in na + nb):  # the same prompts everywhere: a paired bootstrap
+            idx = stats.boot_indices(akl.shape[1])
+            akl, ag, bkl, bg = (x[:, idx].mean(axis=2) for x in (akl, ag, bkl, bg))  # [points, draws]
+            draws = np.mean([curve_at(akl, ag, bkl[j]) - bg[j] for j in matched], axis=0)
+            out.update(mean_delta_ci=list(stats.percentile_interval(draws)), ci_over="prompts")
+    ci = out["mean_delta_ci"]
+    out["verdict"] = stats.verdict(*ci) if ci else "no interval"
+    return out
+
+
+def gold_peak(points: list[dict]) -> str:
+    """Where a sweep's gold reward is highest (η, KL): beyond it more KL buys proxy reward but loses gold (the
+    proxy is being hacked); at η = 1 the gold reward has not turned down yet."""
+    scored = [p for p in points if "gold_mean" in p]
+    if not scored:
+        return "–"
+    best = max(scored, key=lambda p: p["gold_mean"])
+    where = f"η={best['eta']:g}, KL {best['kl_mean']:.1f}" if "eta" in best else f"KL {best['kl_mean']:.1f}"
+    return where + (" (still rising)" if best is scored[-1] else "")
 
 
 def pending_lines(plan: Plan, per_seed: dict[int, dict], done: set[str]) -> list[str]:

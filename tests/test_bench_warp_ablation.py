@@ -279,3 +279,76 @@ def test_a_wrong_readme_is_refused_before_any_work(bench, tmp_path, monkeypatch,
     assert bench.main() == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: --readme {tmp_path / 'README.md'}: file not found"
     assert not (tmp_path / "out" / "settings.json").exists()
+
+
+def test_gold_is_compared_along_the_sweeps_at_matched_kl():
+    import _ablation_report
+
+    from warprl.eval.pareto import Series
+
+    def point(eta, kl, gold, noise=0.0):
+        samples = [{"prompt": f"p{i}", "kl": kl, "reward": 0.0, "gold": gold + noise * (i % 2 - 0.5)}
+                   for i in range(8)]
+        return {"eta": eta, "kl_mean": kl, "reward_mean": 0.0, "gold_mean": gold, "samples": samples}
+
+    # a's gold rises to 1 at KL 2 then falls to −1 at KL 4; b sits at −1 at KL 1 and KL 3 (one noisy prompt pair).
+    a = Series("a", "sweep", "", [point(0.0, 0.0, 0.0), point(0.5, 2.0, 1.0), point(1.0, 4.0, -1.0)])
+    b = Series("b", "sweep", "", [point(0.0, 0.0, 0.0), point(0.5, 1.0, -1.0, 0.2), point(1.0, 3.0, -1.0, 0.2)])
+    c = _ablation_report.compare_gold(a, b)
+    # a's sweep at KL 1 is 0.5 and at KL 3 is 0.0 (its points in KL order, not an envelope): Δ = 1.5 and 1.0.
+    assert c["matched"] == 2 and c["mean_delta"] == pytest.approx(1.25) and c["verdict"] == "above"
+    assert c["ci_over"] == "prompts" and c["mean_delta_ci"][0] < 1.25 < c["mean_delta_ci"][1]
+    itself = _ablation_report.compare_gold(a, a)  # an envelope would put a's falling points below a's own front
+    assert itself["mean_delta"] == 0.0 and itself["verdict"] == "within noise"
+    beyond = Series("far", "sweep", "", [point(0.0, 0.0, 0.0), point(1.0, 9.0, 0.0)])
+    assert _ablation_report.compare_gold(a, beyond)["matched"] == 0  # no reading of a beyond its largest KL
+    seeded_a = Series("a", "sweep", "", a.points, [a.points, a.points])
+    seeded_b = Series("b", "sweep", "", b.points, [b.points, [point(0.0, 0.0, 0.0), point(1.0, 1.0, 0.0)]])
+    s = _ablation_report.compare_gold(seeded_a, seeded_b)
+    assert s["ci_over"] == "seeds" and s["seed_deltas"] == pytest.approx([1.25, 0.5])
+    assert s["seed_mean_delta"] == pytest.approx(0.875) and s["verdict"] == "within noise"  # t with 1 df: wide
+
+
+def test_where_a_sweep_s_gold_reward_peaks():
+    import _ablation_report
+
+    pts = [{"eta": e, "kl_mean": k, "gold_mean": g} for e, k, g in ((0.0, 0.0, 0.1), (0.5, 1.0, 0.6), (1.0, 3.0, 0.2))]
+    assert _ablation_report.gold_peak(pts) == "η=0.5, KL 1.0"
+    assert _ablation_report.gold_peak(pts[:2]) == "η=0.5, KL 1.0 (still rising)"
+    assert _ablation_report.gold_peak([{"eta": 1.0, "kl_mean": 2.0}]) == "–"
+
+
+def test_the_report_of_part_d_compares_proxy_and_gold_fronts_per_pair(tmp_path):
+    import json
+    from types import SimpleNamespace
+
+    import _ablation_report
+
+    plan = plan_for(["d"], 15)
+    (tmp_path / "gold_rm").mkdir()
+    (tmp_path / "gold_rm" / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.95}}))
+
+    def points(shift):
+        out = []
+        for eta in (0.0, 0.5, 1.0):
+            kl, reward, gold = 2 * eta, shift * eta, 0.5 * eta - 0.5 * eta * eta * shift
+            samples = [{"prompt": f"p{i}", "kl": kl, "reward": reward + 0.1 * (i % 3 - 1),
+                        "gold": gold + 0.1 * (i % 2)} for i in range(8)]
+            out.append({"eta": eta, "kl_mean": kl, "reward_mean": reward, "gold_mean": gold, "samples": samples})
+        return out
+
+    records = {spec: {"points": points(1.5 if "warp" in spec else 1.0), "angle": None}
+               for spec, _ in plan.candidates.values()}
+    sizes = dict(steps=15, batch_size=8, k=2, max_new_tokens=24, samples_per_prompt=2, etas=(0.0, 0.5, 1.0))
+    args = SimpleNamespace(smoke=False, so_far=False)
+    text = _ablation_report.report("smollm2-imdb", plan, files.report_input(plan, {0: records}, 8), [0], sizes,
+                                   tmp_path, args, {"training": 1.0})
+    rows = [line for line in text.splitlines() if line.startswith("| task β=0.1: WARP final (LITI) − task β=0.1: RLOO")]
+    assert len(rows) == 2  # the proxy reward's comparison and the gold reward's
+    assert rows[0].endswith("| above |")  # WARP's proxy front is higher at every matched KL
+    assert "gold reward, never optimised" in text and "| η=0.5, KL 1.0 |" in text
+    itself = "| paper: WARP last SLERP (its output) − paper: WARP final (LITI) | 2 | +0.000 |"
+    assert sum(line.startswith(itself) for line in text.splitlines()) == 2  # equal sweeps: 0 for reward and gold
+    summary = json.loads((tmp_path / "ablation.json").read_text())
+    assert {c["metric"] for c in summary["comparisons"]} == {"reward", "gold"}
+    assert (tmp_path / "ablation_d.png").is_file() and (tmp_path / "ablation_d_gold.png").is_file()
