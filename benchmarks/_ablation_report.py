@@ -89,11 +89,11 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
                 lines.append(f"| {a} − {b} | {c['matched']} | {md} | {_ci(c.get('mean_delta_ci'))} | "
                              f"{c['verdict']} |")
         png = (dest or out) / f"ablation_{part}.png"
-        plot_front([series[n] for n in names[part]], png, title=titles[part])
+        plot_front(plotted(plan, names[part], series), png, title=titles[part])
         lines += ["", f"![{titles[part]}]({png.name})"]
         if part == "d":
             gpng = (dest or out) / "ablation_d_gold.png"
-            plot_front([series[n] for n in names[part]], gpng, title="gold reward vs KL (never optimised)",
+            plot_front(plotted(plan, names[part], series), gpng, title="gold reward vs KL (never optimised)",
                        metric="gold_mean", ylabel="mean gold reward")
             lines += ["", f"![gold vs KL]({gpng.name})"]
         lines.append("")
@@ -103,6 +103,17 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
             p.pop("samples", None)
     ((dest or out) / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
     return "\n".join(lines)
+
+
+def plotted(plan: Plan, names: list[str], series: dict) -> list:
+    """The series of ``names`` to draw: one per policy, the names of candidates that are the same weights (e.g.
+    part (d)'s "paper: RLOO" and "task β=0.1: RLOO") joined in its label, so that no two curves share a colour."""
+    from dataclasses import replace
+
+    same: dict[str, list[str]] = {}
+    for n in names:
+        same.setdefault(plan.candidates[n][0], []).append(n)
+    return [replace(series[group[0]], name=" = ".join(group)) for group in same.values()]
 
 
 def curve_at(kls, values, kl: float):

@@ -344,8 +344,9 @@ def readme_fragment(text: str, section: str) -> str:
     head, *parts = text.split("\n### ")
     d = [p for p in parts if p.startswith("(d)")]
     others = [p.split("\n", 1)[0] for p in parts if not p.startswith("(d)") and p.startswith("(")]
-    lines = [f"Written by `benchmarks/bench_warp_ablation.py`; the whole report: `benchmarks/RESULTS.md`, section "
-             f"\"{section}\"" + (f" (also {'; '.join(others)})." if others else "."), "", head.strip()]
+    lines = ["Written by `benchmarks/bench_warp_ablation.py`: the report's opening and part (d); the whole report"
+             + (f" (with {'; '.join(others)})" if others else "") + f" is in `benchmarks/RESULTS.md`, section "
+             f"\"{section}\".", "", head.strip()]
     lines += ["", "### " + d[0].strip()] if d else ["", "Part (d) is not complete yet for every seed shown."]
     return "\n".join(lines) + "\n"
 

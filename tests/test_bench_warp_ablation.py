@@ -259,7 +259,8 @@ def test_an_interim_report_is_published_apart_and_the_final_one_replaces_it(benc
     assert "d table ![d](docs/results/ablation_so_far_d.png)" in text  # RESULTS.md and docs/ side by side here
     block = readme.read_text().split("<!-- results:warp_ablation:start -->\n")[1].split("<!-- results:warp")[0]
     assert block.startswith("Written by `benchmarks/bench_warp_ablation.py`")
-    assert "(also (a) anchor)" in block and "seed 0 so far" in block and "anchor table" not in block
+    assert "(with (a) anchor) is in `benchmarks/RESULTS.md`, section \"WARP ablation: interim\"." in block
+    assert "seed 0 so far" in block and "anchor table" not in block
     assert block.endswith("### (d) fronts\n\nd table ![d](docs/results/ablation_so_far_d.png)\n")
     assert (docs / "ablation_so_far_d.png").read_bytes() == b"interim" and not (docs / "ablation_d.png").exists()
     bench.publish(final, "3 seeds ![d](ablation_d.png)", final=True, results=results, docs=docs, readme=readme)
@@ -324,6 +325,8 @@ def test_the_report_of_part_d_compares_proxy_and_gold_fronts_per_pair(tmp_path):
 
     import _ablation_report
 
+    from warprl.eval.pareto import Series
+
     plan = plan_for(["d"], 15)
     (tmp_path / "gold_rm").mkdir()
     (tmp_path / "gold_rm" / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.95}}))
@@ -352,3 +355,7 @@ def test_the_report_of_part_d_compares_proxy_and_gold_fronts_per_pair(tmp_path):
     summary = json.loads((tmp_path / "ablation.json").read_text())
     assert {c["metric"] for c in summary["comparisons"]} == {"reward", "gold"}
     assert (tmp_path / "ablation_d.png").is_file() and (tmp_path / "ablation_d_gold.png").is_file()
+    series = {n: Series(n, "sweep") for n in plan.candidates}
+    drawn = [s.name for s in _ablation_report.plotted(plan, [n for n, (_, p) in plan.candidates.items() if p == "d"],
+                                                      series)]
+    assert len(drawn) == 10 and "task β=0.1: RLOO = paper: RLOO" in drawn  # one curve per policy
