@@ -42,7 +42,8 @@ def test_every_figure_the_results_summary_quotes_was_written_by_a_tool():
 
     sources = {"**Quickstart**": block("quickstart") + sections("Quickstart"),
                "**Same compute, small**": block("bench_fronts") + sections("WARP vs RLOO fronts"),
-               "**Larger offline config**": block("offline_pareto_smollm2_imdb")}
+               "**Larger offline config**": block("offline_pareto_smollm2_imdb"),
+               "**WARP ablation**": block("warp_ablation") + sections("WARP ablation")}
     summary = text[text.index("In short:"):text.index("<!-- results:start -->")]
     bullets = [b.split("\n\n")[0] for b in summary.split("\n- ")[1:]]
     assert sorted(next(k for k in sources if b.startswith(k)) for b in bullets) == sorted(sources)
