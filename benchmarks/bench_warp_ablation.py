@@ -6,6 +6,7 @@
     .venv/bin/python benchmarks/bench_warp_ablation.py --smoke     # tiny sizes: proves the pipeline, not a result
     .venv/bin/python benchmarks/bench_warp_ablation.py --so-far --seeds 0   # the parts seed 0 has finished, so far
                                                                             # (RESULTS.md: "WARP ablation: interim")
+    .venv/bin/python benchmarks/bench_warp_ablation.py ... --readme README.md   # also the README's block (part d)
 
 Parts (every comparison at equal RL compute = the same number of RL steps of the same shape, S = I·M·T):
 
