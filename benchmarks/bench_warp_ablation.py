@@ -326,7 +326,8 @@ def publish(folder: Path, text: str, final: bool, results: Path = RESULTS,
     for png in sorted(folder.glob("ablation_*.png")):
         shutil.copyfile(png, docs / (prefix + png.name.removeprefix("ablation_")))
     write_section("WARP ablation" if final else INTERIM,
-                  text.replace("](ablation_", f"]({os.path.relpath(docs, results.parent)}/{prefix}"), results)
+                  text.replace("](ablation_", f"]({os.path.relpath(docs, results.parent)}/{prefix}"), results,
+                  keep_previous=final)  # an interim report is superseded by the next, not kept beside it
     if final and INTERIM in section_titles(results):
         write_section(INTERIM, "Superseded by the finished ablation: the section \"WARP ablation\".", results,
                       keep_previous=False)
