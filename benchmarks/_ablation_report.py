@@ -140,6 +140,7 @@ def compare_gold(a, b) -> dict:
     import numpy as np
 
     from warprl.eval import stats
+    from warprl.eval.pareto import _per_prompt_arrays
 
     def point_delta(pa: list[dict], pb: list[dict]) -> tuple[float | None, list[int]]:
         ka, ga = [p["kl_mean"] for p in pa], [p["gold_mean"] for p in pa]
@@ -160,20 +161,16 @@ def compare_gold(a, b) -> dict:
         if len(per_seed) >= 2:
             m, lo, hi = stats.t_interval(per_seed)
             out.update(mean_delta_ci=[lo, hi], ci_over="seeds", seed_deltas=per_seed, seed_mean_delta=m)
-    elif matched and all(p.get("samples") for p in a.points + b.points):
-        def arrays(points):  # [points, prompts] per-prompt means of KL and gold, prompts in one order
-            names = [stats.per_prompt([s["prompt"] for s in p["samples"]], [0.0] * len(p["samples"]))[0]
-                     for p in points]
-            kl = np.stack([stats.per_prompt([s["prompt"] for s in p["samples"]], [s["kl"] for s in p["samples"]])[1]
-                           for p in points])
-            gold = np.stack([stats.per_prompt([s["prompt"] for s in p["samples"]],
-                                              [s["gold"] for s in p["samples"]])[1] for p in points])
-            return names, kl, gold
+    elif matched:
+        def gold_as_reward(points: list[dict]) -> list[dict]:
+            return [{**p, "samples": [{**x, "reward": x["gold"]} for x in p["samples"]]} if p.get("samples") else p
+                    for p in points]
 
-        (na, akl, ag), (nb, bkl, bg) = arrays(a.points), arrays(b.points)
-        if all(n == na[0] for n in na + nb):  # the same prompts everywhere: a paired bootstrap
-            idx = stats.boot_indices(akl.shape[1])
-            akl, ag, bkl, bg = (x[:, idx].mean(axis=2) for x in (akl, ag, bkl, bg))  # [points, draws]
+        # [points, prompts] per-prompt means of KL and gold (None without samples or with other prompts)
+        arrays_a, arrays_b = _per_prompt_arrays(gold_as_reward(a.points)), _per_prompt_arrays(gold_as_reward(b.points))
+        if arrays_a and arrays_b and arrays_a[0] == arrays_b[0]:  # the same prompts everywhere: a paired bootstrap
+            idx = stats.boot_indices(arrays_a[1].shape[1])
+            akl, ag, bkl, bg = (x[:, idx].mean(axis=2) for x in (*arrays_a[1:], *arrays_b[1:]))  # [points, draws]
             draws = np.mean([curve_at(akl, ag, bkl[j]) - bg[j] for j in matched], axis=0)
             out.update(mean_delta_ci=list(stats.percentile_interval(draws)), ci_over="prompts")
     ci = out["mean_delta_ci"]
