@@ -81,7 +81,8 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
             for a, b in pairs[part] + [(b, a) for a, b in pairs[part]]:
                 if a not in series or b not in series:
                     continue
-                c = (compare_fronts if metric == "reward" else compare_gold)(series[a], series[b])
+                # gold along the sweep in KL order: nobody can pick η by a reward they do not have
+                c = compare_fronts(series[a], series[b], metric, read="front" if metric == "reward" else "curve")
                 summary["comparisons"].append({"part": part, "metric": metric,
                                                **{k: v for k, v in c.items() if k != "rows"}})
                 center = c.get("seed_mean_delta", c["mean_delta"])  # the centre of the across-seed interval
@@ -114,68 +115,6 @@ def plotted(plan: Plan, names: list[str], series: dict) -> list:
     for n in names:
         same.setdefault(plan.candidates[n][0], []).append(n)
     return [replace(series[group[0]], name=" = ".join(group)) for group in same.values()]
-
-
-def curve_at(kls, values, kl: float):
-    """A sweep's value at ``kl``: linear between its points taken in order of KL (not its upper envelope: gold
-    reward need not rise with KL, and nobody can pick η by a reward they do not have); None outside their range.
-    ``kls``/``values`` may carry a trailing axis of bootstrap draws (then read each draw, clamped at the ends)."""
-    import numpy as np
-
-    k, v = np.asarray(kls, dtype=np.float64), np.asarray(values, dtype=np.float64)
-    if k.ndim == 1:
-        order = np.argsort(k, kind="stable")
-        return None if kl < k[order[0]] or kl > k[order[-1]] else float(np.interp(kl, k[order], v[order]))
-    out = np.empty(k.shape[1])
-    for t in range(k.shape[1]):
-        order = np.argsort(k[:, t], kind="stable")
-        out[t] = np.interp(kl[t], k[order, t], v[order, t])
-    return out
-
-
-def compare_gold(a, b) -> dict:
-    """Mean over b's sweep points (η > 0, within a's KL range) of gold_a(KL of b_j) − gold of b_j, read off a's
-    sweep by :func:`curve_at`; 95 % interval across seeds (mean ± t·s/√n of each seed's mean Δ) with several
-    seeds, else a paired bootstrap over prompts (the same draws for both sweeps); the verdict rule as for reward."""
-    import numpy as np
-
-    from warprl.eval import stats
-    from warprl.eval.pareto import _per_prompt_arrays
-
-    def point_delta(pa: list[dict], pb: list[dict]) -> tuple[float | None, list[int]]:
-        ka, ga = [p["kl_mean"] for p in pa], [p["gold_mean"] for p in pa]
-        rows = [(j, curve_at(ka, ga, p["kl_mean"])) for j, p in enumerate(pb) if p["kl_mean"] > 1e-6]
-        matched = [(j, g - pb[j]["gold_mean"]) for j, g in rows if g is not None]
-        return (sum(d for _, d in matched) / len(matched) if matched else None), [j for j, _ in matched]
-
-    if not all("gold_mean" in p for p in a.points + b.points):
-        return {"a": a.name, "b": b.name, "matched": 0, "mean_delta": None, "mean_delta_ci": None,
-                "verdict": "no gold"}
-    mean, matched = point_delta(a.points, b.points)
-    out = {"a": a.name, "b": b.name, "matched": len(matched), "mean_delta": mean, "mean_delta_ci": None}
-    if a.seeds or b.seeds:
-        a_seeds, b_seeds = a.seeds or [a.points], b.seeds or [b.points]
-        per_seed = [point_delta(a_seeds[s % len(a_seeds)], b_seeds[s % len(b_seeds)])[0]
-                    for s in range(max(len(a_seeds), len(b_seeds)))]
-        per_seed = [d for d in per_seed if d is not None]
-        if len(per_seed) >= 2:
-            m, lo, hi = stats.t_interval(per_seed)
-            out.update(mean_delta_ci=[lo, hi], ci_over="seeds", seed_deltas=per_seed, seed_mean_delta=m)
-    elif matched:
-        def gold_as_reward(points: list[dict]) -> list[dict]:
-            return [{**p, "samples": [{**x, "reward": x["gold"]} for x in p["samples"]]} if p.get("samples") else p
-                    for p in points]
-
-        # [points, prompts] per-prompt means of KL and gold (None without samples or with other prompts)
-        arrays_a, arrays_b = _per_prompt_arrays(gold_as_reward(a.points)), _per_prompt_arrays(gold_as_reward(b.points))
-        if arrays_a and arrays_b and arrays_a[0] == arrays_b[0]:  # the same prompts everywhere: a paired bootstrap
-            idx = stats.boot_indices(arrays_a[1].shape[1])
-            akl, ag, bkl, bg = (x[:, idx].mean(axis=2) for x in (*arrays_a[1:], *arrays_b[1:]))  # [points, draws]
-            draws = np.mean([curve_at(akl, ag, bkl[j]) - bg[j] for j in matched], axis=0)
-            out.update(mean_delta_ci=list(stats.percentile_interval(draws)), ci_over="prompts")
-    ci = out["mean_delta_ci"]
-    out["verdict"] = stats.verdict(*ci) if ci else "no interval"
-    return out
 
 
 def gold_peak(points: list[dict]) -> str:

@@ -282,34 +282,6 @@ def test_a_wrong_readme_is_refused_before_any_work(bench, tmp_path, monkeypatch,
     assert not (tmp_path / "out" / "settings.json").exists()
 
 
-def test_gold_is_compared_along_the_sweeps_at_matched_kl():
-    import _ablation_report
-
-    from warprl.eval.pareto import Series
-
-    def point(eta, kl, gold, noise=0.0):
-        samples = [{"prompt": f"p{i}", "kl": kl, "reward": 0.0, "gold": gold + noise * (i % 2 - 0.5)}
-                   for i in range(8)]
-        return {"eta": eta, "kl_mean": kl, "reward_mean": 0.0, "gold_mean": gold, "samples": samples}
-
-    # a's gold rises to 1 at KL 2 then falls to −1 at KL 4; b sits at −1 at KL 1 and KL 3 (one noisy prompt pair).
-    a = Series("a", "sweep", "", [point(0.0, 0.0, 0.0), point(0.5, 2.0, 1.0), point(1.0, 4.0, -1.0)])
-    b = Series("b", "sweep", "", [point(0.0, 0.0, 0.0), point(0.5, 1.0, -1.0, 0.2), point(1.0, 3.0, -1.0, 0.2)])
-    c = _ablation_report.compare_gold(a, b)
-    # a's sweep at KL 1 is 0.5 and at KL 3 is 0.0 (its points in KL order, not an envelope): Δ = 1.5 and 1.0.
-    assert c["matched"] == 2 and c["mean_delta"] == pytest.approx(1.25) and c["verdict"] == "above"
-    assert c["ci_over"] == "prompts" and c["mean_delta_ci"][0] < 1.25 < c["mean_delta_ci"][1]
-    itself = _ablation_report.compare_gold(a, a)  # an envelope would put a's falling points below a's own front
-    assert itself["mean_delta"] == 0.0 and itself["verdict"] == "within noise"
-    beyond = Series("far", "sweep", "", [point(0.0, 0.0, 0.0), point(1.0, 9.0, 0.0)])
-    assert _ablation_report.compare_gold(a, beyond)["matched"] == 0  # no reading of a beyond its largest KL
-    seeded_a = Series("a", "sweep", "", a.points, [a.points, a.points])
-    seeded_b = Series("b", "sweep", "", b.points, [b.points, [point(0.0, 0.0, 0.0), point(1.0, 1.0, 0.0)]])
-    s = _ablation_report.compare_gold(seeded_a, seeded_b)
-    assert s["ci_over"] == "seeds" and s["seed_deltas"] == pytest.approx([1.25, 0.5])
-    assert s["seed_mean_delta"] == pytest.approx(0.875) and s["verdict"] == "within noise"  # t with 1 df: wide
-
-
 def test_where_a_sweep_s_gold_reward_peaks():
     import _ablation_report
 

@@ -267,41 +267,49 @@ def mean_over_seeds(per_seed: list[list[dict]]) -> list[dict]:
 # ------------------------------------------------------------------------------------ front comparison
 
 
-def _per_prompt_arrays(points: list[dict]):
-    """[points, prompts] per-prompt KL and reward means, or None when a point lacks its samples."""
+def _per_prompt_arrays(points: list[dict], value: str = "reward"):
+    """[points, prompts] per-prompt means of KL and ``value`` (a sample's key), or None when a point lacks its
+    samples or the points were not evaluated on the same prompts."""
     import numpy as np
 
     if not points or not all(p.get("samples") for p in points):
         return None
     order = None
-    kls, rewards = [], []
+    kls, values = [], []
     for p in points:
         prompts = [s["prompt"] for s in p["samples"]]
         names, kl = stats.per_prompt(prompts, [s["kl"] for s in p["samples"]])
-        _, r = stats.per_prompt(prompts, [s["reward"] for s in p["samples"]])
+        _, v = stats.per_prompt(prompts, [s[value] for s in p["samples"]])
         if order is None:
             order = names
         elif names != order:
             return None  # not the same prompts: no paired comparison
         kls.append(kl)
-        rewards.append(r)
-    return order, np.stack(kls), np.stack(rewards)
+        values.append(v)
+    return order, np.stack(kls), np.stack(values)
 
 
-def compare_fronts(a: Series, b: Series) -> dict:
-    """For each point of ``b``: the reward of ``a``'s front at the same KL, and the difference a − b.
+def compare_fronts(a: Series, b: Series, value: str = "reward", read: str = "front") -> dict:
+    """For each point of ``b``: ``a``'s ``value`` (reward, or gold) at the same KL, and the difference a − b.
 
-    The mean Δ over the matched points (η = 0 and points beyond a's largest KL left out) carries a 95 %
-    interval and a verdict (:func:`warprl.eval.stats.verdict`): with one seed each, a paired bootstrap over
-    prompts; with several seeds, mean ± t·s/√n over the seeds' own mean Δ (seed s of a against seed s of b).
+    ``read="front"`` reads ``a`` on its upper envelope (the best of its points within a KL budget: a user picks
+    η by the reward the method optimised); ``read="curve"`` along its points in order of KL, for a value nobody
+    can pick η by (a gold reward that may fall again). The mean Δ over the matched points (η = 0 and points
+    beyond a's largest KL left out) carries a 95 % interval and a verdict (:func:`warprl.eval.stats.verdict`):
+    with one seed each, a paired bootstrap over prompts; with several seeds, mean ± t·s/√n over the seeds' own
+    mean Δ (seed s of a against seed s of b).
     """
-    a_pts = [(p["kl_mean"], p["reward_mean"]) for p in a.points]
+    key = f"{value}_mean"
+    if not all(key in p for p in a.points + b.points):
+        return {"a": a.name, "b": b.name, "rows": [], "matched": 0, "mean_delta": None, "mean_delta_ci": None,
+                "ci_over": None, "verdict": f"no {value}"}
+    reader = stats.READERS[read]
+    a_pts = [(p["kl_mean"], p[key]) for p in a.points]
     rows = []
     for p in b.points:
-        ra = front_reward_at(a_pts, p["kl_mean"])
+        ra = reader(a_pts, p["kl_mean"])
         rows.append({"point": f"η={p['eta']:g}" if "eta" in p else p.get("label", ""), "kl": p["kl_mean"],
-                     "reward_b": p["reward_mean"], "reward_a": ra,
-                     "delta": None if ra is None else ra - p["reward_mean"],
+                     "reward_b": p[key], "reward_a": ra, "delta": None if ra is None else ra - p[key],
                      "beyond": bool(a_pts) and p["kl_mean"] > max(k for k, _ in a_pts)})
     # Left out of the verdict: η = 0 (the SFT model in both, a tie by construction) and points beyond a's
     # largest KL (a's flat extension there is a bound, not a measurement at that KL).
@@ -315,7 +323,8 @@ def compare_fronts(a: Series, b: Series) -> dict:
         b_seeds = b.seeds or [b.points]
         n = max(len(a_seeds), len(b_seeds))
         per_seed = [compare_fronts(Series(a.name, a.kind, a.source, a_seeds[s % len(a_seeds)]),
-                                   Series(b.name, b.kind, b.source, b_seeds[s % len(b_seeds)]))["mean_delta"]
+                                   Series(b.name, b.kind, b.source, b_seeds[s % len(b_seeds)]),
+                                   value, read)["mean_delta"]
                     for s in range(n)]
         per_seed = [d for d in per_seed if d is not None]
         if len(per_seed) >= 2:
@@ -324,9 +333,9 @@ def compare_fronts(a: Series, b: Series) -> dict:
             out.update(mean_delta_ci=[lo, hi], ci_over="seeds", seed_deltas=per_seed,
                        seed_mean_delta=sum(per_seed) / len(per_seed))
     else:
-        arrays_a, arrays_b = _per_prompt_arrays(a.points), _per_prompt_arrays(b.points)
+        arrays_a, arrays_b = _per_prompt_arrays(a.points, value), _per_prompt_arrays(b.points, value)
         if arrays_a and arrays_b and arrays_a[0] == arrays_b[0]:
-            res = stats.paired_front_deltas(arrays_a[1], arrays_a[2], arrays_b[1], arrays_b[2], matched)
+            res = stats.paired_front_deltas(arrays_a[1], arrays_a[2], arrays_b[1], arrays_b[2], matched, read=read)
             for r, ci in zip(rows, res["rows"], strict=True):
                 r["delta_ci"] = list(ci) if ci is not None and r["delta"] is not None else None
             if deltas and res["mean"] is not None:

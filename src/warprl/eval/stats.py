@@ -114,34 +114,48 @@ def pareto_points(points: list[tuple[float, float]]) -> list[tuple[float, float]
     return front
 
 
+def curve_reward_at(points: list[tuple[float, float]], kl: float) -> float | None:
+    """A sweep's value at a KL budget read along its points in order of KL (not their upper envelope): linear
+    between neighbours, flat after the last point, None below the first.
+
+    For a value that need not rise with KL and that nobody can pick η by (a gold reward the method never sees).
+    """
+    curve = sorted(points, key=lambda p: p[0])
+    if not curve or kl < curve[0][0]:
+        return None
+    for (k0, r0), (k1, r1) in zip(curve, curve[1:], strict=False):
+        if k0 <= kl <= k1:
+            return r0 if k1 == k0 else r0 + (r1 - r0) * (kl - k0) / (k1 - k0)
+    return curve[-1][1]
+
+
 def front_reward_at(points: list[tuple[float, float]], kl: float) -> float | None:
     """The front's reward at a KL budget: linear between non-dominated points, flat after the last one.
 
     None below the smallest KL of the front (nothing there to compare with).
     """
-    front = pareto_points(points)
-    if not front or kl < front[0][0]:
-        return None
-    for (k0, r0), (k1, r1) in zip(front, front[1:], strict=False):
-        if k0 <= kl <= k1:
-            return r0 if k1 == k0 else r0 + (r1 - r0) * (kl - k0) / (k1 - k0)
-    return front[-1][1]
+    return curve_reward_at(pareto_points(points), kl)
+
+
+READERS = {"front": front_reward_at, "curve": curve_reward_at}  # how a series is read at another's KL
 
 
 def paired_front_deltas(a_kl: np.ndarray, a_reward: np.ndarray, b_kl: np.ndarray, b_reward: np.ndarray,
                         matched: Sequence[int], level: float = LEVEL, n_boot: int = N_BOOT,
-                        seed: int = BOOT_SEED) -> dict:
+                        seed: int = BOOT_SEED, read: str = "front") -> dict:
     """Bootstrap intervals of Δ_j = front_a(KL of b_j) − reward of b_j and of their mean over ``matched`` j.
 
     ``a_kl``, ``a_reward``: [points of a, prompts] per-prompt means (``b_*`` likewise), every point on the
     same prompts in the same order. One draw resamples the prompts once for all points of both fronts;
-    a's front is rebuilt from the resampled means and read at each resampled KL of b.
+    a's front is rebuilt from the resampled means and read at each resampled KL of b (``read``: a key of
+    :data:`READERS`, "front" for its upper envelope, "curve" for its points in KL order).
     Returns ``{"rows": [(lo, hi) | None per point of b], "mean": (lo, hi) | None}``.
     """
     n = a_kl.shape[1]
     if b_kl.shape[1] != n:
         raise ValueError("the two fronts were not evaluated on the same prompts")
     idx = boot_indices(n, n_boot, seed)
+    reader = READERS[read]
 
     def means(x: np.ndarray) -> np.ndarray:  # [points, n_boot]
         return np.stack([row[idx].mean(axis=1) for row in x]) if len(x) else np.zeros((0, n_boot))
@@ -151,7 +165,7 @@ def paired_front_deltas(a_kl: np.ndarray, a_reward: np.ndarray, b_kl: np.ndarray
     for t in range(n_boot):
         front = list(zip(akl[:, t].tolist(), ar[:, t].tolist(), strict=True))
         for j in range(b_kl.shape[0]):
-            ra = front_reward_at(front, float(bkl[j, t]))
+            ra = reader(front, float(bkl[j, t]))
             if ra is not None:
                 deltas[j, t] = ra - br[j, t]
     rows: list[tuple[float, float] | None] = []
