@@ -13,8 +13,9 @@ from _results import machine
 
 
 def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out: Path, args,
-           minutes: dict[str, float], dest: Path | None = None) -> str:
-    """The results' Markdown; the plots and ablation.json go to ``dest`` (default: ``out``)."""
+           minutes: dict[str, float], dest: Path | None = None, interim: bool = False) -> str:
+    """The results' Markdown; the plots and ablation.json go to ``dest`` (default: ``out``). ``interim``: not every
+    part is complete for every seed (labelled so)."""
     from warprl.eval import stats
     from warprl.eval.pareto import compare_fronts, seeded_series
     from warprl.eval.report import _ci, plot_front
@@ -28,7 +29,7 @@ def report(policy: str, plan: Plan, ev: dict, seeds: list[int], sizes: dict, out
     parts = sorted({part for _, part in plan.candidates.values()})
     lines = [("**SMOKE RUN — tiny sizes, proves the pipeline runs end to end; not evidence.** " if args.smoke else "")
              + (f"**INTERIM — the parts evaluated so far for every seed shown ({', '.join(parts) or 'none yet'}); "
-                "the ablation has not finished.** " if args.so_far else "")
+                "the ablation has not finished.** " if interim else "")
              + f"{len(seeds)} seed{'s' * (len(seeds) != 1)} ({', '.join(map(str, seeds))}); policy `{policy}`, "
              "reward `imdb-sentiment`, "
              f"judge `vader`, gold = MiniLM fully fine-tuned (`{out.name}/gold_rm`, {gold:.1%} pairwise on its "

@@ -5,7 +5,9 @@
     .venv/bin/python benchmarks/bench_warp_ablation.py --plan --measure   # the estimate from rates measured here
     .venv/bin/python benchmarks/bench_warp_ablation.py --smoke     # tiny sizes: proves the pipeline, not a result
     .venv/bin/python benchmarks/bench_warp_ablation.py --so-far --seeds 0   # the parts seed 0 has finished, so far
-                                                                            # (RESULTS.md: "WARP ablation: interim")
+                                                                            # (RESULTS.md: "WARP ablation: interim";
+                                                                            # once every part of every seed is in,
+                                                                            # the final "WARP ablation")
     .venv/bin/python benchmarks/bench_warp_ablation.py ... --readme README.md   # also the README's block (part d)
 
 Parts (every comparison at equal RL compute = the same number of RL steps of the same shape, S = I·M·T):
@@ -280,8 +282,9 @@ def run_ablation(plan: Plan, out: Path, sizes: dict, args) -> str:
     return text + f"\nCommand: `{cmd}`.\n"
 
 
-def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
-    """The report of the parts that every one of ``args.seeds`` has evaluated so far, read from --out alone."""
+def interim_report(plan: Plan, out: Path, sizes: dict, args) -> tuple[str, bool]:
+    """The report of the parts that every one of ``args.seeds`` has evaluated so far, read from --out alone, and
+    whether that is every part: then it is the final report (the code that wrote the folder need not be here)."""
     from warprl.commands import outdir
     from warprl.errors import UserError
 
@@ -303,11 +306,13 @@ def interim_report(plan: Plan, out: Path, sizes: dict, args) -> str:
     outdir.claim(folder)
     folder.mkdir(exist_ok=True)
     complete = {seed: {spec: r[spec] for spec, _ in sub.candidates.values()} for seed, r in per_seed.items()}
+    final = done == {part for _, part in plan.candidates.values()}
     text = ablation_report.report(POLICY, sub, files.report_input(sub, complete, n_prompts), args.seeds, sizes, out,
-                                  args, files.compute_minutes(sub, out, args.seeds, per_seed, sft), dest=folder)
+                                  args, files.compute_minutes(sub, out, args.seeds, per_seed, sft), dest=folder,
+                                  interim=not final)
     text += "\n" + "\n".join(ablation_report.pending_lines(plan, per_seed, done)) + "\n"
     (folder / "results.md").write_text(text)
-    return text
+    return text, final
 
 
 INTERIM = "WARP ablation: interim"  # the RESULTS.md section of --so-far, until the final report replaces it
@@ -370,7 +375,9 @@ def main() -> int:
                     "estimate from those rates (a few minutes)")
     ap.add_argument("--so-far", action="store_true", help="report the parts every one of --seeds has evaluated so "
                     "far, and the other candidates evaluated, from --out alone (trains and evaluates nothing; "
-                    "written to --out/so_far/ and, not with --smoke, to RESULTS.md's section \"WARP ablation: interim\")")
+                    "written to --out/so_far/ and, not with --smoke, to RESULTS.md's section \"WARP ablation: interim\"; "
+                    "once every part is complete for every seed, the final section \"WARP ablation\": the way to "
+                    "publish a folder computed by other code, e.g. in a git worktree)")
     ap.add_argument("--readme", default="", help="also write the report's opening and part (d) into this README's "
                     "block warp_ablation (not with --smoke)")
     ap.add_argument("--fp32", action="store_true", help="compute in fp32 even where bf16 is native (to go on with "
@@ -409,11 +416,11 @@ def main() -> int:
 
             check_readme(readme(args))
         if args.so_far:
-            text = interim_report(plan, out, sizes, args)
+            text, final = interim_report(plan, out, sizes, args)
             print(text)
             if not args.smoke:  # a smoke run is never written where results live
                 cmd = "python benchmarks/bench_warp_ablation.py " + " ".join(sys.argv[1:])
-                publish(out / "so_far", text + f"\nCommand: `{cmd}`.\n", final=False, readme=readme(args))
+                publish(out / "so_far", text + f"\nCommand: `{cmd}`.\n", final=final, readme=readme(args))
             return 0
         text = run_ablation(plan, out, sizes, args)
     except UserError as e:  # e.g. a folder started with other settings is not continued with these

@@ -2,6 +2,7 @@
 from another config's runs (hard links) ends bit-identical to one trained from scratch, and what its --out folder
 keeps so that a stopped benchmark goes on where it stopped (settings, cached sweeps, pruning)."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -272,6 +273,28 @@ def test_an_interim_report_is_published_apart_and_the_final_one_replaces_it(benc
     assert "seed 0 so far" not in text  # no interim figure outlives the final report, not even as a previous run
     assert "Superseded by the finished ablation" in text and "kept" in text
     assert (docs / "ablation_d.png").read_bytes() == b"final"
+
+
+def test_a_folder_with_every_part_of_every_seed_reports_final_from_so_far(bench, tmp_path):
+    # --so-far reads --out alone, so the folder's final report can be published by other code than computed it.
+    from types import SimpleNamespace
+
+    plan = Plan(candidates={"A": ("rloo_sft_b0.1", "a"), "D": ("warp_paper", "d")})
+    sizes = {**bench.SMOKE, "etas": (0.0, 1.0)}
+    args = SimpleNamespace(seeds=[0], smoke=False, so_far=True, data="reviews.parquet", fp32=True)
+    (tmp_path / "gold_rm").mkdir()
+    (tmp_path / "gold_rm" / "metrics.json").write_text(json.dumps({"val": {"accuracy": 0.95}}))
+    _, key = bench.candidate_eval(tmp_path, sizes, args)
+    sample = {"prompt": "p", "kl": 0.0, "reward": 0.0, "gold": 0.0}
+    point = {"eta": 0.0, "kl_mean": 0.0, "reward_mean": 0.0, "gold_mean": 0.0, "n_prompts": 1, "samples": [sample]}
+    files.write_cached(tmp_path / "sft_point.json", key, {"point": point, "seconds": 1.0})
+    record = {"points": [point, {**point, "eta": 1.0, "kl_mean": 1.0}], "angle": None, "seconds": 2.0}
+    files.write_cached(files.points_path(tmp_path / "seed0", "rloo_sft_b0.1"), key, record)
+    text, final = bench.interim_report(plan, tmp_path, sizes, args)
+    assert not final and text.startswith("**INTERIM") and "| D |" not in text  # part d not evaluated yet
+    files.write_cached(files.points_path(tmp_path / "seed0", "warp_paper"), key, record)
+    text, final = bench.interim_report(plan, tmp_path, sizes, args)
+    assert final and "INTERIM" not in text and "### (a)" in text and "### (d)" in text
 
 
 def test_a_wrong_readme_is_refused_before_any_work(bench, tmp_path, monkeypatch, capsys):
