@@ -294,7 +294,13 @@ def test_a_folder_with_every_part_of_every_seed_reports_final_from_so_far(bench,
     assert not final and text.startswith("**INTERIM") and "| D |" not in text  # part d not evaluated yet
     files.write_cached(files.points_path(tmp_path / "seed0", "warp_paper"), key, record)
     text, final = bench.interim_report(plan, tmp_path, sizes, args)
-    assert final and "INTERIM" not in text and "### (a)" in text and "### (d)" in text
+    assert not final and text.startswith("**INTERIM")  # every part, but of one seed: fewer than the 3
+    for seed in (1, 2):
+        for spec in ("rloo_sft_b0.1", "warp_paper"):
+            files.write_cached(files.points_path(tmp_path / f"seed{seed}", spec), key, record)
+    args.seeds = bench.SEEDS
+    text, final = bench.interim_report(plan, tmp_path, sizes, args)
+    assert final and "INTERIM" not in text and "### (a)" in text and "### (d)" in text and "3 seeds" in text
 
 
 def test_a_wrong_readme_is_refused_before_any_work(bench, tmp_path, monkeypatch, capsys):
