@@ -311,7 +311,8 @@ def interim_report(plan: Plan, out: Path, sizes: dict, args) -> tuple[str, bool]
     text = ablation_report.report(POLICY, sub, files.report_input(sub, complete, n_prompts), args.seeds, sizes, out,
                                   args, files.compute_minutes(sub, out, args.seeds, per_seed, sft), dest=folder,
                                   interim=not final)
-    text += "\n" + "\n".join(ablation_report.pending_lines(plan, per_seed, done)) + "\n"
+    pending = ablation_report.pending_lines(plan, per_seed, done)
+    text += "\n" + "\n".join(pending) + "\n" if pending else ""
     (folder / "results.md").write_text(text)
     return text, final
 
