@@ -93,6 +93,6 @@ def test_front_maths_by_hand():
 
 def test_curve_is_read_along_its_points_in_kl_order_not_their_envelope():
     pts = [(0.0, 0.0), (4.0, -1.0), (2.0, 1.0)]  # rises to 1 at KL 2, falls to −1 at KL 4
-    assert S.curve_reward_at(pts, 1.0) == 0.5 and S.curve_reward_at(pts, 3.0) == 0.0  # envelope: 0.5 and 1.0
+    assert S.curve_value_at(pts, 1.0) == 0.5 and S.curve_value_at(pts, 3.0) == 0.0  # envelope: 0.5 and 1.0
     assert S.front_reward_at(pts, 3.0) == 1.0
-    assert S.curve_reward_at(pts, 5.0) == -1.0 and S.curve_reward_at(pts, -0.5) is None
+    assert S.curve_value_at(pts, 5.0) == -1.0 and S.curve_value_at(pts, -0.5) is None

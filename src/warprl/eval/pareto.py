@@ -309,7 +309,7 @@ def compare_fronts(a: Series, b: Series, value: str = "reward", read: str = "fro
     for p in b.points:
         ra = reader(a_pts, p["kl_mean"])
         rows.append({"point": f"η={p['eta']:g}" if "eta" in p else p.get("label", ""), "kl": p["kl_mean"],
-                     "reward_b": p[key], "reward_a": ra, "delta": None if ra is None else ra - p[key],
+                     "value_b": p[key], "value_a": ra, "delta": None if ra is None else ra - p[key],
                      "beyond": bool(a_pts) and p["kl_mean"] > max(k for k, _ in a_pts)})
     # Left out of the verdict: η = 0 (the SFT model in both, a tie by construction) and points beyond a's
     # largest KL (a's flat extension there is a bound, not a measurement at that KL).

@@ -136,7 +136,7 @@ def comparison_markdown(c: dict) -> str:
              "|---|---:|---:|---:|---:|" + ("---:|" if with_ci else "")]
     for r in c["rows"]:
         mark = " ‡" if r.get("beyond") else ""
-        lines.append(f"| {r['point']} | {r['kl']:.2f} | {r['reward_b']:.3f} | {_fmt(r['reward_a'])}{mark} | "
+        lines.append(f"| {r['point']} | {r['kl']:.2f} | {r['value_b']:.3f} | {_fmt(r['value_a'])}{mark} | "
                      f"{_fmt(r['delta'], '{:+.3f}')} |" + (f" {_ci(r.get('delta_ci'))} |" if with_ci else ""))
     if any(r.get("beyond") for r in c["rows"]):
         lines += ["", f"‡ beyond the largest KL of {c['a']}'s front: its best reward, reached with less KL."]

@@ -114,7 +114,7 @@ def pareto_points(points: list[tuple[float, float]]) -> list[tuple[float, float]
     return front
 
 
-def curve_reward_at(points: list[tuple[float, float]], kl: float) -> float | None:
+def curve_value_at(points: list[tuple[float, float]], kl: float) -> float | None:
     """A sweep's value at a KL budget read along its points in order of KL (not their upper envelope): linear
     between neighbours, flat after the last point, None below the first.
 
@@ -134,10 +134,10 @@ def front_reward_at(points: list[tuple[float, float]], kl: float) -> float | Non
 
     None below the smallest KL of the front (nothing there to compare with).
     """
-    return curve_reward_at(pareto_points(points), kl)
+    return curve_value_at(pareto_points(points), kl)
 
 
-READERS = {"front": front_reward_at, "curve": curve_reward_at}  # how a series is read at another's KL
+READERS = {"front": front_reward_at, "curve": curve_value_at}  # how a series is read at another's KL
 
 
 def paired_front_deltas(a_kl: np.ndarray, a_reward: np.ndarray, b_kl: np.ndarray, b_reward: np.ndarray,
