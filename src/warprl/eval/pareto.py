@@ -303,11 +303,11 @@ def compare_fronts(a: Series, b: Series, value: str = "reward", read: str = "fro
     if not all(key in p for p in a.points + b.points):
         return {"a": a.name, "b": b.name, "rows": [], "matched": 0, "mean_delta": None, "mean_delta_ci": None,
                 "ci_over": None, "verdict": f"no {value}"}
-    reader = stats.READERS[read]
     a_pts = [(p["kl_mean"], p[key]) for p in a.points]
+    a_curve = stats.CURVES[read](a_pts)
     rows = []
     for p in b.points:
-        ra = reader(a_pts, p["kl_mean"])
+        ra = stats.curve_value_at(a_curve, p["kl_mean"])
         rows.append({"point": f"η={p['eta']:g}" if "eta" in p else p.get("label", ""), "kl": p["kl_mean"],
                      "value_b": p[key], "value_a": ra, "delta": None if ra is None else ra - p[key],
                      "beyond": bool(a_pts) and p["kl_mean"] > max(k for k, _ in a_pts)})

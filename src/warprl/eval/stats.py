@@ -120,7 +120,7 @@ def curve_value_at(points: list[tuple[float, float]], kl: float) -> float | None
 
     For a value that need not rise with KL and that nobody can pick η by (a gold reward the method never sees).
     """
-    curve = sorted(points, key=lambda p: p[0])
+    curve = by_kl(points)
     if not curve or kl < curve[0][0]:
         return None
     for (k0, r0), (k1, r1) in zip(curve, curve[1:], strict=False):
@@ -137,7 +137,13 @@ def front_reward_at(points: list[tuple[float, float]], kl: float) -> float | Non
     return curve_value_at(pareto_points(points), kl)
 
 
-READERS = {"front": front_reward_at, "curve": curve_value_at}  # how a series is read at another's KL
+def by_kl(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    return sorted(points, key=lambda p: p[0])
+
+
+# How a series is read at another's KL: the points its value is interpolated between (curve_value_at), the
+# upper envelope ("front") or every point in KL order ("curve").
+CURVES = {"front": pareto_points, "curve": by_kl}
 
 
 def paired_front_deltas(a_kl: np.ndarray, a_reward: np.ndarray, b_kl: np.ndarray, b_reward: np.ndarray,
@@ -148,14 +154,14 @@ def paired_front_deltas(a_kl: np.ndarray, a_reward: np.ndarray, b_kl: np.ndarray
     ``a_kl``, ``a_reward``: [points of a, prompts] per-prompt means (``b_*`` likewise), every point on the
     same prompts in the same order. One draw resamples the prompts once for all points of both fronts;
     a's front is rebuilt from the resampled means and read at each resampled KL of b (``read``: a key of
-    :data:`READERS`, "front" for its upper envelope, "curve" for its points in KL order).
+    :data:`CURVES`, "front" for its upper envelope, "curve" for its points in KL order).
     Returns ``{"rows": [(lo, hi) | None per point of b], "mean": (lo, hi) | None}``.
     """
     n = a_kl.shape[1]
     if b_kl.shape[1] != n:
         raise ValueError("the two fronts were not evaluated on the same prompts")
     idx = boot_indices(n, n_boot, seed)
-    reader = READERS[read]
+    make_curve = CURVES[read]
 
     def means(x: np.ndarray) -> np.ndarray:  # [points, n_boot]
         return np.stack([row[idx].mean(axis=1) for row in x]) if len(x) else np.zeros((0, n_boot))
@@ -163,9 +169,9 @@ def paired_front_deltas(a_kl: np.ndarray, a_reward: np.ndarray, b_kl: np.ndarray
     akl, ar, bkl, br = means(a_kl), means(a_reward), means(b_kl), means(b_reward)
     deltas = np.full((b_kl.shape[0], n_boot), np.nan)
     for t in range(n_boot):
-        front = list(zip(akl[:, t].tolist(), ar[:, t].tolist(), strict=True))
+        curve = make_curve(list(zip(akl[:, t].tolist(), ar[:, t].tolist(), strict=True)))  # once per draw
         for j in range(b_kl.shape[0]):
-            ra = reader(front, float(bkl[j, t]))
+            ra = curve_value_at(curve, float(bkl[j, t]))
             if ra is not None:
                 deltas[j, t] = ra - br[j, t]
     rows: list[tuple[float, float] | None] = []
