@@ -12,6 +12,7 @@ from warprl.config import AlignConfig, RewardScoreConfig
 @pytest.fixture
 def speedup(monkeypatch):
     def set_to(x: float):
+        monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset())  # no flags: the probe decides
         monkeypatch.setattr(precision, "bf16_speedup", lambda device_type="cpu": x)
     return set_to
 
@@ -38,10 +39,38 @@ def test_a_false_default_stays_false(speedup):
     assert F.build_config(RewardScoreConfig, {}, {"text": ["a fine film"]}).bf16 is False  # fp32 unless asked
 
 
-def test_the_probe_measures_this_machine():
+def test_the_probe_measures_this_machine(monkeypatch):
     x = precision.bf16_speedup("cpu")
     assert x > 0 and precision.bf16_speedup("cpu") == x  # measured once per process
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: None)  # no /proc/cpuinfo: the probe decides
     assert precision.bf16_is_native(torch.device("cpu")) == (x >= 0.8)
+
+
+def test_declared_bf16_instructions_are_native_without_a_probe(monkeypatch):
+    def no_probe(device_type="cpu"):
+        raise AssertionError("probed")
+    monkeypatch.setattr(precision, "bf16_speedup", no_probe)  # a busy machine's probe must not decide
+    monkeypatch.setattr(precision, "cpu_bf16_flags", lambda: frozenset({"avx512_bf16"}))
+    assert precision.bf16_is_native(torch.device("cpu")) is True
+
+
+X86 = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni
+bugs\t\t: sysret_ss_attrs
+"""
+ARM = """processor\t: 0
+Features\t: fp asimd sve bf16 i8mm
+CPU implementer\t: 0x41
+"""
+AVX2 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 fma\nmodel name\t: bf16 lookalike in a name\n"
+
+
+@pytest.mark.parametrize("text, flags", [(X86, {"avx512_bf16"}), (ARM, {"bf16"}), (AVX2, set())])
+def test_cpu_bf16_flags_reads_the_flags_lines_only(tmp_path, text, flags):
+    (tmp_path / "cpuinfo").write_text(text)
+    assert precision.cpu_bf16_flags(str(tmp_path / "cpuinfo")) == flags
+    assert precision.cpu_bf16_flags(str(tmp_path / "absent")) is None
 
 
 def test_the_note_follows_a_run_and_never_a_bad_input(speedup, capsys, tmp_path):
