@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.commands.test_align_warp import TINY, one_thread, toy_reward  # noqa: F401  (one_thread: a fixture)
+from tests.commands.test_align_warp import TINY, count_o, one_thread, toy_reward  # noqa: F401  (one_thread: a fixture)
 from tests.conftest import PROMPT_LINES
 from warprl import lora, merge
 from warprl.cli import main
@@ -130,11 +130,15 @@ def test_bad_lora_flags_exit_2_with_one_line_before_the_folder_exists(setup, tmp
     assert not out.exists()
 
 
-def test_ray_executor_equals_sequential(setup, reference):
-    """The Ray tasks train LoRA runs and leave adapter folders; the merge is the sequential executor's, bit for bit."""
-    pytest.importorskip("ray", reason="the Ray executor needs the ray extra: pip install 'warprl[ray]'")
-    out = setup["root"] / "ray"
-    run_align(make_cfg(setup, out, executor="ray"), reward_fn=toy_reward)
+@pytest.mark.parametrize("executor", ["ray", "processes"])
+def test_parallel_executors_equal_sequential(setup, reference, executor):
+    """Ray tasks or worker processes train LoRA runs and leave adapter folders; the merge is the sequential
+    executor's, bit for bit."""
+    if executor == "ray":
+        pytest.importorskip("ray", reason="the Ray executor needs the ray extra: pip install 'warprl[ray]'")
+    out = setup["root"] / executor
+    # Worker processes get the reward by pickle: a module-level function (toy_reward is a closure).
+    run_align(make_cfg(setup, out, executor=executor), reward_fn=toy_reward if executor == "ray" else count_o)
     ref = reference[0]
     for name in ("iter_1/slerp.safetensors", "iter_2/init.safetensors", "final/model.safetensors"):
         a, b = load_file(str(out / name)), load_file(str(ref / name))

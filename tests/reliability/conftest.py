@@ -87,7 +87,7 @@ def render(rows: list[dict], today: str) -> str:
     concurrent = sorted((r for r in rows if r["kind"] == "concurrency"), key=lambda r: r["second"])
     writes = sorted((r for r in rows if r["kind"] == "write error"), key=lambda r: r["order"])
     damaged = sorted((r for r in rows if r["kind"] == "damaged"), key=lambda r: r["case"])
-    ray = sorted((r for r in rows if r["kind"] == "ray"), key=lambda r: r["fault"])
+    ray = sorted((r for r in rows if r["kind"] in ("ray", "processes")), key=lambda r: (r["kind"], r["fault"]))
     kills = sum(r["signal"] == "SIGKILL" for r in faults)
     lost = ([r for r in bad if r["unchanged"] != "yes"] + [r for r in faults if r["identical"] != "yes"]
             + [r for r in writes + damaged + ray if not r["identical"].startswith(("yes", "n/a"))])
@@ -104,7 +104,7 @@ def render(rows: list[dict], today: str) -> str:
         f"| concurrent starts refused | {len(concurrent)} |",
         f"| injected write errors survived (ENOSPC/EIO, then `--resume`: same bytes) | {len(writes)} |",
         f"| damaged-file cases (recovered or refused in one line) | {len(damaged)} |",
-        f"| Ray faults | {len(ray)} |",
+        f"| parallel-executor faults (Ray, local processes) | {len(ray)} |",
         f"| bad inputs answered (exit 2, one line) | {len(bad)} |",
         f"| safety checks | {len(safety)} |",
         "",
@@ -155,9 +155,12 @@ def render(rows: list[dict], today: str) -> str:
         *_table(damaged, [("case", "damage"), ("exit", "exit"), ("outcome", "outcome"),
                           ("identical", "identical bytes")]),
         "",
-        "## Ray",
+        "## Parallel executors",
         "",
-        *_table(ray, [("fault", "fault"), ("outcome", "outcome"), ("identical", "identical")]),
+        "WARP's M runs as Ray tasks (`--executor ray`) or in local worker processes (`--executor processes`); "
+        "*identical* compares with the sequential executor's reference run.",
+        "",
+        *_table(ray, [("kind", "executor"), ("fault", "fault"), ("outcome", "outcome"), ("identical", "identical")]),
         "",
         "## Bad inputs",
         "",

@@ -35,21 +35,24 @@ def run_align(cfg: AlignConfig, reward_fn=None) -> dict:
     """Run ``cfg`` into ``cfg.out`` and return the summary (also written to ``summary.json``).
 
     ``reward_fn(prompts, completions) -> Tensor[B]`` overrides ``cfg.reward`` (library use, tests); with the
-    Ray executor it is pickled to the workers, and without it each worker loads ``cfg.reward`` itself.
+    Ray or processes executor it is pickled to the workers, and without it each worker loads ``cfg.reward``.
     """
     decision = outdir.check(cfg.out, outdir.ALIGN, resume=cfg.resume, overwrite=cfg.overwrite, cfg=cfg)
     device = pick_device(cfg.device)
     warp = cfg.method == "warp"
-    ray = warp and cfg.executor == "ray"
-    if ray and cfg.ray_address:
+    workers = warp and cfg.executor != "sequential"  # Ray tasks or local processes train the runs
+    if warp and cfg.executor == "ray" and cfg.ray_address:
         check_ray_address(cfg.ray_address)  # seconds, before minutes of loading
-    # With Ray the driver only writes and reads weight files: its copy stays off the workers' GPUs.
-    policy, tok = load_policy(cfg.policy, device="cpu" if ray else device)
+    # With workers the driver only writes and reads weight files: its copy stays off the workers' GPUs.
+    policy, tok = load_policy(cfg.policy, device="cpu" if workers else device)
     if cfg.lora_r:
         find_targets(policy, cfg.lora_targets)  # a --lora-targets that names no layer: refused before the folder
     prompts = load_prompts(cfg.prompts, tok, split="train", n_tokens=cfg.prompt_tokens, seed=cfg.seed)
-    if reward_fn is None and not ray:
+    if reward_fn is None and not workers:
         reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+    elif reward_fn is None and cfg.executor == "processes":
+        # Each worker loads its own; loading it here once refuses a bad --reward before the folder is touched.
+        load_reward(cfg.reward, device="cpu", bf16=cfg.bf16)
     executor = make_executor(cfg, device, policy, tok, reward_fn, prompts) if warp else None
 
     t0 = time.perf_counter()

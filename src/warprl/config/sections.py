@@ -114,7 +114,9 @@ class WarpSettings:
     lam: float = setting(0.5, "WARP SLERP interpolation λ (two runs)")
     eta: float = setting(0.5, "WARP LITI step η: θ_init ← (1−η)·θ_init + η·θ_slerp")
     merge: str = setting("slerp", "WARP merge of the M runs", choices=("slerp", "lerp"))
-    executor: str = setting("sequential", "where WARP's M runs execute", choices=("sequential", "ray"))
+    executor: str = setting("sequential", "where WARP's M runs execute: one after another, side by side in local "
+                            "processes (threads split between them), or as Ray tasks",
+                            choices=("sequential", "processes", "ray"))
     ray_address: str = setting("", "Ray cluster to join (empty: start a local one)")
 
     def validate(self) -> None:
