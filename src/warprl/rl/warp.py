@@ -40,7 +40,6 @@ import json
 import math
 import multiprocessing
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -194,12 +193,6 @@ class ProcessExecutor:
     """
 
     def __init__(self, cfg: AlignConfig, device: torch.device, reward_fn, prompts: list[str]):
-        if reward_fn is not None:
-            try:
-                pickle.dumps(reward_fn)
-            except (pickle.PicklingError, AttributeError, TypeError) as e:
-                raise ValueError("the processes executor sends reward_fn to its workers by pickle: pass a "
-                                 f"module-level function, or None to let each worker load cfg.reward ({e})") from None
         self.cfg = dataclasses.replace(cfg, progress=False)  # M interleaved bars are unreadable
         self.show = cfg.progress
         self.device = str(device)
@@ -214,19 +207,25 @@ class ProcessExecutor:
     def _start(self) -> ProcessPoolExecutor:
         if self.pool is None:
             self.stop.clear()
-            self.pool = ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_process_worker_init,
-                                            initargs=(os.getpid(), self.threads, self.stop, self.cfg, self.reward_fn,
-                                                      self.device))
-            for _ in range(self.workers):  # a spawn pool starts a worker per submitted task, up to max_workers
-                self.pool.submit(_process_worker_ready)
+            pool = ProcessPoolExecutor(self.workers, mp_context=self.context, initializer=_process_worker_init,
+                                       initargs=(os.getpid(), self.threads, self.stop, self.cfg, self.reward_fn,
+                                                 self.device))
+            try:
+                for _ in range(self.workers):  # a spawn pool starts a worker per submitted task, up to max_workers
+                    pool.submit(_process_worker_ready)
+            except Exception as e:  # starting a worker sends it the initargs: reward_fn must survive that
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise ValueError(f"cannot start the worker processes ({first_line(e)}): a reward_fn given to the "
+                                 "processes executor must be a module-level function, or None to let each worker "
+                                 "load cfg.reward") from None
+            self.pool = pool
         return self.pool
 
     def run(self, jobs: list[RunJob]) -> None:
         failures = 0
         while jobs:
             pool = self._start()
-            futures = {pool.submit(_process_run_task, self.cfg, job, self.reward_fn, self.prompts, self.device): job
-                       for job in jobs}
+            futures = {pool.submit(_process_run_task, self.cfg, job, self.prompts): job for job in jobs}
             try:
                 jobs = self._wait(futures)
             except BaseException:
@@ -271,7 +270,7 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-_WORKER: dict = {}  # a worker process's policy and reward, kept between its runs (keyed by what was loaded)
+_WORKER: dict = {}  # a worker process's start arguments, policy and reward, kept between its runs
 
 
 def _process_worker_init(driver: int, threads: int, stop, cfg: AlignConfig, reward_fn, device: str) -> None:
@@ -297,29 +296,29 @@ def _process_worker_init(driver: int, threads: int, stop, cfg: AlignConfig, rewa
                     time.sleep(0.5)
 
     threading.Thread(target=watch, daemon=True).start()
+    _WORKER["start"] = (cfg, reward_fn, device)
     try:
-        _load_worker_models(cfg, reward_fn, device)
+        _load_worker_models()
     except Exception:  # noqa: BLE001  a failed initializer breaks the pool: the run's own load raises it instead
-        _WORKER.clear()
+        pass
 
 
-def _load_worker_models(cfg: AlignConfig, reward_fn, device: str) -> None:
-    """The worker's policy (and reward, unless given), loaded once and kept between its runs."""
-    key = (cfg.policy, cfg.reward if reward_fn is None else None, device, cfg.bf16)
-    if _WORKER.get("key") != key:
-        _WORKER.clear()
+def _load_worker_models() -> None:
+    """The worker's policy (and reward, unless the driver sent one), loaded once and kept between its runs."""
+    if "policy" not in _WORKER:
+        cfg, reward_fn, device = _WORKER["start"]
         policy, tok = load_policy(cfg.policy, device=device)
         reward = reward_fn or load_reward(cfg.reward, device=device, bf16=cfg.bf16)
-        _WORKER.update(key=key, policy=policy, tok=tok, reward=reward)
+        _WORKER.update(policy=policy, tok=tok, reward=reward)
 
 
 def _process_worker_ready() -> None:
     """A no-op task: submitting one per worker makes the pool start them all at once."""
 
 
-def _process_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], device: str) -> str:
+def _process_run_task(cfg: AlignConfig, job: RunJob, prompts: list[str]) -> str:
     """One run in a worker process, in the models its start loaded."""
-    _load_worker_models(cfg, reward_fn, device)  # loaded already, unless the settings differ from the start's
+    _load_worker_models()  # done at the start, unless that failed: then its error is this run's
     with graceful_stop():
         train_run(cfg, job, _WORKER["policy"], _WORKER["tok"], _WORKER["reward"], prompts)
     release_memory(_WORKER["policy"].device)
