@@ -30,6 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 from bench_lora import tiny_policy  # noqa: E402
+from bench_warp_overhead import add_warp_arguments  # noqa: E402
 
 EXECUTORS = ("sequential", "processes")
 
@@ -136,17 +137,7 @@ def render(got: dict, command: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--policy", default="smollm2-imdb")
-    ap.add_argument("--reward", default="imdb-sentiment")
-    ap.add_argument("--prompts", default="builtin")
-    ap.add_argument("--iterations", type=int, default=2)
-    ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--k", type=int, default=2)
-    ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--beta", type=float, default=0.05)
+    add_warp_arguments(ap, steps=10, lr=1e-4)  # the quickstart's WARP
     ap.add_argument("--repeats", type=int, default=2, help="runs per executor, alternated")
     ap.add_argument("--smoke", action="store_true", help="a tiny random model; writes no RESULTS.md")
     ap.add_argument("--json", action="store_true")

@@ -116,19 +116,24 @@ def render(got: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_warp_arguments(ap: argparse.ArgumentParser, steps: int, lr: float) -> None:
+    """The WARP run a benchmark times: the quickstart's shape, with its own T and lr."""
     ap.add_argument("--policy", default="smollm2-imdb")
     ap.add_argument("--reward", default="imdb-sentiment")
     ap.add_argument("--prompts", default="builtin")
     ap.add_argument("--iterations", type=int, default=2)
     ap.add_argument("--runs", type=int, default=2)
-    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--k", type=int, default=2)
     ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--lr", type=float, default=5e-5)
+    ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--beta", type=float, default=0.05)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_warp_arguments(ap, steps=25, lr=5e-5)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="the quickstart's: only at a run's end")
     ap.add_argument("--kl-sft-every", type=int, default=10)
     ap.add_argument("--smoke", action="store_true", help="a tiny random model; writes no RESULTS.md")

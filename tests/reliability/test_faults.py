@@ -511,19 +511,33 @@ def _wait_checkpoint_and_process_worker(proc, out: Path, timeout: float = 240) -
     pytest.fail("no worker process with a checkpoint appeared")
 
 
-def test_processes_worker_killed_mid_run_is_replaced_and_bit_identical(setup, reference, reliability_table):
-    out = setup["root"] / "processes_worker_killed"
+def _processes_run_hit_mid_run(setup, out: Path, hit) -> tuple[int, str, list[int]]:
+    """``align --executor processes`` into ``out``, ``hit(proc, workers)`` once both workers train and a run has
+    a checkpoint; returns the exit code, stderr and the workers' pids."""
     proc = popen([*setup["argv"], "--executor", "processes", "--out", str(out)], cwd=setup["root"])
     try:
         workers = _wait_checkpoint_and_process_worker(proc, out)
-        os.kill(workers[0], signal.SIGKILL)
+        hit(proc, workers)
         _, err = proc.communicate(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, err[-2000:]
-    assert "a worker process died" in err, err[-2000:]
+    return proc.returncode, err, workers
+
+
+def _resume_processes_run(setup, out: Path, reference) -> None:
+    resume = run_cli([*setup["argv"], "--executor", "processes", "--out", str(out), "--resume"], cwd=setup["root"],
+                     timeout=400)
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert_same_as_reference(out, reference["out"])
+    assert_clean(out)
+
+
+def test_processes_worker_killed_mid_run_is_replaced_and_bit_identical(setup, reference, reliability_table):
+    out = setup["root"] / "processes_worker_killed"
+    code, err, _ = _processes_run_hit_mid_run(setup, out, lambda proc, workers: os.kill(workers[0], signal.SIGKILL))
+    assert code == 0 and "a worker process died" in err, err[-2000:]
     assert_same_as_reference(out, reference["out"])
     assert_clean(out)
     reliability_table.add("processes", fault="a worker process SIGKILLed while its run trains (after a checkpoint)",
@@ -533,26 +547,14 @@ def test_processes_worker_killed_mid_run_is_replaced_and_bit_identical(setup, re
 
 def test_driver_sigkill_with_processes_ends_its_workers_and_resumes(setup, reference, reliability_table):
     out = setup["root"] / "processes_driver_killed"
-    argv = [*setup["argv"], "--executor", "processes", "--out", str(out)]
-    proc = popen(argv, cwd=setup["root"])
-    try:
-        workers = _wait_checkpoint_and_process_worker(proc, out)
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    _, _, workers = _processes_run_hit_mid_run(setup, out, lambda proc, workers: proc.send_signal(signal.SIGKILL))
     # No worker may go on writing into the folder once its driver is gone (PR_SET_PDEATHSIG on Linux).
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() for p in workers):
         time.sleep(0.05)
     survivors = [p for p in workers if Path(f"/proc/{p}").exists()]
     assert not survivors, f"worker processes outlived their driver: {survivors}"
-    resume = run_cli([*argv, "--resume"], cwd=setup["root"], timeout=400)
-    assert resume.returncode == 0, resume.stderr[-2000:]
-    assert_same_as_reference(out, reference["out"])
-    assert_clean(out)
+    _resume_processes_run(setup, out, reference)
     reliability_table.add("processes", fault="the driver SIGKILLed (`--executor processes`) while the runs train",
                           outcome="its workers end with it; `--resume --executor processes` finishes",
                           identical="yes (bytes = sequential executor)")
@@ -560,26 +562,14 @@ def test_driver_sigkill_with_processes_ends_its_workers_and_resumes(setup, refer
 
 def test_driver_sigterm_with_processes_stops_every_run_with_a_checkpoint(setup, reference, reliability_table):
     out = setup["root"] / "processes_sigterm"
-    argv = [*setup["argv"], "--executor", "processes", "--out", str(out)]
-    proc = popen(argv, cwd=setup["root"])
-    try:
-        _wait_checkpoint_and_process_worker(proc, out)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+    code, err, _ = _processes_run_hit_mid_run(setup, out, lambda proc, workers: proc.send_signal(signal.SIGTERM))
     lines = [line for line in err.splitlines() if line.strip()]
-    assert proc.returncode == 2 and "Traceback" not in err, err[-2000:]
+    assert code == 2 and "Traceback" not in err, err[-2000:]
     assert lines[-1].startswith("error: stopped by SIGTERM") and "--resume" in lines[-1], lines[-1]
     for m in range(1, RUNS + 1):  # each run is either finished or has its finished steps in a checkpoint
         run = out / "iter_1" / f"run_{m}"
         assert (run / "done.json").is_file() or _latest_step(run) == _lines(run / "metrics.jsonl"), m
-    resume = run_cli([*argv, "--resume"], cwd=setup["root"], timeout=400)
-    assert resume.returncode == 0, resume.stderr[-2000:]
-    assert_same_as_reference(out, reference["out"])
-    assert_clean(out)
+    _resume_processes_run(setup, out, reference)
     reliability_table.add("processes", fault="SIGTERM to the driver (`--executor processes`) while the runs train",
                           outcome="each worker's run checkpoints after its step; exit 2 with a --resume hint; "
                                   "the resume finishes", identical="yes (bytes = sequential executor)")
