@@ -560,16 +560,26 @@ def test_driver_sigkill_with_processes_ends_its_workers_and_resumes(setup, refer
                           identical="yes (bytes = sequential executor)")
 
 
-def test_driver_sigterm_with_processes_stops_every_run_with_a_checkpoint(setup, reference, reliability_table):
-    out = setup["root"] / "processes_sigterm"
-    code, err, _ = _processes_run_hit_mid_run(setup, out, lambda proc, workers: proc.send_signal(signal.SIGTERM))
+def _ctrl_c(proc, workers: list[int]) -> None:
+    """What a terminal's Ctrl-C does: SIGINT to every process of the foreground group (the driver and its
+    workers; os.killpg would reach this test's own group too)."""
+    for pid in (proc.pid, *workers):
+        os.kill(pid, signal.SIGINT)
+
+
+@pytest.mark.parametrize("stop", ["SIGTERM to the driver", "Ctrl-C"])
+def test_a_stop_with_processes_checkpoints_every_run(setup, reference, reliability_table, stop):
+    out = setup["root"] / f"processes_{stop.split()[0].lower()}"
+    hit = _ctrl_c if stop == "Ctrl-C" else (lambda proc, workers: proc.send_signal(signal.SIGTERM))
+    code, err, _ = _processes_run_hit_mid_run(setup, out, hit)
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and "Traceback" not in err, err[-2000:]
-    assert lines[-1].startswith("error: stopped by SIGTERM") and "--resume" in lines[-1], lines[-1]
+    name = "SIGINT" if stop == "Ctrl-C" else "SIGTERM"
+    assert lines[-1].startswith(f"error: stopped by {name}") and "--resume" in lines[-1], lines[-1]
     for m in range(1, RUNS + 1):  # each run is either finished or has its finished steps in a checkpoint
         run = out / "iter_1" / f"run_{m}"
         assert (run / "done.json").is_file() or _latest_step(run) == _lines(run / "metrics.jsonl"), m
     _resume_processes_run(setup, out, reference)
-    reliability_table.add("processes", fault="SIGTERM to the driver (`--executor processes`) while the runs train",
+    reliability_table.add("processes", fault=f"{stop} (`--executor processes`) while the runs train",
                           outcome="each worker's run checkpoints after its step; exit 2 with a --resume hint; "
                                   "the resume finishes", identical="yes (bytes = sequential executor)")
