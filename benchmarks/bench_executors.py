@@ -66,7 +66,7 @@ def one_run(settings: dict, executor: str, out: Path) -> dict:
 def run(args, tmp: Path) -> dict:
     import torch
 
-    from warprl.rl.warp import usable_cores
+    from warprl.rl.executors import usable_cores
 
     settings = settings_for(args, tmp)
     results = {e: [] for e in EXECUTORS}

@@ -67,7 +67,7 @@ _PRELOAD = ["torch", "safetensors.torch", "tokenizers", "transformers", "transfo
             "transformers.models.auto.tokenization_auto", "transformers.models.llama.modeling_llama",
             "transformers.models.encoder_decoder.configuration_encoder_decoder", "vaderSentiment.vaderSentiment",
             "warprl.cli", "warprl.commands.align", "warprl.io", "warprl.models", "warprl.lora_merge",
-            "warprl.reward.scorers", "warprl.rl.loop", "warprl.rl.warp", "tests.reliability._helpers"]
+            "warprl.reward.scorers", "warprl.rl.loop", "warprl.rl.warp", "warprl.rl.executors", "tests.reliability._helpers"]
 _FORK: dict = {}
 
 

@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 
 from tests.reliability._helpers import Forked, popen, run_cli, run_forked, temp_leftovers, weights_equal
-from warprl.rl.warp import usable_cores
+from warprl.rl.executors import usable_cores
 
 # SIGSTOP/SIGKILL and /proc/<pid>/stat: Linux (CI) only.
 pytestmark = [pytest.mark.fault,

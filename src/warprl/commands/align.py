@@ -17,8 +17,9 @@ from warprl.io import WriteError, atomic_write_json
 from warprl.lora import find_targets
 from warprl.models import load_policy, pick_device, save_model
 from warprl.reward import load_reward
+from warprl.rl.executors import check_ray_address, make_executor
 from warprl.rl.loop import graceful_stop, run_rl
-from warprl.rl.warp import RESUME_HINT, check_ray_address, make_executor, run_warp
+from warprl.rl.warp import RESUME_HINT, run_warp
 from warprl.seeding import derive_seed
 
 
