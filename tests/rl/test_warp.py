@@ -1,7 +1,6 @@
 """WARP's pieces that need no training: file merges on tied weights, task-vector statistics, atomicity."""
 
 import math
-import sys
 
 import pytest
 import torch
@@ -9,7 +8,6 @@ from safetensors.torch import load_file, load_model, save_model
 from torch import nn
 
 from warprl import merge
-from warprl.errors import UserError
 from warprl.io import WriteError, remove_stale_temp_files
 from warprl.rl import warp
 
@@ -125,8 +123,3 @@ def test_layout_and_seeds(tmp_path):
     seeds = {warp.run_seed(0, i, m) for i in (1, 2) for m in (1, 2, 3)}
     assert len(seeds) == 6 and warp.run_seed(0, 1, 1) == warp.run_seed(0, 1, 1) != warp.run_seed(1, 1, 1)
 
-
-def test_ray_missing_is_a_clear_user_error(monkeypatch):
-    monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` raise ImportError
-    with pytest.raises(UserError, match=r"pip install 'warprl\[ray\]'"):
-        warp.import_ray()
