@@ -29,22 +29,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
-from bench_lora import tiny_policy  # noqa: E402
-from bench_warp_overhead import add_warp_arguments  # noqa: E402
+from bench_warp_overhead import add_warp_arguments, warp_settings  # noqa: E402
 
 EXECUTORS = ("sequential", "processes")
-
-
-def settings_for(args, tmp: Path) -> dict:
-    from warprl.commands.flags import default_bf16
-
-    settings = dict(method="warp", inner="rloo", iterations=args.iterations, runs=args.runs, steps=args.steps,
-                    batch_size=args.batch_size, k=args.k, max_new_tokens=args.max_new_tokens, lr=args.lr,
-                    beta=args.beta, checkpoint_every=0, policy=args.policy, reward=args.reward, prompts=args.prompts,
-                    progress=False, bf16=default_bf16("auto"))  # the commands' default: bf16 where it is native
-    if args.smoke:
-        settings.update(policy=str(tiny_policy(tmp / "tiny")), reward="vader", bf16=False)
-    return settings
 
 
 def one_run(settings: dict, executor: str, out: Path) -> dict:
@@ -68,7 +55,7 @@ def run(args, tmp: Path) -> dict:
 
     from warprl.rl.executors import usable_cores
 
-    settings = settings_for(args, tmp)
+    settings = warp_settings(args, tmp, checkpoint_every=0)
     results = {e: [] for e in EXECUTORS}
     weights = {}
     for rep in range(args.repeats):

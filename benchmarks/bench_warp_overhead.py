@@ -66,16 +66,10 @@ def breakdown(out: Path, train_seconds: float) -> dict:
 
 def run(args, tmp: Path) -> dict:
     from warprl.commands.align import run_align
-    from warprl.commands.flags import default_bf16
     from warprl.config import AlignConfig
 
-    settings = dict(method="warp", inner="rloo", iterations=args.iterations, runs=args.runs, steps=args.steps,
-                    batch_size=args.batch_size, k=args.k, max_new_tokens=args.max_new_tokens, lr=args.lr,
-                    beta=args.beta, checkpoint_every=args.checkpoint_every, kl_sft_every=args.kl_sft_every,
-                    policy=args.policy, reward=args.reward, prompts=args.prompts, out=str(tmp / "warp"),
-                    progress=False, bf16=default_bf16("auto"))  # the commands' default: bf16 where it is native
-    if args.smoke:
-        settings.update(policy=str(tiny_policy(tmp / "tiny")), reward="vader", bf16=False)
+    settings = warp_settings(args, tmp, checkpoint_every=args.checkpoint_every, kl_sft_every=args.kl_sft_every,
+                             out=str(tmp / "warp"))
     cfg = AlignConfig(**settings)
     cfg.validate()
     t0 = time.perf_counter()
@@ -129,6 +123,19 @@ def add_warp_arguments(ap: argparse.ArgumentParser, steps: int, lr: float) -> No
     ap.add_argument("--max-new-tokens", type=int, default=24)
     ap.add_argument("--lr", type=float, default=lr)
     ap.add_argument("--beta", type=float, default=0.05)
+
+
+def warp_settings(args, tmp: Path, **extra) -> dict:
+    """AlignConfig settings of the WARP run from add_warp_arguments' flags (a tiny random model with --smoke)."""
+    from warprl.commands.flags import default_bf16
+
+    settings = dict(method="warp", inner="rloo", iterations=args.iterations, runs=args.runs, steps=args.steps,
+                    batch_size=args.batch_size, k=args.k, max_new_tokens=args.max_new_tokens, lr=args.lr,
+                    beta=args.beta, policy=args.policy, reward=args.reward, prompts=args.prompts, progress=False,
+                    bf16=default_bf16("auto"), **extra)  # the commands' default: bf16 where it is native
+    if args.smoke:
+        settings.update(policy=str(tiny_policy(tmp / "tiny")), reward="vader", bf16=False)
+    return settings
 
 
 def main() -> None:
