@@ -46,3 +46,20 @@ def test_fused_head_matches_full_logits_bf16(tiny_policy_dir, monkeypatch):
     torch.testing.assert_close(out[True][0], out[False][0], atol=1e-6, rtol=0)  # same bf16 logits, same fp32 maths
     for name, g in out[False][2].items():  # bf16 gradients: rounding of the chunked accumulation differs
         assert float((out[True][2][name] - g).abs().max()) <= 0.02 * float(g.abs().max()) + 1e-6, name
+
+
+def test_fused_head_without_entropy_gives_the_same_logprobs_and_gradients(tiny_policy_dir):
+    # The anchor and evaluation passes skip the entropy's second pass over the logits: nothing else may change.
+    model, tok = load_policy(str(tiny_policy_dir))
+    roll = R.sample(model, tok, PROMPTS, R.SamplingConfig(max_new_tokens=9), k=2, generator_seed=0)
+    n = roll.completion_ids.shape[1]
+    out = []
+    for with_entropy in (True, False):
+        model.zero_grad(set_to_none=True)
+        res = R.sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 0.7, return_entropy=with_entropy)
+        logp = res[0] if with_entropy else res
+        (-(logp * roll.mask).sum()).backward()
+        out.append((logp.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+    assert torch.equal(out[0][0], out[1][0])
+    for name, g in out[0][1].items():
+        assert torch.equal(out[1][1][name], g), name

@@ -159,20 +159,23 @@ class _HeadLogprob(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, weight, tokens, temperature, chunk):
+    def forward(ctx, hidden, weight, tokens, temperature, chunk, with_entropy):
         n = hidden.shape[0]
         logp = torch.empty(n, dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(logp)
-        ent = torch.empty_like(logp)
+        # The entropy costs a second pass over the fp32 logits (≈ 30 % of this function): only when asked.
+        ent = torch.empty_like(logp) if with_entropy else None
         for s in range(0, n, chunk):
             z = torch.nn.functional.linear(hidden[s : s + chunk], weight).float().div_(temperature)
             lz = torch.logsumexp(z, dim=-1)
             logp[s : s + chunk] = z.gather(-1, tokens[s : s + chunk, None]).squeeze(-1) - lz
             lse[s : s + chunk] = lz
-            ent[s : s + chunk] = lz - (torch.exp(z - lz[:, None]) * z).sum(-1)  # H = lse − Σ p·z
+            if with_entropy:
+                ent[s : s + chunk] = lz - (torch.exp(z - lz[:, None]) * z).sum(-1)  # H = lse − Σ p·z
         ctx.save_for_backward(hidden, weight, tokens, lse)
         ctx.temperature, ctx.chunk = temperature, chunk
-        ctx.mark_non_differentiable(ent)
+        if with_entropy:
+            ctx.mark_non_differentiable(ent)
         return logp, ent
 
     @staticmethod
@@ -193,7 +196,7 @@ class _HeadLogprob(torch.autograd.Function):
                 grad_h[s : s + chunk] = dz @ weight
             if need_w:
                 grad_w.add_((dz.t() @ h).float())
-        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None
+        return grad_h, (grad_w.to(weight.dtype) if need_w else None), None, None, None, None
 
 
 def _fused_head_ok(model) -> bool:
@@ -230,9 +233,8 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
         b, n, d = h.shape
         chunk = max(1, FUSED_HEAD["chunk_bytes"] // (4 * weight.shape[0]))
         logp, entropy = _HeadLogprob.apply(h.reshape(b * n, d), weight, targets.reshape(-1), float(temperature),
-                                           chunk)
-        logp, entropy = logp.view(b, n), entropy.view(b, n)
-        return (logp, entropy) if return_entropy else logp
+                                           chunk, return_entropy)
+        return (logp.view(b, n), entropy.view(b, n)) if return_entropy else logp.view(b, n)
     with autocast(device, bf16):
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
     logp, scaled, lse = _gather_logprobs(out.logits[:, -n_completion - 1 : -1], targets, temperature)
