@@ -13,11 +13,13 @@ from warprl.eval.evaluate import (
     METRIC_KEYS,
     SampleSet,
     check_same_vocab,
+    collect_samples,
     evaluate_policy,
     judge_positive_rate,
     summarise,
 )
 from warprl.models import load_policy
+from warprl.rl.loop import PhaseClock
 
 PROMPTS = ["the movie was", "I love this film", "the plot is", "this actor was", "a story and"]
 
@@ -102,6 +104,18 @@ def test_kl_is_positive_for_a_different_policy_and_evaluation_is_deterministic(t
     # Same prompts in the same order for every policy (common random numbers).
     c = evaluate_policy(sft, tok, sft, word_count, word_count, PROMPTS, cfg)
     assert [s["prompt"] for s in a["samples"]] == [s["prompt"] for s in c["samples"]]
+
+
+def test_the_clock_times_each_phase_and_changes_nothing(tiny_policy_dir):
+    policy, tok = load_policy(str(tiny_policy_dir))
+    twin = copy.deepcopy(policy)
+    cfg = eval_cfg(batch_size=2)  # 3 batches of the 5 prompts
+    plain = collect_samples(policy, tok, twin, word_count, word_count, PROMPTS, cfg)
+    clock = PhaseClock()
+    timed = collect_samples(policy, tok, twin, word_count, word_count, PROMPTS, cfg, gold_fn=word_count, clock=clock)
+    assert timed.completions == plain.completions and timed.kl == plain.kl and timed.rewards == plain.rewards
+    assert set(clock.seconds) == {"sample", "logp_policy", "logp_sft", "reward", "judge", "gold"}
+    assert all(v > 0 for v in clock.seconds.values())
 
 
 def test_scorers_must_return_one_score_per_completion(tiny_policy_dir):

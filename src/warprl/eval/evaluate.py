@@ -36,6 +36,7 @@ the same random stream (common random numbers: their difference is less noisy th
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
@@ -140,10 +141,15 @@ def _as_list(scores, n: int, what: str) -> list[float]:
 
 @torch.no_grad()
 def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[str], cfg: EvalConfig,
-                    progress: bool = False, desc: str = "evaluate", gold_fn=None) -> SampleSet:
-    """Sample ``cfg.samples_per_prompt`` completions per prompt and measure each one (see module doc)."""
+                    progress: bool = False, desc: str = "evaluate", gold_fn=None, clock=None) -> SampleSet:
+    """Sample ``cfg.samples_per_prompt`` completions per prompt and measure each one (see module doc).
+
+    ``clock`` (e.g. :class:`warprl.rl.loop.PhaseClock`) is entered around each phase of a batch: ``sample``,
+    ``logp_policy``, ``logp_sft``, ``reward``, ``judge``, ``gold`` (where the evaluation's time goes).
+    """
     if not prompts:
         raise ValueError("no prompts to evaluate")
+    clock = clock or (lambda _phase: nullcontext())
     scfg = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
                           top_k=cfg.top_k, engine=cfg.engine)
     out = SampleSet([], [], [], [], [], [], [])
@@ -152,22 +158,28 @@ def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
     sft = policy if same else compute_copy(sft, cfg.bf16)
     batches = [prompts[i : i + cfg.batch_size] for i in range(0, len(prompts), cfg.batch_size)]
     for i, batch in enumerate(tqdm(batches, desc=desc, disable=not progress, leave=False, dynamic_ncols=True)):
-        roll = sample(policy, tokenizer, batch, scfg, k=cfg.samples_per_prompt,
-                      generator_seed=derive_seed(cfg.seed, "eval", i))
+        with clock("sample"):
+            roll = sample(policy, tokenizer, batch, scfg, k=cfg.samples_per_prompt,
+                          generator_seed=derive_seed(cfg.seed, "eval", i))
         # Teacher-forced log-probs for both models through the same code path: exact 0 KL for equal weights.
-        logp = anchor_logprobs(policy, roll, cfg.temperature)
-        logp_sft = logp if sft is policy else anchor_logprobs(sft, roll, cfg.temperature)
-        if cfg.temperature == 1.0:
-            logp_sft_t1 = logp_sft
-        else:  # the NLL is a property of the text under the SFT model itself: temperature 1
-            logp_sft_t1 = anchor_logprobs(sft, roll, 1.0)
+        with clock("logp_policy"):
+            logp = anchor_logprobs(policy, roll, cfg.temperature)
+        with clock("logp_sft"):
+            logp_sft = logp if sft is policy else anchor_logprobs(sft, roll, cfg.temperature)
+            if cfg.temperature == 1.0:
+                logp_sft_t1 = logp_sft
+            else:  # the NLL is a property of the text under the SFT model itself: temperature 1
+                logp_sft_t1 = anchor_logprobs(sft, roll, 1.0)
         n = len(roll.completions)
         out.prompts += roll.prompts
         out.completions += roll.completions
-        out.rewards += _as_list(reward_fn(roll.prompts, roll.completions), n, "reward")
-        out.judge += _as_list(judge_fn(roll.prompts, roll.completions), n, "judge")
+        with clock("reward"):
+            out.rewards += _as_list(reward_fn(roll.prompts, roll.completions), n, "reward")
+        with clock("judge"):
+            out.judge += _as_list(judge_fn(roll.prompts, roll.completions), n, "judge")
         if gold_fn is not None:
-            out.gold += _as_list(gold_fn(roll.prompts, roll.completions), n, "gold")
+            with clock("gold"):
+                out.gold += _as_list(gold_fn(roll.prompts, roll.completions), n, "gold")
         out.kl += A.sequence_kl(logp, logp_sft, roll.mask, "k1").tolist()
         out.nll_sum += (-A.masked_sum(logp_sft_t1, roll.mask, dim=-1)).tolist()
         out.n_tokens += [int(x) for x in roll.mask.sum(-1).tolist()]
