@@ -35,22 +35,21 @@ DATA = "../shared/data/imdb/train.parquet"
 PHASES = ("sample", "logp_policy", "logp_sft", "reward", "judge", "gold")
 
 
-class SyncedClock:
-    """Seconds per phase, the device synchronised at each phase's end (a GPU runs ahead of Python)."""
+def synced_clock(device):
+    """A run's PhaseClock that synchronises ``device`` before each phase ends (a GPU runs ahead of Python)."""
+    from warprl.precision import synchronize
+    from warprl.rl.loop import PhaseClock
 
-    def __init__(self, device):
-        self.device, self.seconds = device, {}
+    class SyncedClock(PhaseClock):
+        @contextmanager
+        def __call__(self, name: str):
+            with super().__call__(name):
+                try:
+                    yield
+                finally:
+                    synchronize(device)
 
-    @contextmanager
-    def __call__(self, name: str):
-        from warprl.precision import synchronize
-
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            synchronize(self.device)
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+    return SyncedClock()
 
 
 def pass_flop(model, rows: int, seq_len: int, n_completion: int) -> float:
@@ -88,7 +87,7 @@ def run(args, tmp: Path) -> dict:
     prompts = eval_prompts(cfg, tok)[: args.batch]
     batches = []
     for i in range(args.repeats + 1):  # the first is the warm-up
-        clock = SyncedClock(torch.device("cpu"))
+        clock = synced_clock(torch.device("cpu"))
         t0 = time.perf_counter()
         s = collect_samples(policy, tok, sft, reward_fn, judge_fn, prompts, cfg, gold_fn=gold_fn, clock=clock)
         clock.seconds["total"] = time.perf_counter() - t0
