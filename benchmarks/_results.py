@@ -10,9 +10,12 @@ moment cannot lose each other's sections.
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import platform
 import re
+import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,6 +23,25 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PREVIOUS = " — previous run"
 HEADER = "# Benchmark results\n\nWritten by the scripts in benchmarks/ (one section each); rerun a script to refresh its section.\n"
+
+
+def run_and_publish(run, render, args, title: str) -> dict:
+    """The end of a benchmark's main(): ``run(args, tmp)`` in a scratch folder removed afterwards, whatever
+    happens; ``render(got, command)`` written as the section ``title`` (never for --smoke) and printed; with
+    --json, ``got`` as one JSON object on the last line (what the smoke tests read). Returns ``got``."""
+    tmp = Path(tempfile.mkdtemp(prefix=f"{Path(sys.argv[0]).stem}."))
+    try:
+        got = run(args, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    command = f"python benchmarks/{Path(sys.argv[0]).name} {' '.join(sys.argv[1:])}".strip()
+    text = render(got, command)
+    if not args.smoke:
+        write_section(title, text)
+    print(text)
+    if args.json:
+        print(json.dumps(got))
+    return got
 
 
 def machine(device=None) -> str:

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, matmul_peak, write_section  # noqa: E402
+from _results import machine, matmul_peak, run_and_publish  # noqa: E402
 
 DATA = "../shared/data/imdb/train.parquet"
 PHASES = ("sample", "logp_policy", "logp_sft", "reward", "judge", "gold")
@@ -167,18 +164,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.batch, args.max_new_tokens, args.repeats, args.reward = 4, 6, 1, "vader"
-    tmp = Path(tempfile.mkdtemp(prefix="bench_eval."))
-    try:
-        got = run(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    command = "python benchmarks/bench_eval.py " + " ".join(sys.argv[1:])
-    text = render(got, command.strip())
-    if not args.smoke:
-        write_section("Evaluation batch: where the time goes", text)
-    print(text)
-    if args.json:
-        print(json.dumps(got))
+    run_and_publish(run, render, args, "Evaluation batch: where the time goes")
 
 
 if __name__ == "__main__":

@@ -23,12 +23,11 @@ import json
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, run_and_publish  # noqa: E402
 from bench_warp_overhead import add_warp_arguments, warp_settings  # noqa: E402
 
 EXECUTORS = ("sequential", "processes")
@@ -131,18 +130,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.iterations, args.runs, args.steps, args.batch_size, args.max_new_tokens, args.repeats = 1, 2, 2, 2, 4, 1
-    tmp = Path(tempfile.mkdtemp(prefix="bench_executors."))
-    try:
-        got = run(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    command = "python benchmarks/bench_executors.py " + " ".join(sys.argv[1:])
-    text = render(got, command.strip())
-    if not args.smoke:
-        write_section("WARP executors: sequential against local processes", text)
-    print(text)
-    if args.json:
-        print(json.dumps(got))
+    run_and_publish(run, render, args, "WARP executors: sequential against local processes")
 
 
 if __name__ == "__main__":

@@ -24,14 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import machine, write_section  # noqa: E402
+from _results import machine, run_and_publish  # noqa: E402
 from bench_lora import tiny_policy  # noqa: E402
 
 RUN_PHASES = ("load_init", "setup", "kl_sft", "metrics", "checkpoint", "finish")
@@ -148,19 +146,9 @@ def main() -> None:
     args = ap.parse_args()
     if args.smoke:
         args.iterations, args.runs, args.steps, args.batch_size, args.max_new_tokens = 1, 2, 3, 2, 4
-    tmp = Path(tempfile.mkdtemp(prefix="bench_warp_overhead."))
-    try:
-        got = run(args, tmp)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    command = "python benchmarks/bench_warp_overhead.py " + " ".join(sys.argv[1:])
-    if not args.smoke:
-        # The quickstart's setting (checkpoints at a run's end only) and align's (every 10 steps) are kept apart.
-        ck = f", checkpoint every {args.checkpoint_every} steps" if args.checkpoint_every else ""
-        write_section(f"WARP overhead (time outside RL steps){ck}", render(got, command.strip()))
-    print(render(got, command.strip()))
-    if args.json:
-        print(json.dumps(got))
+    # The quickstart's setting (checkpoints at a run's end only) and align's (every 10 steps) are kept apart.
+    ck = f", checkpoint every {args.checkpoint_every} steps" if args.checkpoint_every else ""
+    run_and_publish(run, render, args, f"WARP overhead (time outside RL steps){ck}")
 
 
 if __name__ == "__main__":
