@@ -28,6 +28,13 @@ from warprl.rl.loop import graceful_stop
 from warprl.rl.warp import RESUME_HINT, RunJob, check_stop, train_run
 
 
+def _worker_models(cfg: AlignConfig, reward_fn, device: str) -> tuple:
+    """A worker's (policy, tokenizer, reward): the reward_fn the driver sent, else ``cfg.reward`` loaded here."""
+    policy, tok = load_policy(cfg.policy, device=device)
+    reward = reward_fn if reward_fn is not None else load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+    return policy, tok, reward
+
+
 def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], threads: int, device: str) -> str:
     """A Ray task: one run in a worker process, which loads its own policy (and reward unless given)."""
     from transformers.utils import logging as hf_logging
@@ -36,9 +43,7 @@ def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], 
     # Ray starts workers with OMP_NUM_THREADS=1; the driver's thread count fixes the float reduction order
     # of CPU kernels, so matching it makes a Ray run bit-identical to the same run in the driver.
     torch.set_num_threads(threads)
-    policy, tok = load_policy(cfg.policy, device=device)
-    if reward_fn is None:
-        reward_fn = load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+    policy, tok, reward_fn = _worker_models(cfg, reward_fn, device)
     with graceful_stop():  # Ray's cancel() interrupts the task via SIGINT: checkpoint, then stop
         train_run(cfg, job, policy, tok, reward_fn, prompts)
     return job.run_dir
@@ -192,9 +197,7 @@ def _process_worker_init(driver: int, threads: int, stop, cfg: AlignConfig, rewa
 def _load_worker_models() -> None:
     """The worker's policy (and reward, unless the driver sent one), loaded once and kept between its runs."""
     if "policy" not in _WORKER:
-        cfg, reward_fn, device = _WORKER["start"]
-        policy, tok = load_policy(cfg.policy, device=device)
-        reward = reward_fn or load_reward(cfg.reward, device=device, bf16=cfg.bf16)
+        policy, tok, reward = _worker_models(*_WORKER["start"])
         _WORKER.update(policy=policy, tok=tok, reward=reward)
 
 
