@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, matmul_peak, run_and_publish  # noqa: E402
+from bench_rl_step import update_flops  # noqa: E402
 
 DATA = "../shared/data/imdb/train.parquet"
 PHASES = ("sample", "logp_policy", "logp_sft", "reward", "judge", "gold")
@@ -47,13 +48,6 @@ def synced_clock(device):
                     synchronize(device)
 
     return SyncedClock()
-
-
-def pass_flop(model, rows: int, seq_len: int, n_completion: int) -> float:
-    """Matmul FLOPs of one teacher-forced pass: the body over every position, the head over the completion's."""
-    head = model.get_output_embeddings().weight.numel()
-    body = sum(p.numel() for p in model.model.layers.parameters())
-    return 2.0 * (body * rows * seq_len + head * rows * n_completion)
 
 
 def run(args, tmp: Path) -> dict:
@@ -110,7 +104,7 @@ def run(args, tmp: Path) -> dict:
         ab["without_entropy"].append(t1 - t0)
         ab["with_entropy"].append(t2 - t1)
     ab = {k: statistics.median(v[1:]) for k, v in ab.items()}
-    flop = pass_flop(model, *roll.input_ids.shape, n)
+    flop = update_flops(model, *roll.input_ids.shape, n) / 3  # a forward is a third of an update
     peak = matmul_peak(torch.bfloat16 if bf16 else torch.float32, reps=3 if args.smoke else 10)
     return {"policy": args.policy if not args.smoke else "tiny", "prompts": args.prompts or prompts_spec, "bf16": bf16,
             "batch_prompts": len(prompts), "samples": n_samples, "seq_len": int(roll.input_ids.shape[1]),
