@@ -5,6 +5,7 @@ with bit-identical weights (torch.equal on every tensor), which is what fixed se
 """
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -120,7 +121,8 @@ def test_layout_and_final_folders_load_with_transformers(reference):
         assert 0.0 < r["charts/task_vector_angle_deg"] < 180.0 and r["charts/task_vector_norm_mean"] > 0.0
         for key in ("charts/reward_mean", "charts/kl_mean", "charts/kl_anchor", "time/merge_s"):
             assert key in r
-        assert r["charts/kl_sft"] is not None and r["charts/kl_sft"] >= 0.0  # kl_sft_every=3: the last step
+        # kl_sft_every=3: the last step's, a k1 estimate on a few samples (it may be < 0)
+        assert r["charts/kl_sft"] is not None and math.isfinite(r["charts/kl_sft"])
         # Where the runs' time went, summed over the iteration's runs from their done.json (bench_warp_overhead).
         runs = [json.loads((out / f"iter_{r['iteration']}" / f"run_{m}" / "done.json").read_text())["time"]
                 for m in (1, 2)]

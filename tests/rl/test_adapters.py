@@ -186,9 +186,9 @@ def test_only_the_factors_train_and_the_ema_follows_its_formula(tiny_policy_dir,
     cfg = lora_cfg(anchor="ema", mu=0.3)
     real_step, seen = T.rl_step, []
 
-    def checked_step(c, pol, anchor, tok_, reward_fn, prompts, state, opt, method, seed):
+    def checked_step(c, pol, anchor, tok_, reward_fn, prompts, state, opt, method, seed, sft=None):
         before = _snapshot(anchor.master)
-        metrics = real_step(c, pol, anchor, tok_, reward_fn, prompts, state, opt, method, seed)
+        metrics = real_step(c, pol, anchor, tok_, reward_fn, prompts, state, opt, method, seed, sft=sft)
         assert all(torch.equal(v, start[k]) for k, v in policy.state_dict().items())  # the base: untouched
         assert {id(p) for g in opt.param_groups for p in g["params"]} == {id(p) for p in pol.master.parameters()}
         now, trained = _snapshot(anchor.master), _snapshot(pol.master)

@@ -117,6 +117,30 @@ def test_kl_to_the_anchor_and_kl_to_sft_are_named_apart(tiny_policy_dir, tmp_pat
         assert rows[-1]["charts/kl_sft"] > 2 * abs(rows[-1]["charts/kl_anchor"])
 
 
+@pytest.mark.parametrize("anchor", ["sft", "ema"])
+def test_kl_to_sft_is_measured_on_the_steps_own_samples(tiny_policy_dir, tmp_path, anchor):
+    # θ_sft is the penalty's anchor ("sft"), or the EMA's start with μ = 0 (a separate θ_sft copy, a pass of its
+    # own). With k = 1 the first sample of each prompt is the whole batch, so the k1 KL to θ_sft is the step's
+    # KL to its anchor, to the bit.
+    cfg = tiny_cfg(steps=4, k=1, kl_sft_every=2, anchor=anchor, mu=0.0, kl_estimator="k1")
+    policy, tok = load_policy(str(tiny_policy_dir))
+    length = tensor_reward(lambda prompts, completions: [float(len(c)) for c in completions])  # never all equal
+    run_rl(cfg, tmp_path, policy, tok, length, PROMPTS, method="reinforce", anchor_kind=anchor, seed=0,
+           resume=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    measured = [r for r in rows if "charts/kl_sft" in r]
+    assert [r["step"] for r in measured] == [2, 4]
+    assert [r["charts/kl_sft"] for r in measured] == [r["charts/kl_anchor"] for r in measured]
+    assert all(r["charts/kl_sft"] != 0 for r in measured)  # the policy moved (k1 may be < 0 on 4 samples)
+    # The measurement is not part of the step's time: the step is its four phases, the pass is booked apart.
+    for r in rows:
+        phases = sum(r[f"time/{p}_s"] for p in ("generate", "reward", "anchor", "update"))
+        assert r["charts/step_time_s"] == pytest.approx(phases, abs=1e-9)
+    assert all(r["time/kl_sft_s"] >= 0 for r in measured) and not any("time/kl_sft_s" in r for r in rows[::2])
+    done = json.loads((tmp_path / "done.json").read_text())
+    assert done["time"]["kl_sft"] == pytest.approx(sum(r["time/kl_sft_s"] for r in measured), abs=2e-3)
+
+
 def test_no_checkpoint_after_the_last_step(tiny_policy_dir, tmp_path, monkeypatch):
     """The run's weights and done.json supersede a checkpoint of its last step: none is written (it cost WARP a
     full weights + EMA + optimiser write per run, deleted right after); done.json says where the time went."""

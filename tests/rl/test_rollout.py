@@ -77,3 +77,16 @@ def test_entropy_matches_the_pure_function(tiny_policy_dir):
         logits = model(input_ids=roll.input_ids, attention_mask=roll.attention_mask,
                        position_ids=position_ids_from_mask(roll.attention_mask)).logits[:, -n - 1 : -1]
     torch.testing.assert_close(ent, A.entropy_from_logits(logits / 0.8), atol=1e-5, rtol=1e-5)
+
+
+def test_rows_picks_the_first_sample_of_each_prompt(tiny_policy_dir):
+    policy, tok = load_policy(str(tiny_policy_dir))
+    roll = sample(policy, tok, ["the movie", "a film was", "it"], SamplingConfig(max_new_tokens=5), k=2,
+                  generator_seed=0)
+    roll.ref_logprobs = anchor_logprobs(policy, roll, 1.0)
+    first = roll.rows(slice(None, None, 2))
+    assert first.prompts == ["the movie", "a film was", "it"] and first.completions == roll.completions[::2]
+    for name in ("input_ids", "attention_mask", "completion_ids", "mask", "logprobs", "ref_logprobs"):
+        assert torch.equal(getattr(first, name), getattr(roll, name)[::2]), name
+    # The sub-batch scores as it did inside the whole batch (left padding is shared, positions from the mask).
+    torch.testing.assert_close(anchor_logprobs(policy, first, 1.0), roll.ref_logprobs[::2], rtol=0, atol=1e-5)

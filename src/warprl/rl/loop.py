@@ -122,6 +122,11 @@ class PhaseClock:
         finally:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
 
+    def move(self, seconds: float, source: str, target: str) -> None:
+        """Book ``seconds`` timed under ``source`` to ``target`` instead (a measurement inside a step)."""
+        self.seconds[source] = self.seconds.get(source, 0.0) - seconds
+        self.seconds[target] = self.seconds.get(target, 0.0) + seconds
+
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in self.seconds.items()}
 
@@ -142,8 +147,15 @@ def _decode_ms_per_token(roll, generate_s: float) -> float:
 
 
 def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, tokenizer, reward_fn,
-            prompts: list[str], state: LoopState, opt: torch.optim.Optimizer, method: str, seed: int) -> dict:
-    """One RL step on ``prompts``; returns its metrics. Raises NonFiniteError before any bad update."""
+            prompts: list[str], state: LoopState, opt: torch.optim.Optimizer, method: str, seed: int,
+            sft: torch.nn.Module | None = None) -> dict:
+    """One RL step on ``prompts``; returns its metrics. Raises NonFiniteError before any bad update.
+
+    With ``sft`` (a frozen θ_sft) the step also logs ``charts/kl_sft``: the mean sequence KL (k1) of the
+    policy to θ_sft on this step's own samples (the first of each prompt), from the policy log-probs the step
+    computes anyway, so it costs one no-grad pass of θ_sft over 1/k of the batch. That pass is timed apart (``time/kl_sft_s``) and is not part of the
+    step's time (``charts/step_time_s``): it is a measurement, not training.
+    """
     t0 = time.perf_counter()
     torch.manual_seed(derive_seed(seed, "step", state.step))  # sampling randomness of this step
     scfg = SamplingConfig(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k,
@@ -170,6 +182,17 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     else:
         logp = anchor_logprobs(model, roll, cfg.temperature, micro_batch=micro)
     seq_kl = A.sequence_kl(logp, roll.ref_logprobs, roll.mask, cfg.kl_estimator).cpu()
+    kl_sft = None
+    t_sft = time.perf_counter()
+    if sft is not None:
+        # One sample per prompt (the first of its k): as many samples as prompts, at 1/k of a pass's cost.
+        first = slice(None, None, cfg.k)
+        sub = roll.rows(first)
+        # The SFT anchor is θ_sft: its log-probs are at hand.
+        sft_logp = sub.ref_logprobs if sft is anchor.compute else anchor_logprobs(sft, sub, cfg.temperature,
+                                                                                  micro_batch=micro)
+        kl_sft = float(A.sequence_kl(logp[first], sft_logp, sub.mask, "k1").mean())
+    measure_s = time.perf_counter() - t_sft
     for name, value in (("reward", rewards), ("KL", seq_kl)):
         if not torch.isfinite(value).all():
             model.eval()
@@ -221,13 +244,14 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     synchronize(device)
     t1 = time.perf_counter()
     n_tokens = float(roll.mask.sum())
-    step_time = t1 - t0
+    step_time = t1 - t0 - measure_s
+    measured = {} if kl_sft is None else {"charts/kl_sft": kl_sft, "time/kl_sft_s": measure_s}
     return {
         "step": state.step,
         "charts/reward_mean": float(rewards.mean()),
         "charts/reward_std": float(rewards.std()) if rewards.numel() > 1 else 0.0,
         # KL to the anchor the penalty uses: the SFT policy (anchor "sft") or the EMA anchor (WARP, anchor
-        # "ema"). charts/kl_mean is the same number under its old name; charts/kl_sft is logged by run_rl.
+        # "ema"). charts/kl_mean is the same number under its old name; charts/kl_sft comes with ``sft``.
         "charts/kl_anchor": float(seq_kl.mean()),
         "charts/kl_mean": float(seq_kl.mean()),
         "charts/reward_kl_regularised": float(total.mean()),
@@ -241,26 +265,14 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         "time/generate_s": t_gen - t0,
         "time/reward_s": t_rew - t_gen,
         "time/anchor_s": t_anchor - t_rew,
-        "time/update_s": t1 - t_anchor,  # policy forward (+ no-grad pass with accumulation), backward, AdamW
+        "time/update_s": t1 - t_anchor - measure_s,  # policy forward (+ no-grad pass with accumulation), backward,
+        # AdamW
         "time/decode_ms_per_token": _decode_ms_per_token(roll, t_gen - t0),
         "losses/policy": loss_total,
         "losses/grad_norm": grad_norm,
         "samples/first": roll.prompts[0] + roll.completions[0],
+        **measured,
     }
-
-
-@torch.no_grad()
-def kl_to_sft(cfg: AlignConfig, policy, sft, tokenizer, prompts: list[str], seed: int) -> float:
-    """Mean sequence KL(π ‖ π_sft) on ``prompts``, one sample each, always with the same sampling seed.
-
-    The same prompts and seed at every measurement (common random numbers) make the curve smooth; it seeds
-    torch's global RNG, which every RL step re-seeds before it samples, so training is not perturbed.
-    """
-    scfg = SamplingConfig(cfg.max_new_tokens, cfg.min_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
-    roll = sample(policy, tokenizer, prompts, scfg, k=1, generator_seed=derive_seed(seed, "kl_sft"))
-    logp = anchor_logprobs(policy, roll, cfg.temperature)
-    logp_sft = anchor_logprobs(sft, roll, cfg.temperature)
-    return float(A.sequence_kl(logp, logp_sft, roll.mask, "k1").mean())
 
 
 def training_kernel(cfg: AlignConfig, policy) -> str:
@@ -278,8 +290,8 @@ def run_rl(cfg: AlignConfig, run_dir: Path, policy, tokenizer, reward_fn, prompt
 
     ``run_dir`` receives ``metrics.jsonl``, ``checkpoints/`` and, when the run is complete,
     ``weights.safetensors`` and ``done.json`` (a finished run is skipped on resume). Every
-    ``cfg.kl_sft_every`` steps ``charts/kl_sft`` is logged: the KL to θ_sft, read from ``sft_weights`` (a
-    WARP run starts from θ_init, not θ_sft) or, without it, the run's initial weights.
+    ``cfg.kl_sft_every`` steps ``charts/kl_sft`` is logged: the KL to θ_sft on that step's samples, θ_sft read
+    from ``sft_weights`` (a WARP run starts from θ_init, not θ_sft) or, without it, the run's initial weights.
 
     With ``cfg.lora_r`` the run trains LoRA factors on the frozen ``policy`` (:mod:`warprl.rl.adapters`):
     checkpoints hold the factors, their EMA and the optimiser; the result is ``adapter/`` (peft's format,
@@ -360,7 +372,6 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
             sft_model = mp_anchor.compute
         sft_of = None if sft_model is None else (lambda: sft_model)
         del anchor_master
-    kl_prompts = prompts[: cfg.batch_size]
     log = MetricsLog(run_dir / "metrics.jsonl", state.metrics_lines,
                      run_dir / "tensorboard" if cfg.tensorboard else None)
     sub_cfg = copy.copy(cfg)
@@ -373,15 +384,15 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
         while state.step < cfg.steps:
             batch = prompt_batch(prompts, cfg.batch_size, seed, state.step * cfg.batch_size)
             try:
+                measure = sft_of is not None and (state.step + 1) % cfg.kl_sft_every == 0
                 with clock("steps"):
                     last = rl_step(sub_cfg, mp_policy, mp_anchor, tokenizer, reward_fn, batch, state, opt, method,
-                                   seed)
+                                   seed, sft=sft_of() if measure else None)
+                if measure:
+                    clock.move(last["time/kl_sft_s"], "steps", "kl_sft")
             except NonFiniteError as e:
                 ckpt = save_checkpoint(ckpt_root, state, trainable, ema, opt)
                 raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
-            if sft_of is not None and state.step % cfg.kl_sft_every == 0:
-                with clock("kl_sft"):
-                    last["charts/kl_sft"] = kl_to_sft(cfg, mp_policy.compute, sft_of(), tokenizer, kl_prompts, seed)
             with clock("metrics"):
                 log.write(last)
             state.metrics_lines = log.lines

@@ -51,6 +51,13 @@ class Rollout:
     def lengths(self) -> torch.Tensor:
         return self.mask.sum(-1)
 
+    def rows(self, which: slice) -> Rollout:
+        """The rows ``which`` of this batch (e.g. ``slice(None, None, k)``: the first sample of each prompt)."""
+        pick = lambda t: None if t is None else t[which]  # noqa: E731
+        return Rollout(self.prompts[which], self.completions[which], self.input_ids[which],
+                       self.attention_mask[which], self.completion_ids[which], self.mask[which],
+                       self.logprobs[which], pick(self.ref_logprobs), self.timings)
+
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
