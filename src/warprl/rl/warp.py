@@ -125,8 +125,10 @@ def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: li
         load_model(policy, job.init_path)  # the anchor is copied from these weights inside run_rl
     # resume=True is always right here: prepare_out_dir validated the WARP folder once, so anything already
     # in a run folder was made with these settings (and a Ray task retried after a crash continues).
+    # θ_sft is the run's own start in iteration 1: run_rl copies it instead of reading the file again.
+    sft = Path(job.sft_path) if job.sft_path and job.sft_path != job.init_path else None
     run_rl(cfg, Path(job.run_dir), policy, tok, reward_fn, prompts, method=cfg.inner, anchor_kind="ema",
-           seed=job.seed, resume=True, desc=job.desc, sft_weights=Path(job.sft_path) if job.sft_path else None,
+           seed=job.seed, resume=True, desc=job.desc, sft_weights=sft,
            base_name=os.path.relpath(job.init_path, job.run_dir), clock=clock)  # base: wherever --out moves
 
 
