@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import multiprocessing
 import os
 import signal
@@ -62,10 +63,12 @@ class SequentialExecutor:
         for job in jobs:
             check_stop(f"before run {job.run} of iteration {job.iteration}")
             train_run(self.cfg, job, self.policy, self.tok, self.reward_fn, self.prompts)
-            release_memory(self.policy.device)  # the run's copies and optimiser state go before the next run
+            # The run's copies and optimiser state are freed for the next run, which reuses the heap's pages
+            # (giving them back to the OS after each run cost ~0.5 s of trimming, then as many page faults).
+            gc.collect()
 
     def close(self) -> None:
-        pass
+        release_memory(self.policy.device)  # the last run's pages back to the OS
 
 
 TASK_RETRIES = 2  # a worker that dies (OOM kill, lost node) is replaced; the retried run resumes from its checkpoint
