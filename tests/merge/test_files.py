@@ -146,3 +146,36 @@ def test_merge_liti_files_is_merge_then_liti_in_one_pass(model_files, tmp_path: 
     assert gram == task_vector_gram_files(init_path, runs)
     with pytest.raises(TypeError, match="unexpected keyword"):
         merge_liti_files(init_path, runs, merged, liti_out, op, eta=0.3, lam=0.25, typo=1)
+
+
+def test_load_streaming_equals_load_model_in_place_and_checks_the_file(tiny_policy_dir, tmp_path: Path) -> None:
+    from safetensors.torch import load_model
+
+    from warprl.io import save_weights, weight_tensors
+    from warprl.merge import load_streaming
+    from warprl.models import load_policy
+
+    source, _ = load_policy(str(tiny_policy_dir))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.add_(0.25)
+    path = tmp_path / "w.safetensors"
+    save_weights(source, path)  # the tied lm_head is stored once
+    for dtype in (torch.float32, torch.bfloat16):
+        ours, theirs = (load_policy(str(tiny_policy_dir))[0].to(dtype) for _ in range(2))
+        before = {n: p.data_ptr() for n, p in ours.named_parameters()}
+        load_streaming(ours, path)
+        load_model(theirs, str(path))
+        assert {n: p.data_ptr() for n, p in ours.named_parameters()} == before  # in place: no new tensors
+        for (n, a), (_, b) in zip(ours.state_dict().items(), theirs.state_dict().items(), strict=True):
+            assert a.dtype == dtype and torch.equal(a, b), n  # bf16: the same rounding as load_model's cast
+    model = load_policy(str(tiny_policy_dir))[0]
+    sd = {k: v.contiguous() for k, v in weight_tensors(source).items()}
+    first = next(iter(sd))
+    save_file({k: v for k, v in sd.items() if k != first}, str(tmp_path / "missing.safetensors"))
+    save_file({**sd, "extra.weight": torch.zeros(2)}, str(tmp_path / "extra.safetensors"))
+    save_file({**sd, first: sd[first][None]}, str(tmp_path / "shape.safetensors"))
+    for name, words in (("missing", r"lacks \d+ of the model's tensors"), ("extra", "'extra.weight' is not in the model"),
+                        ("shape", f"'{first}' has shape")):
+        with pytest.raises(ValueError, match=words):
+            load_streaming(model, tmp_path / f"{name}.safetensors")

@@ -15,6 +15,7 @@ Conventions shared by every function:
 """
 
 from warprl.merge.files import (
+    load_streaming,
     merge_files,
     merge_liti_files,
     open_streaming,
@@ -43,6 +44,7 @@ __all__ = [
     "liti",
     "merge_files",
     "merge_liti_files",
+    "load_streaming",
     "open_streaming",
     "slerp",
     "task_vector_angle",

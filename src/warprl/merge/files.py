@@ -39,6 +39,33 @@ def open_streaming(path: str | os.PathLike, device: str = "cpu"):
         return safe_open(os.fspath(path), framework="pt", device=device)
 
 
+@torch.no_grad()
+def load_streaming(model: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Load a safetensors file into ``model``'s own tensors in place, one tensor at a time (cast to each
+    tensor's dtype by ``copy_``: the rounding of a cast). Strict as ``safetensors.torch.load_model``: every
+    tensor of the file must be one of the model's, and every floating-point tensor of the model must be
+    written (tied tensors count once).
+
+    ``load_model`` reads the whole file into new tensors first: a second model in memory, freshly faulted in
+    at each WARP run (0.4–1.6 s per 0.5 GB fp32 model on a 2-core VM, against ~0.2 s for this).
+    """
+    target = model.state_dict(keep_vars=True)
+    written: set[int] = set()
+    with open_streaming(path, str(next(model.parameters()).device)) as f:
+        for name in f.keys():
+            if name not in target:
+                raise ValueError(f"{path}: tensor '{name}' is not in the model")
+            value = f.get_tensor(name)
+            if value.shape != target[name].shape:  # copy_ would broadcast
+                raise ValueError(f"{path}: tensor '{name}' has shape {list(value.shape)}, the model's "
+                                 f"{list(target[name].shape)}")
+            target[name].copy_(value)
+            written.add(target[name].data_ptr())
+    missing = [n for n, t in target.items() if t.is_floating_point() and t.data_ptr() not in written]
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} of the model's tensors (e.g. '{missing[0]}')")
+
+
 def _file_shapes(f: Any) -> dict[str, list[int]]:
     # get_slice reads only the header, so validation costs no tensor loads.
     return {k: f.get_slice(k).get_shape() for k in f.keys()}

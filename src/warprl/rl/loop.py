@@ -356,7 +356,8 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
         # The run's initial weights (taken before a checkpoint loads), cast on the way: no second fp32 model.
         sft_model = plain_copy(anchor_master, torch.bfloat16 if cfg.bf16 else None)
         if sft_weights is not None:
-            load_model(sft_model, str(sft_weights))  # fp32 file into the compute dtype: the same rounding as a cast
+            # fp32 file into the compute dtype: the same rounding as a cast
+            merge.load_streaming(sft_model, sft_weights)
     intact = intact_metrics_lines(run_dir / "metrics.jsonl") if resume else 0
     state = (load_checkpoint(ckpt_root, trainable, ema, opt, metrics_lines=intact) if resume else None) or LoopState()
     if lora_run is not None:

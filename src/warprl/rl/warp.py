@@ -44,8 +44,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_model
-
 from warprl import lora_merge, merge
 from warprl.config import AlignConfig
 from warprl.errors import UserError
@@ -122,7 +120,7 @@ def train_run(cfg: AlignConfig, job: RunJob, policy, tok, reward_fn, prompts: li
     """θ_m ← θ_init, then T steps of RL with an EMA anchor; run_rl writes the run folder."""
     clock = PhaseClock()
     with clock("load_init"):
-        load_model(policy, job.init_path)  # the anchor is copied from these weights inside run_rl
+        merge.load_streaming(policy, job.init_path)  # the anchor is copied from these weights inside run_rl
     # resume=True is always right here: prepare_out_dir validated the WARP folder once, so anything already
     # in a run folder was made with these settings (and a Ray task retried after a crash continues).
     # θ_sft is the run's own start in iteration 1: run_rl copies it instead of reading the file again.
