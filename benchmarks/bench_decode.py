@@ -6,7 +6,9 @@ temperature 1. Each configuration runs ``--repeats`` times, interleaved, and the
 ms/token = decode time / decoded steps (the prefill is timed apart); the bound = weight bytes read
 once per token / memory read bandwidth measured in this run (sum over a 1 GiB tensor). A second table times
 the sampling step alone (``engine.sample_next`` on [batch, vocabulary] fp32 logits) with each draw, since the
-draw's cost does not depend on the model and is easy to lose in a whole decode's noise.
+draw's cost does not depend on the model and is easy to lose in a whole decode's noise. A third table times
+the decode step's matmuls alone (the engine's prepacked weights, nothing else), next to the bf16 matmul peak
+measured in the same run: the floor the matmul library sets at this batch size, before any other operation.
 
 On a GPU (``--device cuda``, the default where one is present) every clock waits for the device's queued
 work first, and the bound is the card's own: weight bytes / the read bandwidth measured on it.
@@ -25,7 +27,7 @@ import statistics
 import time
 
 import torch
-from _results import machine, read_bandwidth
+from _results import machine, matmul_peak, read_bandwidth
 
 from warprl.data import builtin_prompts
 from warprl.models import load_policy, pick_device
@@ -98,6 +100,39 @@ def time_draws(rows: int, vocab: int, repeats: int, device, calls: int = 20) -> 
     return {draw: statistics.median(ts) for draw, ts in times.items()}
 
 
+def time_linears(model, rows: int, repeats: int, calls: int = 10) -> dict[str, float]:
+    """ms per decode step of the engine's matmuls alone (its own prepacked weights, random [rows, in] inputs,
+    no attention, norms or sampling): every layer's linears in order, the weights streaming from memory as in
+    a decode step, and layer 0's linears 30 times over, its weights hot in cache. A floor for the decode: what
+    the matmul library gives at this batch size, before any other operation."""
+    w = E._weights(model, rows)
+    dtype, device = w.embed.dtype, w.embed.device
+    layers = [[*lw.qkv, lw.o, *lw.gate_up, lw.down] for lw in w.layers]
+    hidden, inter = model.config.hidden_size, model.config.intermediate_size
+    x_h = torch.randn(rows, hidden, dtype=dtype, device=device)
+    x_i = torch.randn(rows, inter, dtype=dtype, device=device)
+
+    def step(order) -> None:
+        for lins in order:
+            for lin in lins:
+                lin(x_i if lin is lins[-1] else x_h)  # down_proj reads the intermediate width
+        w.lm_head(x_h)
+
+    out = {}
+    for name, order in (("streamed", layers), ("hot", [layers[0]] * len(layers))):
+        step(order)  # warm-up
+        times = []
+        for _ in range(repeats):
+            synchronize(device)
+            t = time.perf_counter()
+            for _ in range(calls):
+                step(order)
+            synchronize(device)
+            times.append(1e3 * (time.perf_counter() - t) / calls)
+        out[name] = statistics.median(times)
+    return out
+
+
 def time_hf(model, tok, prompts, k, tokens) -> dict:
     """HF generate without EOS stopping, so both sides decode the same number of steps."""
     torch.manual_seed(0)
@@ -153,6 +188,8 @@ def main() -> None:
                 runs[name].append(time_engine(model, tok, prompts, args.k, args.tokens, opts))
         draws = {n: time_draws(n, model.config.vocab_size, max(args.repeats, 5), device)
                  for n in (args.draw_rows or [args.rows * args.k])}
+        linears = time_linears(model, args.rows * args.k, max(args.repeats, 5))
+        peak = matmul_peak(model.dtype, device=device)
     load1 = open("/proc/loadavg").read().split()[0]
     result = {"machine": machine(device), "policy": args.policy, "precision": args.precision,
               "rows": args.rows * args.k, "tokens": args.tokens, "read_GBps": bw / 1e9, "weight_MB": wbytes / 1e6, "bound_ms_per_token": bound_ms, "loadavg": [load0, load1], "configs": {}}
@@ -170,6 +207,17 @@ def main() -> None:
                                    "all_ms": [r["ms_per_token"] for r in rs]}
         print(f"| {name} | {ms:.1f} | {ms / bound_ms:.2f} | {pre:.3f} | {wb:.3f} |")
     result["sample_next_ms"] = draws
+    result["linears_ms"] = linears
+    result["matmul_peak_GFLOPs"] = peak / 1e9
+    flops = 2 * (wbytes / model.dtype.itemsize) * args.rows * args.k  # every weight once per row
+    print(f"\n| the decode step's matmuls alone ({args.rows * args.k} rows, prepacked, {flops / 1e9:.1f} GFLOP; "
+          f"matmul peak {peak / 1e9:.0f} GFLOP/s at 2048² → {1e3 * flops / peak:.1f} ms) | ms/token | × bound "
+          "| GFLOP/s | share of peak |")
+    print("|---|---:|---:|---:|---:|")
+    for name, label in (("streamed", "every layer in order, then lm_head (weights from memory)"),
+                        ("hot", "layer 0 thirty times, then lm_head (a layer's weights in cache)")):
+        ms = linears[name]
+        print(f"| {label} | {ms:.1f} | {ms / bound_ms:.2f} | {flops / ms / 1e6:.0f} | {flops / ms / peak * 1e3:.0%} |")
     print(f"\n| sampling step alone (rows × {model.config.vocab_size} logits) | "
           + " | ".join(f"{n} rows: ms" for n in draws) + " |")
     print("|---|" + "---:|" * len(draws))
