@@ -88,8 +88,8 @@ class RLSettings:
     whiten_advantages: bool = setting(False, "normalise advantages to mean 0, std 1 per batch")
     token_mean: bool = setting(False, "average the loss over tokens instead of summing per sequence")
     min_new_tokens: int = setting(0, "minimum completion tokens before EOS is allowed")
-    kl_sft_every: int = setting(10, "log charts/kl_sft (KL to SFT, the step's first sample of each prompt) "
-                                               "every N steps (0 = off)")
+    kl_sft_every: int = setting(10, "log charts/kl_sft (KL to SFT on the step's first sample of each prompt) "
+                                "every N steps (0 = off)")
     attn_implementation: str = setting("auto", "attention kernel of the log-prob passes and the update: auto "
                                        "(eager for a bf16 compute copy on a CPU while its saved attention stays "
                                        "under 1 GiB, else sdpa), sdpa or eager", choices=("auto", "sdpa", "eager"))

@@ -153,8 +153,8 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
 
     With ``sft`` (a frozen θ_sft) the step also logs ``charts/kl_sft``: the mean sequence KL (k1) of the
     policy to θ_sft on this step's own samples (the first of each prompt), from the policy log-probs the step
-    computes anyway, so it costs one no-grad pass of θ_sft over 1/k of the batch. That pass is timed apart (``time/kl_sft_s``) and is not part of the
-    step's time (``charts/step_time_s``): it is a measurement, not training.
+    computes anyway, so it costs one no-grad pass of θ_sft over 1/k of the batch. That pass is timed apart
+    (``time/kl_sft_s``) and is not part of the step's time (``charts/step_time_s``): it measures, not trains.
     """
     t0 = time.perf_counter()
     torch.manual_seed(derive_seed(seed, "step", state.step))  # sampling randomness of this step
@@ -265,8 +265,8 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         "time/generate_s": t_gen - t0,
         "time/reward_s": t_rew - t_gen,
         "time/anchor_s": t_anchor - t_rew,
-        "time/update_s": t1 - t_anchor - measure_s,  # policy forward (+ no-grad pass with accumulation), backward,
-        # AdamW
+        # policy forward (+ no-grad pass with accumulation), backward, AdamW
+        "time/update_s": t1 - t_anchor - measure_s,
         "time/decode_ms_per_token": _decode_ms_per_token(roll, t_gen - t0),
         "losses/policy": loss_total,
         "losses/grad_norm": grad_norm,
@@ -386,11 +386,16 @@ def _train(cfg, run_dir, policy, tokenizer, reward_fn, prompts, method, anchor_k
             batch = prompt_batch(prompts, cfg.batch_size, seed, state.step * cfg.batch_size)
             try:
                 measure = sft_of is not None and (state.step + 1) % cfg.kl_sft_every == 0
+                sft = None
+                if measure:
+                    with clock("kl_sft"):
+                        sft = sft_of()  # a LoRA run may build θ_sft for the measurement
                 with clock("steps"):
                     last = rl_step(sub_cfg, mp_policy, mp_anchor, tokenizer, reward_fn, batch, state, opt, method,
-                                   seed, sft=sft_of() if measure else None)
+                                   seed, sft=sft)
                 if measure:
                     clock.move(last["time/kl_sft_s"], "steps", "kl_sft")
+                del sft  # a model built for the measurement goes with it
             except NonFiniteError as e:
                 ckpt = save_checkpoint(ckpt_root, state, trainable, ema, opt)
                 raise NonFiniteError(f"{e}; stopped before the update, last good weights kept in {ckpt}") from None
