@@ -199,8 +199,8 @@ def ema_gap(args, base: dict, tmp: Path) -> dict:
     found: dict = {}
     real_step = T.rl_step
 
-    def step(c, pol, anchor, tok_, rfn, batch, state, opt, method, seed):
-        metrics = real_step(c, pol, anchor, tok_, rfn, batch, state, opt, method, seed)
+    def step(c, pol, anchor, tok_, rfn, batch, state, opt, method, seed, sft=None):
+        metrics = real_step(c, pol, anchor, tok_, rfn, batch, state, opt, method, seed, sft=sft)
         ema_dw = found.setdefault("ema_dw", {t.name: torch.zeros_like(d) for t, d in pol.master.deltas()})
         for t, d in pol.master.deltas():
             ema_dw[t.name].lerp_(d, c.mu)
