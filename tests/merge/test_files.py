@@ -179,3 +179,24 @@ def test_load_streaming_equals_load_model_in_place_and_checks_the_file(tiny_poli
                         ("shape", f"'{first}' has shape")):
         with pytest.raises(ValueError, match=words):
             load_streaming(model, tmp_path / f"{name}.safetensors")
+
+
+def test_load_streaming_reads_shards_and_maps_each_tensor(tiny_policy_dir, tmp_path: Path) -> None:
+    from warprl.io import weight_tensors
+    from warprl.merge import load_streaming
+    from warprl.models import load_policy
+
+    model, _ = load_policy(str(tiny_policy_dir))
+    sd = {k: v.detach().clone().contiguous() for k, v in weight_tensors(model).items()}
+    names = sorted(sd)
+    half = len(names) // 2
+    shards = [tmp_path / "a.safetensors", tmp_path / "b.safetensors"]
+    save_file({k: sd[k] for k in names[:half]}, str(shards[0]))
+    save_file({k: sd[k] for k in names[half:]}, str(shards[1]))
+    seen = []
+    load_streaming(model, shards, lambda name, t: seen.append(name) or 2 * t)
+    assert sorted(seen) == names
+    got = weight_tensors(model)
+    assert all(torch.equal(got[k], 2 * sd[k]) for k in names)
+    with pytest.raises(ValueError, match=r"lacks \d+ of the model's tensors"):
+        load_streaming(model, shards[:1])

@@ -75,24 +75,12 @@ def set_interpolated_weights(policy, sft, final_files: list[Path], eta: float) -
     endpoints). Tensors the file does not hold must be tied to one it does (e.g. ``lm_head`` = embeddings).
     :func:`warprl.merge.merge_files` does not fit here: it writes a new file and holds the whole result.
     """
-    target = policy.state_dict()
     source = sft.state_dict()
-    device = next(policy.parameters()).device
-    written: set[int] = set()
-    for path in final_files:
-        with merge.open_streaming(path, str(device)) as f:
-            for name in f.keys():
-                if name not in target:
-                    raise UserError(f"{path}: tensor '{name}' is not in the SFT model: is θ_final fine-tuned from it?")
-                try:
-                    value = merge.interpolate({name: source[name]}, {name: f.get_tensor(name)}, eta)[name]
-                except ValueError as e:
-                    raise UserError(f"θ_final does not match the SFT model: {e}") from None
-                target[name].copy_(value)
-                written.add(target[name].data_ptr())
-    missing = [n for n, t in target.items() if t.data_ptr() not in written and t.is_floating_point()]
-    if missing:
-        raise UserError(f"θ_final lacks {len(missing)} tensors of the SFT model (e.g. '{missing[0]}')")
+    try:
+        merge.load_streaming(policy, final_files,
+                             lambda name, t: merge.interpolate({name: source[name]}, {name: t}, eta)[name])
+    except ValueError as e:  # another architecture: a tensor the SFT model lacks, or one of another shape
+        raise UserError(f"θ_final does not match the SFT model: {e}") from None
 
 
 # ------------------------------------------------------------------------------------------- the runs

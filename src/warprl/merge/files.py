@@ -40,30 +40,34 @@ def open_streaming(path: str | os.PathLike, device: str = "cpu"):
 
 
 @torch.no_grad()
-def load_streaming(model: torch.nn.Module, path: str | os.PathLike) -> None:
-    """Load a safetensors file into ``model``'s own tensors in place, one tensor at a time (cast to each
-    tensor's dtype by ``copy_``: the rounding of a cast). Strict as ``safetensors.torch.load_model``: every
-    tensor of the file must be one of the model's, and every floating-point tensor of the model must be
-    written (tied tensors count once).
+def load_streaming(model: torch.nn.Module, paths: str | os.PathLike | Sequence[str | os.PathLike],
+                   value: Callable[[str, torch.Tensor], torch.Tensor] | None = None) -> None:
+    """Load safetensors file(s) (e.g. a sharded model's) into ``model``'s own tensors in place, one tensor at a
+    time, each as ``value(name, tensor)`` when given (e.g. an interpolation), cast to the model tensor's dtype by
+    ``copy_`` (the rounding of a cast). Strict as ``safetensors.torch.load_model``: every tensor of the files
+    must be one of the model's with its shape, and every floating-point tensor of the model must be written
+    (tied tensors count once); else ValueError.
 
     ``load_model`` reads the whole file into new tensors first: a second model in memory, freshly faulted in
     at each WARP run (0.4–1.6 s per 0.5 GB fp32 model on a 2-core VM, against ~0.2 s for this).
     """
     target = model.state_dict(keep_vars=True)
+    device = str(next(model.parameters()).device)
     written: set[int] = set()
-    with open_streaming(path, str(next(model.parameters()).device)) as f:
-        for name in f.keys():
-            if name not in target:
-                raise ValueError(f"{path}: tensor '{name}' is not in the model")
-            value = f.get_tensor(name)
-            if value.shape != target[name].shape:  # copy_ would broadcast
-                raise ValueError(f"{path}: tensor '{name}' has shape {list(value.shape)}, the model's "
-                                 f"{list(target[name].shape)}")
-            target[name].copy_(value)
-            written.add(target[name].data_ptr())
+    for path in [paths] if isinstance(paths, (str, os.PathLike)) else paths:
+        with open_streaming(path, device) as f:
+            for name in f.keys():
+                if name not in target:
+                    raise ValueError(f"{path}: tensor '{name}' is not in the model")
+                tensor = f.get_tensor(name)
+                if tensor.shape != target[name].shape:  # copy_ would broadcast
+                    raise ValueError(f"{path}: tensor '{name}' has shape {list(tensor.shape)}, the model's "
+                                     f"{list(target[name].shape)}")
+                target[name].copy_(tensor if value is None else value(name, tensor))
+                written.add(target[name].data_ptr())
     missing = [n for n, t in target.items() if t.is_floating_point() and t.data_ptr() not in written]
     if missing:
-        raise ValueError(f"{path} lacks {len(missing)} of the model's tensors (e.g. '{missing[0]}')")
+        raise ValueError(f"{paths} lacks {len(missing)} of the model's tensors (e.g. '{missing[0]}')")
 
 
 def _file_shapes(f: Any) -> dict[str, list[int]]:
