@@ -84,6 +84,16 @@ def time_engine(model, tok, prompts, k, tokens, options) -> dict:
             "weights_s": build}
 
 
+def ms_per_call(fn, calls: int, device) -> float:
+    """ms per call of ``fn`` over ``calls`` back-to-back calls, the device's queue drained at both ends."""
+    synchronize(device)
+    t = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    synchronize(device)
+    return 1e3 * (time.perf_counter() - t) / calls
+
+
 def time_draws(rows: int, vocab: int, repeats: int, device, calls: int = 20) -> dict[str, float]:
     """Median ms per ``sample_next`` call at temperature 1 on random [rows, vocab] logits, for each draw."""
     logits = (torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3).to(device)
@@ -91,12 +101,7 @@ def time_draws(rows: int, vocab: int, repeats: int, device, calls: int = 20) -> 
     for _ in range(repeats):
         for draw in times:  # interleaved
             with engine_options({"draw": draw}):
-                synchronize(device)
-                t = time.perf_counter()
-                for _ in range(calls):
-                    E.sample_next(logits, 1.0)
-                synchronize(device)
-                times[draw].append(1e3 * (time.perf_counter() - t) / calls)
+                times[draw].append(ms_per_call(lambda: E.sample_next(logits, 1.0), calls, device))
     return {draw: statistics.median(ts) for draw, ts in times.items()}
 
 
@@ -121,15 +126,7 @@ def time_linears(model, rows: int, repeats: int, calls: int = 10) -> dict[str, f
     out = {}
     for name, order in (("streamed", layers), ("hot", [layers[0]] * len(layers))):
         step(order)  # warm-up
-        times = []
-        for _ in range(repeats):
-            synchronize(device)
-            t = time.perf_counter()
-            for _ in range(calls):
-                step(order)
-            synchronize(device)
-            times.append(1e3 * (time.perf_counter() - t) / calls)
-        out[name] = statistics.median(times)
+        out[name] = statistics.median(ms_per_call(lambda o=order: step(o), calls, device) for _ in range(repeats))
     return out
 
 
