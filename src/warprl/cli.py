@@ -354,6 +354,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:  # pragma: no cover - console script wrapper
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from warprl.heap import keep_freed_memory
+
+    keep_freed_memory()  # before any tensor: large blocks come from the heap and are reused (warprl.heap)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # our own progress bars and messages say what is happening
