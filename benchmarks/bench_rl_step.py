@@ -37,6 +37,7 @@ from _results import machine, matmul_peak, read_bandwidth, write_section
 from warprl import optim
 from warprl.config import AlignConfig
 from warprl.data import builtin_prompts
+from warprl.heap import keep_freed_memory
 from warprl.models import convert_gguf, load_policy, merged_adapter_folder, pick_device, resolve
 from warprl.precision import MixedPrecision, bf16_is_native, synchronize
 from warprl.reward import load_reward
@@ -163,6 +164,8 @@ def update_flops(model, rows: int, seq_len: int, n_completion: int) -> float:
     return 6 * body * rows * seq_len + 6 * head * rows * n_completion
 
 
+HEAP_WORDS = {"kept": "freed memory kept (`warprl.heap`, as the `warprl` command sets it)",
+              "default": "glibc's default heap"}
 TARGET_RATIO = 3.0  # issue 11: RL step throughput >= 3x TRL's at both shapes
 
 
@@ -302,7 +305,8 @@ def markdown(run: dict) -> str:
              f"bf16={precision == 'bf16'}, use_cpu={not gpu}, "
              f"gradient_checkpointing=False)` with attention {trl_attn}; warprl (attention {attn[0]} unless its row "
              f"says otherwise{'; auto is resolved per shape as align resolves it' if attn[0] == 'auto' else ''}) and "
-             f"TRL alternate step by step in one process; medians "
+             f"TRL alternate step by step in one process, so both run under one glibc heap setting: "
+             f"{HEAP_WORDS[run.get('heap', 'default')]}; medians "
              f"exclude the first (warm-up) step; load = median 1-min load average at step start "
              f"({run['cores']} cores, shared).", ""]
     lines += ["| shape (prompts × k × tokens) | side | s / step | samples / s | ratio vs TRL | load | generate | reward "
@@ -344,7 +348,8 @@ def markdown(run: dict) -> str:
 
 
 def section_title(run: dict) -> str:
-    """bf16 keeps the section it always had; an fp32 run (a CPU without native bf16) gets its own beside it, and
+    """bf16 keeps the section it always had (with the heap as the `warprl` command sets it; glibc's default heap
+    gets its own section beside it); an fp32 run (a CPU without native bf16) gets its own beside it, and
     an fp32 run of one shape its own per shape (one shape alone can take most of an hour there); a GPU run its
     card's."""
     title = "RL step: warprl vs TRL RLOOTrainer"
@@ -352,7 +357,7 @@ def section_title(run: dict) -> str:
         return f"{title}, {run['gpu']}"
     if run["precision"] != "bf16":
         title += ", fp32" + ("" if len(run["shapes"]) > 1 else f", {run['shapes'][0]}")
-    return title
+    return title + (", glibc's default heap" if run.get("heap", "default") == "default" else "")
 
 
 def main() -> None:
@@ -368,6 +373,9 @@ def main() -> None:
                     help="both sides (default: bf16 where the device computes it natively, else fp32)")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
     ap.add_argument("--policy", default="smollm2-135m", help="any policy spec warprl loads (both sides use it)")
+    ap.add_argument("--heap", choices=("kept", "default"), default="kept",
+                    help="glibc's heap for the whole process, both sides: kept as the `warprl` command sets it "
+                         "(warprl.heap), or glibc's default")
     ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--render", metavar="JSON", default="",
@@ -377,6 +385,8 @@ def main() -> None:
         run = json.loads(Path(args.render).read_text().strip().splitlines()[-1])
         write_section(section_title(run), markdown(run))
         return
+    if args.heap == "kept" and not keep_freed_memory():
+        raise SystemExit("--heap kept: this C library's malloc cannot be set (glibc only); use --heap default")
     args.device = pick_device(args.device)
     args.precision = args.precision or ("bf16" if bf16_is_native(args.device) else "fp32")
     dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
@@ -392,13 +402,13 @@ def main() -> None:
            + f" --attn {' '.join(args.attn)} --trl-attn {args.trl_attn} --precision {args.precision}"
            + f" --device {args.device}" + (f" --policy {args.policy}" if args.policy != "smollm2-135m" else "")
            + (f" --reward {args.reward}" if args.reward != "imdb-sentiment" else "")
-           + (" --with-hf-engine" if args.with_hf_engine else ""))
+           + (" --with-hf-engine" if args.with_hf_engine else "") + f" --heap {args.heap}")
     import trl
 
     run = {"date": f"{dt.datetime.now():%Y-%m-%d %H:%M}", "machine": machine(args.device), "cores": os.cpu_count(),
            "command": cmd, "device": str(args.device),
            "gpu": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "",
-           "policy": args.policy, "precision": args.precision, "shapes": args.shapes, "attn": args.attn,
+           "heap": args.heap, "policy": args.policy, "precision": args.precision, "shapes": args.shapes, "attn": args.attn,
            "trl_attn": args.trl_attn, "trl_version": trl.__version__, "peak_flops": peak, "read_bandwidth": bw,
            "weight_bytes": wbytes, "decode_bound_ms_per_token": 1e3 * wbytes / bw, "results": results}
     md = markdown(run)

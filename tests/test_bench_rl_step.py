@@ -47,7 +47,7 @@ def test_the_verdict_is_met_at_three_times():
 
 def test_a_saved_run_renders_its_own_date_machine_and_verdict():
     run = {"date": "2026-01-02 03:04", "machine": "2 cores TestCPU", "cores": 2, "command": "python bench",
-           "device": "cpu", "gpu": "", "policy": "smollm2-135m", "precision": "bf16", "shapes": ["8x2x24"],
+           "device": "cpu", "gpu": "", "heap": "kept", "policy": "smollm2-135m", "precision": "bf16", "shapes": ["8x2x24"],
            "attn": ["sdpa"], "trl_attn": "sdpa", "trl_version": "1.16.0", "peak_flops": 1e12,
            "read_bandwidth": 2e10, "weight_bytes": 2 * 10**8, "results": [_shape_result(6.0, {"warprl": 4.0})]}
     md = B.markdown(run)
@@ -57,3 +57,8 @@ def test_a_saved_run_renders_its_own_date_machine_and_verdict():
     assert B.section_title(run) == "RL step: warprl vs TRL RLOOTrainer"
     assert B.section_title({**run, "precision": "fp32"}) == "RL step: warprl vs TRL RLOOTrainer, fp32, 8x2x24"
     assert B.section_title({**run, "gpu": "NVIDIA H200"}) == "RL step: warprl vs TRL RLOOTrainer, NVIDIA H200"
+    # Runs from before warprl.heap (no "heap" in their record) ran under glibc's default heap: their own section.
+    old = {k: v for k, v in run.items() if k != "heap"}
+    assert B.section_title(old) == "RL step: warprl vs TRL RLOOTrainer, glibc's default heap"
+    assert "one glibc heap setting: glibc's default heap" in B.markdown(old)
+    assert "one glibc heap setting: freed memory kept" in md
