@@ -30,6 +30,7 @@ import torch
 from _results import machine, matmul_peak, read_bandwidth
 
 from warprl.data import builtin_prompts
+from warprl.heap import keep_freed_memory
 from warprl.models import load_policy, pick_device
 from warprl.precision import bf16_is_native, synchronize
 from warprl.rl import engine as E
@@ -149,6 +150,7 @@ def time_hf(model, tok, prompts, k, tokens) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=16, help="prompts per batch")
     ap.add_argument("--k", type=int, default=1, help="samples per prompt (batch = rows × k)")

@@ -29,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, matmul_peak, run_and_publish  # noqa: E402
 from bench_rl_step import update_flops  # noqa: E402
 
+from warprl.heap import keep_freed_memory  # noqa: E402
+
 DATA = "../shared/data/imdb/train.parquet"
 PHASES = ("sample", "logp_policy", "logp_sft", "reward", "judge", "gold")
 
@@ -145,6 +147,7 @@ def render(got: dict, command: str) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", default="smollm2-imdb")
     ap.add_argument("--reward", default="imdb-sentiment")

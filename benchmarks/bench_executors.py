@@ -30,6 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, run_and_publish  # noqa: E402
 from bench_warp_overhead import add_warp_arguments, warp_settings  # noqa: E402
 
+from warprl.heap import keep_freed_memory  # noqa: E402
+
 EXECUTORS = ("sequential", "processes")
 
 
@@ -122,6 +124,7 @@ def render(got: dict, command: str) -> str:
 
 
 def main() -> None:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_warp_arguments(ap, steps=10, lr=1e-4)  # the quickstart's WARP
     ap.add_argument("--repeats", type=int, default=2, help="runs per executor, alternated")

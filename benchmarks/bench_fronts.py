@@ -25,6 +25,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
+from warprl.heap import keep_freed_memory  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -37,6 +39,7 @@ def train_warp(warp_dir: Path) -> None:
 
 
 def main() -> int:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--warp-dir", default="runs/quickstart", help="a finished WARP run to reuse (or to create)")
     ap.add_argument("--out", default="runs/bench_fronts")

@@ -45,6 +45,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
+from warprl.heap import keep_freed_memory  # noqa: E402
+
 GiB = 1024**3
 SMOKE_WORDS = ("good great bad awful movie film plot actor story the a and was is it this I love hate boring fun "
                "wonderful terrible scene end music cast").split()
@@ -62,6 +64,7 @@ def anon_rss() -> int:
 
 def child(config: str) -> None:
     """One `warprl align` run in this process; prints its peak memory and wall time as a JSON line."""
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     from warprl.commands.align import run_align
     from warprl.config import AlignConfig
 

@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, write_section  # noqa: E402
 
+from warprl.heap import keep_freed_memory  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "imdb" / "train.parquet"
 
@@ -73,6 +75,7 @@ def throughput(texts: list[str], max_length: int, steps: int = 3, pairs_per_step
 
 
 def main() -> int:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--pairs", type=int, default=4000, help="training pairs of the full fine-tune")

@@ -19,6 +19,7 @@ from _results import machine, write_section
 from warprl.commands.align import run_align as align_single
 from warprl.commands.evaluate import evaluate
 from warprl.config import AlignConfig, EvalConfig
+from warprl.heap import keep_freed_memory
 
 KEYS = [("reward_mean", "reward", "{:.3f}"), ("kl_mean", "KL to SFT", "{:.2f}"),
         ("judge_positive_rate", "judge > 0.05", "{:.0%}"), ("distinct_2", "distinct-2", "{:.2f}"),
@@ -26,6 +27,7 @@ KEYS = [("reward_mean", "reward", "{:.3f}"), ("kl_mean", "KL to SFT", "{:.2f}"),
 
 
 def main() -> None:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--lr", type=float, default=5e-5)

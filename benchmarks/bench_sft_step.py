@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, matmul_peak, write_section  # noqa: E402
 
 from warprl import lora  # noqa: E402
+from warprl.heap import keep_freed_memory  # noqa: E402
 from warprl.models import load_policy  # noqa: E402
 from warprl.precision import MixedPrecision  # noqa: E402
 from warprl.sft.data import Batch  # noqa: E402
@@ -54,6 +55,7 @@ def step(mp, opt, batch: Batch) -> float:
 
 
 def main() -> None:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--policy", default="smollm2-135m")
     ap.add_argument("--rounds", type=int, default=3)

@@ -58,6 +58,8 @@ import _ablation_report as ablation_report  # noqa: E402
 from _ablation_plan import Plan, needed_files, plan_for, run_steps, shared_steps  # noqa: E402
 from _results import RESULTS, machine, matmul_peak, read_bandwidth, section_titles, write_section  # noqa: E402
 
+from warprl.heap import keep_freed_memory  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = "../shared/data/imdb/train.parquet"
 POLICY = "smollm2-imdb"  # the IMDB SFT policy (embedded LoRA on SmolLM2-135M): every run starts from it, KL to it
@@ -366,6 +368,7 @@ def readme(args) -> Path | None:
 
 
 def main() -> int:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=SEEDS)
     ap.add_argument("--parts", nargs="+", default=list("abcd"), choices=list("abcd"))

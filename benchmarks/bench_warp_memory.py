@@ -28,6 +28,8 @@ import threading
 import time
 from pathlib import Path
 
+from warprl.heap import keep_freed_memory
+
 MACHINE = "2-core AMD EPYC, 24 GiB, torch 2.13.0 CPU"
 GiB = 1024**3
 
@@ -82,6 +84,7 @@ class Sampler(threading.Thread):
 
 def child(args) -> None:
     """One WARP run; prints a JSON line with its peak memory figures."""
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     from warprl.commands.align import run_align as align_warp
     from warprl.config import AlignConfig
 

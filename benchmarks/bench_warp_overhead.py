@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _results import machine, run_and_publish  # noqa: E402
 from bench_lora import tiny_policy  # noqa: E402
 
+from warprl.heap import keep_freed_memory  # noqa: E402
+
 RUN_PHASES = ("load_init", "setup", "kl_sft", "metrics", "checkpoint", "finish")
 
 
@@ -137,6 +139,7 @@ def warp_settings(args, tmp: Path, **extra) -> dict:
 
 
 def main() -> None:
+    keep_freed_memory()  # the heap as the `warprl` command sets it (warprl.heap)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_warp_arguments(ap, steps=25, lr=5e-5)
     ap.add_argument("--checkpoint-every", type=int, default=0, help="the quickstart's: only at a run's end")
