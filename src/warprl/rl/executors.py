@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
-import gc
 import multiprocessing
 import os
 import signal
@@ -65,12 +64,14 @@ class SequentialExecutor:
         for job in jobs:
             check_stop(f"before run {job.run} of iteration {job.iteration}")
             train_run(self.cfg, job, self.policy, self.tok, self.reward_fn, self.prompts)
-            # The run's copies and optimiser state are freed for the next run, which reuses the heap's pages
-            # (giving them back to the OS after each run cost ~0.5 s of trimming, then as many page faults).
-            gc.collect()
+            # The run's copies and optimiser state go back to the OS before the next run. With the heap kept
+            # (warprl.heap) the next run would not fit all of its blocks into the freed ones and the peak would
+            # grow with every run (M=4: +0.69 GiB over M=2, RESULTS.md "WARP memory"); trimming costs ~0.5 s
+            # and the next run's first step faults its pages in again.
+            release_memory(self.policy.device)
 
     def close(self) -> None:
-        release_memory(self.policy.device)  # the last run's pages back to the OS
+        release_memory(self.policy.device)  # what the driver's merges left
 
 
 TASK_RETRIES = 2  # a worker that dies (OOM kill, lost node) is replaced; the retried run resumes from its checkpoint
