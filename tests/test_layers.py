@@ -7,7 +7,7 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "warprl"
 
 LAYERS = [
-    {"errors", "io", "seeding", "precision", "optim"},
+    {"errors", "io", "seeding", "precision", "heap", "optim"},
     {"config"},
     {"models", "data", "lora"},
     {"merge", "lora_merge"},  # lora_merge: WARP's merge of LoRA runs (their ΔW = s·B·A) with merge's kernels
