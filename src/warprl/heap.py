@@ -11,12 +11,18 @@ into (glibc's aligned allocations ask for a little more than the block they free
 grew with M until the sequential executor trimmed after each run (RESULTS.md "WARP memory"). This is what
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=…`` would do from the environment, set from inside the process (as a
 launcher such as ``torch.backends.xeon.run_cpu`` sets jemalloc's equivalent). Not glibc (macOS, musl): nothing.
+
+What the heap may keep is bounded: a simple loop of 64 + 32 MiB tensors grew the heap by 64 MiB a round without
+end (tests/test_heap.py), so a watcher thread trims it (``malloc_trim``) whenever the free memory it holds
+passes :data:`MAX_FREE_BYTES` or half of what is in use, whichever is larger.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import threading
+import time
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
@@ -31,16 +37,58 @@ def _libc():
         return None
 
 
+MAX_FREE_BYTES = 1 << 30  # free memory the heap may hold before the watcher trims it (or half of what is in use)
+WATCH_INTERVAL_S = 1.0
+_watcher: threading.Thread | None = None
+
+
+class MallInfo2(ctypes.Structure):
+    """glibc's ``struct mallinfo2`` (glibc >= 2.33): byte counts over all arenas."""
+
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def heap_info() -> MallInfo2 | None:
+    """glibc's heap figures now (``uordblks`` in use, ``fordblks`` free, ``hblkhd`` in mmapped blocks), or None."""
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallinfo2"):
+        return None
+    libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2()
+
+
+def trim_if_hoarding(max_free: int = MAX_FREE_BYTES) -> bool:
+    """``malloc_trim`` when the heap holds more free memory than ``max_free`` bytes or half of what is in use
+    (whichever is larger); True where it trimmed."""
+    info = heap_info()
+    if info is None or info.fordblks <= max(max_free, info.uordblks // 2):
+        return False
+    _libc().malloc_trim(0)
+    return True
+
+
+def _watch(interval: float) -> None:
+    while True:
+        time.sleep(interval)
+        trim_if_hoarding()
+
+
 def keep_freed_memory() -> bool:
-    """Set glibc's malloc to keep freed memory (see the module's docstring); True where it was set. The
-    environment variable ``WARPRL_GLIBC_HEAP=default`` leaves glibc's defaults alone."""
+    """Set glibc's malloc to keep freed memory and start the watcher that bounds it (see the module's
+    docstring); True where it was set. ``WARPRL_GLIBC_HEAP=default`` in the environment leaves glibc alone."""
+    global _watcher
     if os.environ.get(OPT_OUT, "") == "default":
         return False
     libc = _libc()
-    if libc is None:
+    if libc is None or not hasattr(libc, "mallinfo2"):  # without mallinfo2 nothing could bound what is kept
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    ok = libc.mallopt(M_MMAP_MAX, 0) == 1
-    # M_TRIM_THRESHOLD takes an int in mallopt's signature; glibc stores it as size_t. INT_MAX (2 GiB) is far
-    # above what one free leaves at the top of the heap between explicit trims.
-    return ok and libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    # M_TRIM_THRESHOLD takes an int in mallopt's signature; glibc stores it as size_t. INT_MAX (2 GiB): the
+    # watcher, not a free at the top of the heap, decides when to trim.
+    if libc.mallopt(M_MMAP_MAX, 0) != 1 or libc.mallopt(M_TRIM_THRESHOLD, 2**31 - 1) != 1:
+        return False
+    if _watcher is None:
+        _watcher = threading.Thread(target=_watch, args=(WATCH_INTERVAL_S,), name="warprl-heap", daemon=True)
+        _watcher.start()
+    return True
