@@ -29,7 +29,7 @@ for _ in range(12):
     del a, b
     trims += heap.trim_if_hoarding(128 * 2**20)
     rss.append(int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20)
-bound = max(128 * 2**20, heap.heap_info().uordblks // 2) / 2**20
+bound = max(128 * 2**20, heap.heap_info().uordblks) / 2**20
 print(json.dumps({"kept": kept, "mmapped": mmapped, "rss_mib": rss, "trims": trims, "bound_mib": bound}))
 """
 
@@ -91,12 +91,12 @@ def test_process_workers_set_the_heap_too(monkeypatch):
 
 @glibc_only
 def test_the_watcher_trims_only_past_its_bound(monkeypatch):
-    info = heap.MallInfo2(uordblks=4 << 30, fordblks=1 << 30)  # 4 GiB in use, 1 GiB free: under half of it
+    info = heap.MallInfo2(uordblks=4 << 30, fordblks=3 << 30)  # 4 GiB in use, 3 GiB free: under what is in use
     monkeypatch.setattr(heap, "heap_info", lambda: info)
     trims = []
     monkeypatch.setattr(heap, "_libc", lambda: type("L", (), {"malloc_trim": lambda self, pad: trims.append(pad)})())
     assert heap.trim_if_hoarding() is False and trims == []
-    info.fordblks = (2 << 30) + 1  # past half of what is in use (and past MAX_FREE_BYTES)
+    info.fordblks = (4 << 30) + 1  # past what is in use (and past MAX_FREE_BYTES)
     assert heap.trim_if_hoarding() is True and trims == [0]
-    info.uordblks, info.fordblks = 1 << 20, (1 << 30) - 1  # little in use: MAX_FREE_BYTES is the bound
+    info.uordblks, info.fordblks = 1 << 20, (2 << 30) - 1  # little in use: MAX_FREE_BYTES is the bound
     assert heap.trim_if_hoarding() is False
