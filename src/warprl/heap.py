@@ -6,7 +6,7 @@ tensors (a chunk of fp32 logits, the embedding's gradient, the fp32 master gradi
 tokens on a 2-core VM that was 286,000 page faults a step and a quarter of the update (benchmarks/RESULTS.md
 "Heap: freed memory kept"). :func:`keep_freed_memory` turns mmap off for ``malloc`` (large blocks come from the
 heap and are reused) and automatic trimming off; :func:`warprl.precision.release_memory` still trims explicitly.
-The price is what the heap keeps: a peak RSS 0.11 GiB higher over 40 RL steps, and blocks a later allocation cannot fit
+The price is what the heap keeps: blocks a later allocation cannot fit
 into (glibc's aligned allocations ask for a little more than the block they freed); across WARP's runs the peak
 grew with M until the sequential executor trimmed after each run (RESULTS.md "WARP memory"). This is what
 ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=…`` would do from the environment, set from inside the process (as a
