@@ -31,8 +31,8 @@ from pathlib import Path
 from _results import machine, run_and_publish
 
 PHASES = ("charts/step_time_s", "time/generate_s", "time/reward_s", "time/anchor_s", "time/update_s")
-SIDES = ("default", "kept")
-SHAPES, STEPS = ["8x2x24", "16x4x64"], 7  # WARPRL_GLIBC_HEAP=default: glibc as it comes; kept: warprl.heap.keep_freed_memory
+SIDES = ("default", "kept")  # WARPRL_GLIBC_HEAP=default: glibc as it comes; kept: warprl.heap.keep_freed_memory
+SHAPES, STEPS = ["8x2x24", "16x4x64"], 7
 
 
 def resident_gib() -> float:
@@ -121,8 +121,7 @@ def render(got: dict, command: str) -> str:
     lines = [f"{time.strftime('%Y-%m-%d %H:%M')} · {got['machine']} · `{command}`", "",
              f"warprl's RL step (RLOO, the commands' default precision, policy `{got['policy']}`, builtin prompts, "
              f"reward `{got['reward']}`) with glibc's "
-             "heap as it comes (`WARPRL_GLIBC_HEAP=default`) and with freed memory kept (`warprl.heap`, what the `warprl` "
-             "command sets at its start). A fresh process per side and round, the sides alternating; each runs the same "
+             "heap as it comes (`WARPRL_GLIBC_HEAP=default`) and with freed memory kept (`warprl.heap`, `WARPRL_GLIBC_HEAP=kept`). A fresh process per side and round, the sides alternating; each runs the same "
              f"{got['steps']} seeded steps, medians after the first (warm-up) step, then the median over "
              f"{len(got['rounds']['kept'])} rounds.", "",
              "| shape (prompts × k × tokens) | heap | s / step | generate | reward | anchor | update | minor faults / step |",

@@ -164,7 +164,7 @@ def update_flops(model, rows: int, seq_len: int, n_completion: int) -> float:
     return 6 * body * rows * seq_len + 6 * head * rows * n_completion
 
 
-HEAP_WORDS = {"kept": "freed memory kept (`warprl.heap`, as the `warprl` command sets it)",
+HEAP_WORDS = {"kept": "freed memory kept (`warprl.heap`, `WARPRL_GLIBC_HEAP=kept`)",
               "default": "glibc's default heap"}
 TARGET_RATIO = 3.0  # issue 11: RL step throughput >= 3x TRL's at both shapes
 
@@ -348,8 +348,8 @@ def markdown(run: dict) -> str:
 
 
 def section_title(run: dict) -> str:
-    """bf16 keeps the section it always had (with the heap as the `warprl` command sets it; glibc's default heap
-    gets its own section beside it); an fp32 run (a CPU without native bf16) gets its own beside it, and
+    """bf16 keeps the section it always had (with the heap kept; glibc's default heap, the command's default, gets
+    its own section beside it); an fp32 run (a CPU without native bf16) gets its own beside it, and
     an fp32 run of one shape its own per shape (one shape alone can take most of an hour there); a GPU run its
     card's."""
     title = "RL step: warprl vs TRL RLOOTrainer"
@@ -373,9 +373,9 @@ def main() -> None:
                     help="both sides (default: bf16 where the device computes it natively, else fp32)")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (a GPU where there is one)")
     ap.add_argument("--policy", default="smollm2-135m", help="any policy spec warprl loads (both sides use it)")
-    ap.add_argument("--heap", choices=("kept", "default"), default="kept",
-                    help="glibc's heap for the whole process, both sides: kept as the `warprl` command sets it "
-                         "(warprl.heap), or glibc's default")
+    ap.add_argument("--heap", choices=("kept", "default"), default="default",
+                    help="glibc's heap for the whole process, both sides: its default (what the `warprl` command "
+                         "keeps unless WARPRL_GLIBC_HEAP=kept), or kept (warprl.heap)")
     ap.add_argument("--no-write", action="store_true", help="do not update benchmarks/RESULTS.md")
     ap.add_argument("--json", action="store_true", help="print one JSON object as the last line")
     ap.add_argument("--render", metavar="JSON", default="",
@@ -385,7 +385,7 @@ def main() -> None:
         run = json.loads(Path(args.render).read_text().strip().splitlines()[-1])
         write_section(section_title(run), markdown(run))
         return
-    if args.heap == "kept" and not keep_freed_memory():
+    if args.heap == "kept" and not keep_freed_memory(True):
         raise SystemExit("--heap kept: this C library's malloc cannot be set (glibc only); use --heap default")
     args.device = pick_device(args.device)
     args.precision = args.precision or ("bf16" if bf16_is_native(args.device) else "fp32")

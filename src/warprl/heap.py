@@ -15,6 +15,10 @@ launcher such as ``torch.backends.xeon.run_cpu`` sets jemalloc's equivalent). No
 What the heap may keep is bounded: a simple loop of 64 + 32 MiB tensors grew the heap by 64 MiB a round without
 end (tests/test_heap.py), so a watcher thread trims it (``malloc_trim``) whenever the free memory it holds
 passes both :data:`MAX_FREE_BYTES` and what is in use.
+
+It is **opt-in** (``WARPRL_GLIBC_HEAP=kept``): with the watcher, the RL step ran 1.14× faster at 8 × 2 × 24 but
+0.86× at 16 × 4 × 64, where the free memory after a backward passes the bound and the watcher trims inside
+every step, faulting more pages in than glibc's own defaults do (RESULTS.md "Heap: …, 16x4x64 over 7 steps").
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import time
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-OPT_OUT = "WARPRL_GLIBC_HEAP"  # =default leaves glibc as it is
+OPT_OUT = "WARPRL_GLIBC_HEAP"  # =kept turns the kept heap on for the `warprl` command (opt-in)
 
 
 def _libc():
@@ -77,14 +81,20 @@ def _watch(interval: float) -> None:
         trim_if_hoarding()
 
 
-def keep_freed_memory() -> bool:
+def kept() -> bool:
+    """Whether this process keeps freed memory (:func:`keep_freed_memory` set it)."""
+    return _watcher is not None
+
+
+def keep_freed_memory(enabled: bool | None = None) -> bool:
     """Set glibc's malloc to keep freed memory and start the watcher that bounds it (see the module's
-    docstring); True where it was set. ``WARPRL_GLIBC_HEAP=default`` in the environment leaves glibc alone."""
+    docstring); True where it was set. Opt-in: ``enabled=None`` (what the `warprl` command passes) follows the
+    environment, ``WARPRL_GLIBC_HEAP=kept``; anything else leaves glibc's defaults alone."""
     global _watcher
-    if os.environ.get(OPT_OUT, "") == "default":
-        return False
+    if enabled is None:
+        enabled = os.environ.get(OPT_OUT, "") == "kept"
     libc = _libc()
-    if libc is None or not hasattr(libc, "mallinfo2"):  # without mallinfo2 nothing could bound what is kept
+    if not enabled or libc is None or not hasattr(libc, "mallinfo2"):  # mallinfo2: the watcher's measure
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     # M_TRIM_THRESHOLD takes an int in mallopt's signature; glibc stores it as size_t. INT_MAX (2 GiB): the

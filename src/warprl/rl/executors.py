@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import gc
 import multiprocessing
 import os
 import signal
@@ -18,6 +19,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 import torch
 
+from warprl import heap
 from warprl.config import AlignConfig
 from warprl.errors import UserError, first_line
 from warprl.heap import keep_freed_memory
@@ -64,11 +66,12 @@ class SequentialExecutor:
         for job in jobs:
             check_stop(f"before run {job.run} of iteration {job.iteration}")
             train_run(self.cfg, job, self.policy, self.tok, self.reward_fn, self.prompts)
-            # The run's copies and optimiser state go back to the OS before the next run. With the heap kept
-            # (warprl.heap) the next run would not fit all of its blocks into the freed ones and the peak would
-            # grow with every run (M=4: +0.69 GiB over M=2, RESULTS.md "WARP memory"); trimming costs ~0.5 s
-            # and the next run's first step faults its pages in again.
-            release_memory(self.policy.device)
+            if heap.kept():
+                # With the heap kept the next run would not fit all of its blocks into the freed ones and the
+                # peak would grow with every run (M=4: +0.69 GiB over M=2, RESULTS.md "WARP memory"): trim.
+                release_memory(self.policy.device)
+            else:  # glibc's defaults: the next run reuses the heap's pages (a trim cost ~0.5 s, then page faults)
+                gc.collect()
 
     def close(self) -> None:
         release_memory(self.policy.device)  # what the driver's merges left
