@@ -37,9 +37,9 @@ glibc_only = pytest.mark.skipif(heap._libc() is None, reason="glibc's malloc onl
 
 
 def _child(env_value: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != heap.OPT_OUT}
+    env = {k: v for k, v in os.environ.items() if k != heap.ENV_VAR}
     if env_value is not None:
-        env[heap.OPT_OUT] = env_value
+        env[heap.ENV_VAR] = env_value
     out = subprocess.run([sys.executable, "-c", CHILD], env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -78,7 +78,7 @@ def test_the_command_sets_the_heap_before_running(monkeypatch):
 def test_process_workers_set_the_heap_too(monkeypatch):
     # A spawned worker starts with glibc's defaults: its initializer sets the heap as the command does.
     calls = []
-    monkeypatch.setattr(executors, "keep_freed_memory", lambda: calls.append("heap") or True)
+    monkeypatch.setattr(executors.heap, "keep_freed_memory", lambda: calls.append("heap") or True)
     monkeypatch.setattr(executors, "_load_worker_models", lambda: None)
     monkeypatch.setattr(executors.threading, "Thread", lambda **kw: type("T", (), {"start": lambda self: None})())
     monkeypatch.setattr(executors.torch, "set_num_threads", lambda n: None)

@@ -30,7 +30,7 @@ import time
 
 # mallopt parameters (glibc's malloc.h)
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
-OPT_OUT = "WARPRL_GLIBC_HEAP"  # =kept turns the kept heap on for the `warprl` command (opt-in)
+ENV_VAR = "WARPRL_GLIBC_HEAP"  # =kept turns the kept heap on (opt-in)
 
 
 def _libc():
@@ -92,7 +92,7 @@ def keep_freed_memory(enabled: bool | None = None) -> bool:
     environment, ``WARPRL_GLIBC_HEAP=kept``; anything else leaves glibc's defaults alone."""
     global _watcher
     if enabled is None:
-        enabled = os.environ.get(OPT_OUT, "") == "kept"
+        enabled = os.environ.get(ENV_VAR, "") == "kept"
     libc = _libc()
     if not enabled or libc is None or not hasattr(libc, "mallinfo2"):  # mallinfo2: the watcher's measure
         return False

@@ -22,7 +22,6 @@ import torch
 from warprl import heap
 from warprl.config import AlignConfig
 from warprl.errors import UserError, first_line
-from warprl.heap import keep_freed_memory
 from warprl.models import load_policy
 from warprl.precision import release_memory
 from warprl.reward import load_reward
@@ -46,7 +45,7 @@ def _ray_run_task(cfg: AlignConfig, job: RunJob, reward_fn, prompts: list[str], 
     # Ray starts workers with OMP_NUM_THREADS=1; the driver's thread count fixes the float reduction order
     # of CPU kernels, so matching it makes a Ray run bit-identical to the same run in the driver.
     torch.set_num_threads(threads)
-    keep_freed_memory()  # this Ray worker's process, as the `warprl` command sets the driver's (warprl.heap)
+    heap.keep_freed_memory()  # this Ray worker's process, as the `warprl` command sets the driver's (warprl.heap)
     policy, tok, reward_fn = _worker_models(cfg, reward_fn, device)
     with graceful_stop():  # Ray's cancel() interrupts the task via SIGINT: checkpoint, then stop
         train_run(cfg, job, policy, tok, reward_fn, prompts)
@@ -182,7 +181,7 @@ def _process_worker_init(driver: int, threads: int, stop, cfg: AlignConfig, rewa
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the driver, which sets `stop`
     torch.set_num_threads(threads)
-    keep_freed_memory()  # as the `warprl` command does in the driver (spawned workers start with glibc's defaults)
+    heap.keep_freed_memory()  # as the `warprl` command does in the driver (spawned workers start with glibc's defaults)
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
