@@ -42,6 +42,7 @@ from warprl.models import convert_gguf, load_policy, merged_adapter_folder, pick
 from warprl.precision import MixedPrecision, bf16_is_native, synchronize
 from warprl.reward import load_reward
 from warprl.rl import loop as L
+from warprl.rl import rollout as R
 from warprl.rl.checkpoint import LoopState
 from warprl.rl.engine import share_fused_storage
 from warprl.rl.rollout import SamplingConfig, sample, sequence_logprobs
@@ -59,6 +60,12 @@ DIFFERENCES_BF16 = [
     "the same distribution, other tokens under the same seed",
     "warprl's anchor is a bf16 copy; TRL's reference model is an fp32 copy run under autocast",
 ]
+# Less work for the same numbers, so a difference of method, listed on both precisions.
+SHARED_PROMPT_DIFFERENCE = (
+    "warprl scores the k samples of a prompt (anchor and update passes) with one pass over the prompt and its "
+    "key/value cache repeated for the completions, TRL runs the prompt once per sample: the same log-probs and "
+    "gradients (fp32: within 1e-5 in tests), fewer FLOPs; the row \"warprl (prompt per sample)\", where "
+    "present, runs the prompt per sample as TRL does")
 # In fp32 both sides sample, score and train the fp32 weights themselves: the precision differences go.
 DIFFERENCES_FP32 = DIFFERENCES_BF16[1:6]
 
@@ -70,8 +77,10 @@ def loadavg() -> float:
 class Warprl:
     """warprl's RL step driven one step at a time (what ``run_rl`` does, minus files and checkpoints)."""
 
-    def __init__(self, shape, reward, prompts, engine: str, attn: str, bf16: bool, policy_spec: str, device):
+    def __init__(self, shape, reward, prompts, engine: str, attn: str, bf16: bool, policy_spec: str, device,
+                 shared_prompt: bool = True):
         self.n_prompts, self.k, self.tokens = shape
+        self.shared_prompt = shared_prompt  # rollout.SHARED_PROMPT during this side's steps
         self.cfg = AlignConfig(method="rloo", steps=10**6, batch_size=self.n_prompts, k=self.k, beta=0.05, lr=1e-5,
                                max_new_tokens=self.tokens, bf16=bf16, progress=False, checkpoint_every=0,
                                engine=engine, attn_implementation=attn)
@@ -96,7 +105,13 @@ class Warprl:
     def step(self) -> dict:
         batch = prompt_batch(self.prompts, self.n_prompts, 0, self.state.step * self.n_prompts)
         self.loads.append(loadavg())
-        m = L.rl_step(self.cfg, self.policy, self.anchor, self.tok, self.reward, batch, self.state, self.opt, "rloo", 0)
+        saved = R.SHARED_PROMPT["enabled"]
+        R.SHARED_PROMPT["enabled"] = self.shared_prompt
+        try:
+            m = L.rl_step(self.cfg, self.policy, self.anchor, self.tok, self.reward, batch, self.state, self.opt,
+                          "rloo", 0)
+        finally:
+            R.SHARED_PROMPT["enabled"] = saved
         self.rows.append(m)
         return m
 
@@ -113,7 +128,8 @@ def update_breakdown(w: Warprl) -> dict:
     model.train()
     synchronize(device)
     t = time.perf_counter()
-    logp, _ = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 1.0, return_entropy=True)
+    group = R.prompt_group(model, roll.input_ids, roll.attention_mask, n, w.k)  # as the step scores
+    logp, _ = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 1.0, return_entropy=True, group=w.k)
     loss = -(logp * roll.mask).sum() / roll.mask.shape[0]
     synchronize(device)
     out["forward_s"] = time.perf_counter() - t
@@ -143,7 +159,7 @@ def update_breakdown(w: Warprl) -> dict:
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     self_time = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
     with torch.profiler.profile(activities=activities) as prof:
-        logp = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 1.0)
+        logp = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n, 1.0, group=w.k)
         (-(logp * roll.mask).sum()).backward()
         synchronize(device)
     model.eval()
@@ -154,14 +170,17 @@ def update_breakdown(w: Warprl) -> dict:
                       for e in events[:8]]
     out["seq_len"] = roll.input_ids.shape[1]
     out["completion_len"] = n
+    out["group"] = group
     return out
 
 
-def update_flops(model, rows: int, seq_len: int, n_completion: int) -> float:
-    """Matmul FLOPs of one update: 6·N_body per token of the sequence + 6·N_head per completion token."""
+def update_flops(model, rows: int, seq_len: int, n_completion: int, group: int = 1) -> float:
+    """Matmul FLOPs of one update as ``sequence_logprobs`` runs it: 6·N_body per token fed in (every token but
+    the last; with ``group`` > 1 each prompt once per group of rows) + 6·N_head per completion token."""
     head = model.get_output_embeddings().weight.numel()
     body = sum(p.numel() for p in model.parameters()) - head  # tied embedding counted once, as the head
-    return 6 * body * rows * seq_len + 6 * head * rows * n_completion
+    fed = rows * (seq_len - 1) if group == 1 else rows // group * (seq_len - n_completion) + rows * (n_completion - 1)
+    return 6 * body * fed + 6 * head * rows * n_completion
 
 
 HEAP_WORDS = {"kept": "freed memory kept (`warprl.heap`, `WARPRL_GLIBC_HEAP=kept`)",
@@ -215,6 +234,9 @@ def bench_shape(shape, args, reward, prompts) -> dict:
         sides[f"warprl (attention {side.attn})"] = side
     if args.with_hf_engine:
         sides["warprl (engine hf)"] = Warprl(shape, reward, prompts, "hf", main_attn, *common)
+    if args.with_prompt_per_sample:
+        sides["warprl (prompt per sample)"] = Warprl(shape, reward, prompts, "auto", main_attn, *common,
+                                                     shared_prompt=False)
     folder = policy_folder(args.policy)
     tok = sides["warprl"].tok
     # TRL gives its reference model the policy's kernel (model_init_kwargs["attn_implementation"]).
@@ -270,7 +292,7 @@ def bench_shape(shape, args, reward, prompts) -> dict:
                      "ratio_vs_trl": res["trl"]["step_s"] / med["charts/step_time_s"]}
     w = sides["warprl"]
     bd = update_breakdown(w)
-    flops = update_flops(w.policy.compute, samples, bd["seq_len"], bd["completion_len"])
+    flops = update_flops(w.policy.compute, samples, bd["seq_len"], bd["completion_len"], bd["group"])
     res["update_breakdown"] = bd
     res["update_flops_per_s"] = flops / res["warprl"]["update_s"]
     res["fwd_bwd_flops_per_s"] = flops / (bd["forward_s"] + bd["backward_s"])
@@ -340,6 +362,8 @@ def markdown(run: dict) -> str:
     for r in results:
         lines += [target_line(r, step_floor(r, peak, n_params)), ""]
     differences = DIFFERENCES_BF16 if precision == "bf16" else DIFFERENCES_FP32
+    if run.get("shared_prompt"):  # runs before it existed ran the prompt per sample
+        differences = [*differences, SHARED_PROMPT_DIFFERENCE]
     main = sorted({r["warprl"].get("attn", attn[0]) for r in results})
     if main != [trl_attn]:
         differences = [*differences, f"attention kernel: warprl {' or '.join(main)}, TRL {trl_attn} (the same maths)"]
@@ -366,6 +390,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=7, help="steps per side (the first is a warm-up)")
     ap.add_argument("--reward", default="imdb-sentiment")
     ap.add_argument("--with-hf-engine", action="store_true", help="also a warprl side decoding with HF generate")
+    ap.add_argument("--with-prompt-per-sample", action="store_true",
+                    help="also a warprl side that scores each sample's prompt apart (rollout.SHARED_PROMPT off)")
     ap.add_argument("--attn", nargs="+", choices=("auto", "sdpa", "eager"), default=[AlignConfig().attn_implementation],
                     help="warprl's attention kernel (default: align's); more than one adds a warprl side per kernel")
     ap.add_argument("--trl-attn", choices=("sdpa", "eager"), default="sdpa", help="TRL's attention kernel")
@@ -402,13 +428,14 @@ def main() -> None:
            + f" --attn {' '.join(args.attn)} --trl-attn {args.trl_attn} --precision {args.precision}"
            + f" --device {args.device}" + (f" --policy {args.policy}" if args.policy != "smollm2-135m" else "")
            + (f" --reward {args.reward}" if args.reward != "imdb-sentiment" else "")
-           + (" --with-hf-engine" if args.with_hf_engine else "") + f" --heap {args.heap}")
+           + (" --with-hf-engine" if args.with_hf_engine else "")
+           + (" --with-prompt-per-sample" if args.with_prompt_per_sample else "") + f" --heap {args.heap}")
     import trl
 
     run = {"date": f"{dt.datetime.now():%Y-%m-%d %H:%M}", "machine": machine(args.device), "cores": os.cpu_count(),
            "command": cmd, "device": str(args.device),
            "gpu": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "",
-           "heap": args.heap, "policy": args.policy, "precision": args.precision, "shapes": args.shapes, "attn": args.attn,
+           "heap": args.heap, "shared_prompt": R.SHARED_PROMPT["enabled"], "policy": args.policy, "precision": args.precision, "shapes": args.shapes, "attn": args.attn,
            "trl_attn": args.trl_attn, "trl_version": trl.__version__, "peak_flops": peak, "read_bandwidth": bw,
            "weight_bytes": wbytes, "decode_bound_ms_per_token": 1e3 * wbytes / bw, "results": results}
     md = markdown(run)

@@ -224,6 +224,29 @@ def test_grad_accum_gives_the_same_update_as_one_batch(tiny_policy_dir):
             assert m[key] == pytest.approx(m1[key], rel=1e-5, abs=1e-7), (key, accum)
 
 
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_one_prompt_pass_per_group_gives_the_same_step(tiny_policy_dir, monkeypatch, grad_accum):
+    """The step scores the k samples of a prompt with one pass over the prompt (rollout.SHARED_PROMPT): the same
+    gradient and metrics as a pass per sample, micro-batches included (they keep whole groups), and the first
+    step's KL is still exactly 0."""
+    from warprl.rl import rollout as R
+
+    calls = []
+    group = R.prompt_group
+    monkeypatch.setattr(R, "prompt_group", lambda *a: calls.append(group(*a)) or calls[-1])
+    monkeypatch.setitem(R.SHARED_PROMPT, "min_tokens", 0)  # the test prompts are a few tokens long
+    shared, m_shared = _first_step_gradient(tiny_policy_dir, grad_accum)
+    assert calls and set(calls) == {tiny_cfg().k}  # every pass shared the prompt
+    monkeypatch.setitem(R.SHARED_PROMPT, "enabled", False)
+    per_sample, m = _first_step_gradient(tiny_policy_dir, grad_accum)
+    norm = torch.sqrt(sum((g.double() ** 2).sum() for g in per_sample))
+    for a, b in zip(shared, per_sample, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6 * float(norm), rtol=1e-4)
+    assert m_shared["charts/kl_mean"] == 0.0
+    for key in ("charts/reward_mean", "losses/policy", "losses/grad_norm", "charts/entropy"):
+        assert m_shared[key] == pytest.approx(m[key], rel=1e-5, abs=1e-7), key
+
+
 def test_ema_anchor_follows_its_formula_and_is_the_kl_anchor(tiny_policy_dir, tmp_path):
     """After a step θ_ema ← (1−μ)·θ_ema + μ·θ, and the next step's KL is measured against that anchor."""
     import copy

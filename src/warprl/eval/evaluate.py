@@ -162,14 +162,15 @@ def collect_samples(policy, tokenizer, sft, reward_fn, judge_fn, prompts: list[s
             roll = sample(policy, tokenizer, batch, scfg, k=cfg.samples_per_prompt,
                           generator_seed=derive_seed(cfg.seed, "eval", i))
         # Teacher-forced log-probs for both models through the same code path: exact 0 KL for equal weights.
+        group = cfg.samples_per_prompt  # each prompt is run once for its samples
         with clock("logp_policy"):
-            logp = anchor_logprobs(policy, roll, cfg.temperature)
+            logp = anchor_logprobs(policy, roll, cfg.temperature, group=group)
         with clock("logp_sft"):
-            logp_sft = logp if sft is policy else anchor_logprobs(sft, roll, cfg.temperature)
+            logp_sft = logp if sft is policy else anchor_logprobs(sft, roll, cfg.temperature, group=group)
             if cfg.temperature == 1.0:
                 logp_sft_t1 = logp_sft
             else:  # the NLL is a property of the text under the SFT model itself: temperature 1
-                logp_sft_t1 = anchor_logprobs(sft, roll, 1.0)
+                logp_sft_t1 = anchor_logprobs(sft, roll, 1.0, group=group)
         n = len(roll.completions)
         out.prompts += roll.prompts
         out.completions += roll.completions

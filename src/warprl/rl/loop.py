@@ -167,7 +167,7 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     t_rew = time.perf_counter()
     n_rows, n_tok = roll.input_ids.shape[0], roll.completion_ids.shape[1]
     micro = n_rows // cfg.grad_accum
-    roll.ref_logprobs = anchor_logprobs(anchor.compute, roll, cfg.temperature, micro_batch=micro)
+    roll.ref_logprobs = anchor_logprobs(anchor.compute, roll, cfg.temperature, micro_batch=micro, group=cfg.k)
     synchronize(roll.ref_logprobs.device)
     t_anchor = time.perf_counter()
 
@@ -177,10 +177,10 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
     model.train()
     if cfg.grad_accum == 1:
         logp_grad, entropy = sequence_logprobs(model, roll.input_ids, roll.attention_mask, n_tok,
-                                               cfg.temperature, return_entropy=True)
+                                               cfg.temperature, return_entropy=True, group=cfg.k)
         logp = logp_grad.detach() * roll.mask
     else:
-        logp = anchor_logprobs(model, roll, cfg.temperature, micro_batch=micro)
+        logp = anchor_logprobs(model, roll, cfg.temperature, micro_batch=micro, group=cfg.k)
     seq_kl = A.sequence_kl(logp, roll.ref_logprobs, roll.mask, cfg.kl_estimator).cpu()
     kl_sft = None
     t_sft = time.perf_counter()
@@ -215,7 +215,7 @@ def rl_step(cfg: AlignConfig, policy: MixedPrecision, anchor: MixedPrecision, to
         sl = slice(i, i + micro)
         if cfg.grad_accum > 1:
             logp_grad, entropy = sequence_logprobs(model, roll.input_ids[sl], roll.attention_mask[sl], n_tok,
-                                                   cfg.temperature, return_entropy=True)
+                                                   cfg.temperature, return_entropy=True, group=cfg.k)
         loss = A.policy_gradient_loss(logp_grad, roll.mask[sl], adv[sl].to(device), cfg.token_mean) / cfg.grad_accum
         if not torch.isfinite(loss):
             model.zero_grad(set_to_none=True)

@@ -154,6 +154,11 @@ def _sample_engine(model, tokenizer, prompts: list[str], rows: list[str], cfg: S
 # the log-probs are computed from the hidden states of the completion positions only, chunk by chunk.
 _PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 FUSED_HEAD = {"enabled": True, "chunk_bytes": 1 << 26}  # switch / size of one fp32 logits chunk (benchmarks)
+# Scoring a rollout's k samples of a prompt with one pass over the prompt (``group`` below): a switch for benchmarks,
+# and the fewest prompt tokens it must save. The second pass has fixed costs (more, smaller matmuls; each weight's
+# gradient summed over two uses): on a 2-core CPU, SmolLM2-135M in bf16, saving 72 tokens (8 prompts × k=2) scored
+# no faster, 176 (16 × 2) and more 7–15 % faster (RESULTS.md, "Scoring: one pass per prompt").
+SHARED_PROMPT = {"enabled": True, "min_tokens": 128}
 
 
 class _HeadLogprob(torch.autograd.Function):
@@ -215,25 +220,74 @@ def _fused_head_ok(model) -> bool:
             and head.bias is None and hasattr(model, getattr(model, "base_model_prefix", "") or "-"))
 
 
+def _predicting(module, field: str, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
+                group: int) -> torch.Tensor:
+    """``module``'s output ``field`` (a base model's ``last_hidden_state``, a causal LM's ``logits``) at the
+    positions that predict the last ``n_completion`` tokens: [B, n_completion, ·].
+
+    With ``group`` > 1 the rows come in groups of ``group`` sharing one prompt (a rollout's k samples): each
+    prompt runs once and its key/value cache is repeated for the completions of its group, which attend to it
+    as they would to their own copy. The values are those of the full pass (the same sums, in other batch
+    shapes); the prompt positions cost 1/``group`` of their share, forward and backward. The last token
+    predicts nothing and is not fed in either way.
+    """
+    position_ids = position_ids_from_mask(attention_mask)
+    if group == 1:
+        out = module(input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1],
+                     position_ids=position_ids[:, :-1], use_cache=False)
+        return getattr(out, field)[:, -n_completion:]
+    split = input_ids.shape[1] - n_completion
+    prompt = module(input_ids=input_ids[::group, :split], attention_mask=attention_mask[::group, :split],
+                    position_ids=position_ids[::group, :split], use_cache=True)
+    first = getattr(prompt, field)[:, -1:].repeat_interleave(group, 0)  # predicts the first completion token
+    if n_completion == 1:
+        return first
+    cache = prompt.past_key_values
+    cache.batch_repeat_interleave(group)  # differentiable: a prompt's gradient sums over its group
+    rest = module(input_ids=input_ids[:, split:-1], attention_mask=attention_mask[:, :-1],
+                  position_ids=position_ids[:, split:-1], cache=cache, use_cache=True)
+    return torch.cat([first, getattr(rest, field)], 1)
+
+
+def prompt_group(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
+                   group: int) -> int:
+    """``group`` if groups of that many rows should share one pass over their prompt (else 1): a model type
+    whose cache is known to work, and enough prompt tokens saved (``SHARED_PROMPT``). ValueError if the rows
+    do not come in such groups."""
+    if group <= 1:
+        return 1
+    rows, split = input_ids.shape[0], input_ids.shape[1] - n_completion
+    if rows % group:
+        raise ValueError(f"{rows} rows do not form groups of {group} samples per prompt")
+    for t in (input_ids, attention_mask):
+        first = t[::group, :split]
+        if not torch.equal(first.repeat_interleave(group, 0), t[:, :split]):
+            raise ValueError(f"the rows do not come in groups of {group} sharing one prompt")
+    cfg = getattr(model, "config", None)
+    saved = (group - 1) * (rows // group) * split  # prompt tokens not run again
+    shared = (SHARED_PROMPT["enabled"] and getattr(cfg, "model_type", None) in _PLAIN_HEAD
+              and saved >= SHARED_PROMPT["min_tokens"])
+    return group if shared else 1
+
+
 def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
-                      temperature: float = 1.0, bf16: bool = False,
-                      return_entropy: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                      temperature: float = 1.0, bf16: bool = False, return_entropy: bool = False,
+                      group: int = 1) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Per-token log π of the last ``n_completion`` tokens given everything before them (grad enabled).
 
     With ``return_entropy`` also the per-token entropy of the temperature-scaled distribution (no grad).
     For plain-head models (Llama, Qwen2, GPT-2, …) the lm_head runs on the completion positions only and
-    chunk by chunk (:class:`_HeadLogprob`): no fp32 [B, T, V] log-softmax is materialised.
+    chunk by chunk (:class:`_HeadLogprob`): no fp32 [B, T, V] log-softmax is materialised. ``group`` = k when
+    the rows are a rollout's k samples of each prompt, adjacent: the prompt is then run once per group
+    (:func:`_predicting`).
     """
     device = input_ids.device
-    position_ids = position_ids_from_mask(attention_mask)
     targets = input_ids[:, -n_completion:]
+    group = prompt_group(model, input_ids, attention_mask, n_completion, group)
     if _fused_head_ok(model):
         base = getattr(model, model.base_model_prefix)
         with autocast(device, bf16):
-            hidden = base(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                          use_cache=False).last_hidden_state
-            # hidden state at t predicts token t+1: the completion's predictions start one before it.
-            h = hidden[:, -n_completion - 1 : -1]
+            h = _predicting(base, "last_hidden_state", input_ids, attention_mask, n_completion, group)
             weight = model.get_output_embeddings().weight
             if bf16 and h.dtype != weight.dtype:
                 weight = weight.to(h.dtype)
@@ -243,8 +297,8 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
                                            chunk, return_entropy)
         return (logp.view(b, n), entropy.view(b, n)) if return_entropy else logp.view(b, n)
     with autocast(device, bf16):
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False)
-    logp, scaled, lse = _gather_logprobs(out.logits[:, -n_completion - 1 : -1], targets, temperature)
+        logits = _predicting(model, "logits", input_ids, attention_mask, n_completion, group)
+    logp, scaled, lse = _gather_logprobs(logits, targets, temperature)
     if not return_entropy:
         return logp
     with torch.no_grad():  # reuses the log-normaliser: H = lse − Σ p·z
@@ -254,14 +308,15 @@ def sequence_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tens
 
 @torch.no_grad()
 def anchor_logprobs(model, rollout: Rollout, temperature: float, bf16: bool = False,
-                    micro_batch: int = 0) -> torch.Tensor:
-    """log π_anchor of the sampled completion tokens (masked), in micro-batches to bound memory."""
+                    micro_batch: int = 0, group: int = 1) -> torch.Tensor:
+    """log π_anchor of the sampled completion tokens (masked), in micro-batches to bound memory (a multiple of
+    ``group``, the samples per prompt whose prompt is run once: see :func:`sequence_logprobs`)."""
     n = rollout.completion_ids.shape[1]
     b = rollout.input_ids.shape[0]
     step = micro_batch or b
     parts = []
     for i in range(0, b, step):
         lp = sequence_logprobs(model, rollout.input_ids[i : i + step], rollout.attention_mask[i : i + step], n,
-                               temperature, bf16)
+                               temperature, bf16, group=group)
         parts.append(lp)
     return torch.cat(parts) * rollout.mask
