@@ -63,9 +63,9 @@ DIFFERENCES_BF16 = [
 # Less work for the same numbers, so a difference of method, listed on both precisions.
 SHARED_PROMPT_DIFFERENCE = (
     "warprl scores the k samples of a prompt (anchor and update passes) with one pass over the prompt and its "
-    "key/value cache repeated for the completions, TRL runs the prompt once per sample: the same log-probs and "
-    "gradients (fp32: within 1e-5 in tests), fewer FLOPs; the row \"warprl (prompt per sample)\", where "
-    "present, runs the prompt per sample as TRL does")
+    "key/value cache repeated for the completions where that saves ≥ 128 prompt tokens ({where}), TRL runs the "
+    "prompt once per sample: the same log-probs and gradients (fp32: within 1e-5 in tests), fewer FLOPs; the row "
+    "\"warprl (prompt per sample)\", where present, always runs the prompt per sample as TRL does")
 # In fp32 both sides sample, score and train the fp32 weights themselves: the precision differences go.
 DIFFERENCES_FP32 = DIFFERENCES_BF16[1:6]
 
@@ -363,7 +363,9 @@ def markdown(run: dict) -> str:
         lines += [target_line(r, step_floor(r, peak, n_params)), ""]
     differences = DIFFERENCES_BF16 if precision == "bf16" else DIFFERENCES_FP32
     if run.get("shared_prompt"):  # runs before it existed ran the prompt per sample
-        differences = [*differences, SHARED_PROMPT_DIFFERENCE]
+        where = ", ".join(f"{r['shape']['prompts']} × {r['shape']['k']} × {r['shape']['tokens']}: "
+                          f"{'yes' if r['update_breakdown'].get('group', 1) > 1 else 'no'}" for r in results)
+        differences = [*differences, SHARED_PROMPT_DIFFERENCE.format(where=where)]
     main = sorted({r["warprl"].get("attn", attn[0]) for r in results})
     if main != [trl_attn]:
         differences = [*differences, f"attention kernel: warprl {' or '.join(main)}, TRL {trl_attn} (the same maths)"]

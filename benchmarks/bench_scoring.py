@@ -9,7 +9,8 @@ Each shape samples one rollout (prompts × k × ≤ tokens, the builtin prompts,
 compute copy (bf16 where the CPU computes it natively, as an RL step), then times, ``--repeats`` times and
 alternating, the four passes: update (forward + backward of the chunked log-probs, entropy included, as the step
 runs it) and anchor (no grad), each with the prompt run per sample and once per group. The first repeat is a
-warm-up; medians of the rest. It also reports the prompt tokens a shared pass saves, whether the default rule
+warm-up; medians of the rest. The order alternates (per sample first, then shared first, …): the pass that runs
+first after the other way's passes pays for different allocations. It also reports the prompt tokens a shared pass saves, whether the default rule
 (``rollout.SHARED_PROMPT["min_tokens"]``) shares at that shape, and the largest log-prob difference between the
 two ways (the same sums in other batch shapes: rounding only).
 
@@ -104,9 +105,9 @@ def run(args, tmp: Path) -> dict:
         times: dict[str, list[float]] = {"update per sample": [], "update shared": [], "anchor per sample": [],
                                          "anchor shared": []}
         diff = 0.0
-        for _ in range(args.repeats):
+        for rep in range(args.repeats):
             got = {}
-            for on in (False, True):
+            for on in ((False, True) if rep % 2 == 0 else (True, False)):  # ABBA: neither side always goes first
                 with sharing(R, on):
                     side = "shared" if on else "per sample"
                     for name, fn in (("update", time_update), ("anchor", time_anchor)):
@@ -130,7 +131,7 @@ def render(got: dict, command: str) -> str:
     lines = [f"{time.strftime('%Y-%m-%d %H:%M')} · {machine()} · `{command}` (load {load} at the end)", "",
              f"Policy `{got['policy']}`, {'bf16' if got['bf16'] else 'fp32'} compute copy, attention {got['attn']}; "
              f"one seeded rollout per shape; each pass timed {'/'.join(str(len(next(iter(s['all'].values())))) for s in got['shapes'].values())} "
-             "times alternating (per sample, then shared), medians without the first. "
+             "times, the two ways alternating in turn (per sample first, then shared first, …), medians without the first. "
              "Update = forward + backward of the chunked log-probs with the entropy, as the RL step runs it; anchor = "
              "the no-grad pass. Saved = prompt tokens (padding included) not run again: (k − 1) × prompts × prompt "
              f"width. The default shares from {got['min_tokens']} saved tokens on.", "",

@@ -156,8 +156,9 @@ _PLAIN_HEAD = ("llama", "mistral", "qwen2", "qwen3", "gpt2")
 FUSED_HEAD = {"enabled": True, "chunk_bytes": 1 << 26}  # switch / size of one fp32 logits chunk (benchmarks)
 # Scoring a rollout's k samples of a prompt with one pass over the prompt (``group`` below): a switch for benchmarks,
 # and the fewest prompt tokens it must save. The second pass has fixed costs (more, smaller matmuls; each weight's
-# gradient summed over two uses): on a 2-core CPU, SmolLM2-135M in bf16, saving 72 tokens (8 prompts × k=2) scored
-# no faster, 176 (16 × 2) and more 7–15 % faster (RESULTS.md, "Scoring: one pass per prompt").
+# gradient summed over two uses): on a 2-core CPU, SmolLM2-135M in bf16, saving 72 tokens (8 prompts × k=2) made
+# the update and the anchor pass slower (0.93×, 0.96×); saving 176–528 made them 1.08–1.21× and 1.04–1.07× faster
+# (benchmarks/bench_scoring.py, RESULTS.md "Scoring: one pass per prompt").
 SHARED_PROMPT = {"enabled": True, "min_tokens": 128}
 
 
@@ -242,7 +243,7 @@ def _predicting(module, field: str, input_ids: torch.Tensor, attention_mask: tor
     first = getattr(prompt, field)[:, -1:].repeat_interleave(group, 0)  # predicts the first completion token
     if n_completion == 1:
         return first
-    cache = prompt.past_key_values
+    cache = prompt.cache
     cache.batch_repeat_interleave(group)  # differentiable: a prompt's gradient sums over its group
     rest = module(input_ids=input_ids[:, split:-1], attention_mask=attention_mask[:, :-1],
                   position_ids=position_ids[:, split:-1], cache=cache, use_cache=True)
