@@ -63,7 +63,7 @@ DIFFERENCES_BF16 = [
 # Less work for the same numbers, so a difference of method, listed on both precisions.
 SHARED_PROMPT_DIFFERENCE = (
     "warprl scores the k samples of a prompt (anchor and update passes) with one pass over the prompt and its "
-    "key/value cache repeated for the completions where that saves ≥ 128 prompt tokens ({where}), TRL runs the "
+    "key/value cache repeated for the completions where that saves ≥ {min_tokens} prompt tokens ({where}), TRL runs the "
     "prompt once per sample: the same log-probs and gradients (fp32: within 1e-5 in tests), fewer FLOPs; the row "
     "\"warprl (prompt per sample)\", where present, always runs the prompt per sample as TRL does")
 # In fp32 both sides sample, score and train the fp32 weights themselves: the precision differences go.
@@ -365,7 +365,8 @@ def markdown(run: dict) -> str:
     if run.get("shared_prompt"):  # runs before it existed ran the prompt per sample
         where = ", ".join(f"{r['shape']['prompts']} × {r['shape']['k']} × {r['shape']['tokens']}: "
                           f"{'yes' if r['update_breakdown'].get('group', 1) > 1 else 'no'}" for r in results)
-        differences = [*differences, SHARED_PROMPT_DIFFERENCE.format(where=where)]
+        differences = [*differences, SHARED_PROMPT_DIFFERENCE.format(
+            where=where, min_tokens=run.get("shared_prompt_min_tokens", 128))]
     main = sorted({r["warprl"].get("attn", attn[0]) for r in results})
     if main != [trl_attn]:
         differences = [*differences, f"attention kernel: warprl {' or '.join(main)}, TRL {trl_attn} (the same maths)"]
@@ -437,7 +438,8 @@ def main() -> None:
     run = {"date": f"{dt.datetime.now():%Y-%m-%d %H:%M}", "machine": machine(args.device), "cores": os.cpu_count(),
            "command": cmd, "device": str(args.device),
            "gpu": torch.cuda.get_device_name(args.device) if args.device.type == "cuda" else "",
-           "heap": args.heap, "shared_prompt": R.SHARED_PROMPT["enabled"], "policy": args.policy, "precision": args.precision, "shapes": args.shapes, "attn": args.attn,
+           "heap": args.heap, "shared_prompt": R.SHARED_PROMPT["enabled"],
+           "shared_prompt_min_tokens": R.SHARED_PROMPT["min_tokens"], "policy": args.policy, "precision": args.precision, "shapes": args.shapes, "attn": args.attn,
            "trl_attn": args.trl_attn, "trl_version": trl.__version__, "peak_flops": peak, "read_bandwidth": bw,
            "weight_bytes": wbytes, "decode_bound_ms_per_token": 1e3 * wbytes / bw, "results": results}
     md = markdown(run)

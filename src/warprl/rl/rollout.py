@@ -251,7 +251,7 @@ def _predicting(module, field: str, input_ids: torch.Tensor, attention_mask: tor
 
 
 def prompt_group(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
-                   group: int) -> int:
+                 group: int) -> int:
     """``group`` if groups of that many rows should share one pass over their prompt (else 1): a model type
     whose cache is known to work, and enough prompt tokens saved (``SHARED_PROMPT``). ValueError if the rows
     do not come in such groups."""
