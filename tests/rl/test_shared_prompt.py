@@ -78,14 +78,14 @@ def test_each_prompt_runs_once_per_group(model):
     try:
         with torch.no_grad():
             R.sequence_logprobs(model, ids, mask, n, group=2)
-            full_calls = len(seen)
+            shared_calls = len(seen)
             R.sequence_logprobs(model, ids, mask, n, group=1)
     finally:
         hook.remove()
     width = ids.shape[1] - n
     # The prompts once (4 rows), then the 8 completions without their last token; the full pass: 8 whole rows.
-    assert seen[:full_calls] == [(4, width), (8, n - 1)]
-    assert seen[full_calls:] == [(8, ids.shape[1] - 1)]
+    assert seen[:shared_calls] == [(4, width), (8, n - 1)]
+    assert seen[shared_calls:] == [(8, ids.shape[1] - 1)]
 
 
 def test_a_one_token_completion_needs_only_the_prompt_pass(model):
