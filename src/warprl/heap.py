@@ -65,14 +65,22 @@ def heap_info() -> MallInfo2 | None:
     return libc.mallinfo2()
 
 
+def trim() -> bool:
+    """Give the free pages glibc's heap holds back to the system (``malloc_trim``); False where not glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)
+    return True
+
+
 def trim_if_hoarding(max_free: int = MAX_FREE_BYTES) -> bool:
-    """``malloc_trim`` when the heap holds more free memory than ``max_free`` bytes and than it has in use;
+    """:func:`trim` when the heap holds more free memory than ``max_free`` bytes and than it has in use;
     True where it trimmed."""
     info = heap_info()
     if info is None or info.fordblks <= max(max_free, info.uordblks):
         return False
-    _libc().malloc_trim(0)
-    return True
+    return trim()
 
 
 def _watch(interval: float) -> None:

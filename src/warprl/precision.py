@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import ctypes
 import functools
 import gc
 import time
@@ -12,6 +11,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import torch
+
+from warprl import heap
 
 
 @functools.cache
@@ -87,10 +88,7 @@ def release_memory(device: torch.device | None = None) -> None:
     gc.collect()
     if device is not None and device.type == "cuda":
         torch.cuda.empty_cache()
-    try:
-        ctypes.CDLL(None).malloc_trim(0)  # glibc only
-    except (OSError, AttributeError):
-        pass
+    heap.trim()
 
 
 def plain_copy(model: torch.nn.Module, dtype: torch.dtype | None = None, share: set[int] = frozenset()
