@@ -9,6 +9,7 @@ moment cannot lose each other's sections.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -23,6 +24,19 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 PREVIOUS = " — previous run"
 HEADER = "# Benchmark results\n\nWritten by the scripts in benchmarks/ (one section each); rerun a script to refresh its section.\n"
+
+
+@contextlib.contextmanager
+def switches(options: dict, **values):
+    """A module's dict of switches (``engine.OPTIONS``, ``rollout.SHARED_PROMPT``, …) updated with ``values``
+    inside the block, restored whole after it."""
+    saved = dict(options)
+    options.update(values)
+    try:
+        yield
+    finally:
+        options.clear()
+        options.update(saved)
 
 
 def run_and_publish(run, render, args, title: str) -> dict:

@@ -20,14 +20,13 @@ work first, and the bound is the card's own: weight bytes / the read bandwidth m
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import statistics
 import time
 
 import torch
-from _results import machine, matmul_peak, read_bandwidth
+from _results import machine, matmul_peak, read_bandwidth, switches
 
 from warprl.data import builtin_prompts
 from warprl.heap import keep_freed_memory
@@ -56,21 +55,9 @@ LEVERS = {
 }
 
 
-@contextlib.contextmanager
-def engine_options(options: dict):
-    """The engine's levers set to ``options`` inside the block, restored after it."""
-    saved = dict(E.OPTIONS)
-    E.OPTIONS.update(options)
-    try:
-        yield
-    finally:
-        E.OPTIONS.clear()
-        E.OPTIONS.update(saved)
-
-
 def time_engine(model, tok, prompts, k, tokens, options) -> dict:
     device = model.device
-    with engine_options(options):
+    with switches(E.OPTIONS, **options):
         enc = tokenize_prompts(tok, prompts, device)
         torch.manual_seed(0)
         E._WEIGHTS.pop(model, None)
@@ -101,7 +88,7 @@ def time_draws(rows: int, vocab: int, repeats: int, device, calls: int = 20) -> 
     times: dict[str, list[float]] = {draw: [] for draw in E.DRAWS}
     for _ in range(repeats):
         for draw in times:  # interleaved
-            with engine_options({"draw": draw}):
+            with switches(E.OPTIONS, draw=draw):
                 times[draw].append(ms_per_call(lambda: E.sample_next(logits, 1.0), calls, device))
     return {draw: statistics.median(ts) for draw, ts in times.items()}
 

@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import torch
-from _results import machine, matmul_peak, read_bandwidth, write_section
+from _results import machine, matmul_peak, read_bandwidth, switches, write_section
 
 from warprl import optim
 from warprl.config import AlignConfig
@@ -105,13 +105,9 @@ class Warprl:
     def step(self) -> dict:
         batch = prompt_batch(self.prompts, self.n_prompts, 0, self.state.step * self.n_prompts)
         self.loads.append(loadavg())
-        saved = R.SHARED_PROMPT["enabled"]
-        R.SHARED_PROMPT["enabled"] = self.shared_prompt
-        try:
+        with switches(R.SHARED_PROMPT, enabled=self.shared_prompt):
             m = L.rl_step(self.cfg, self.policy, self.anchor, self.tok, self.reward, batch, self.state, self.opt,
                           "rloo", 0)
-        finally:
-            R.SHARED_PROMPT["enabled"] = saved
         self.rows.append(m)
         return m
 

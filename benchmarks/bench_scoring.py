@@ -21,29 +21,16 @@ JSON object as the last line of stdout.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from _results import machine, run_and_publish
+from _results import machine, run_and_publish, switches
 from bench_rl_step import parse_shape
 
 SHAPES = ["8x2x24", "16x2x24", "8x4x24", "16x4x64"]
-
-
-@contextlib.contextmanager
-def sharing(R, on: bool):
-    """``rollout.SHARED_PROMPT`` forced on (any saving) or off inside the block, restored after it."""
-    saved = dict(R.SHARED_PROMPT)
-    R.SHARED_PROMPT.update(enabled=on, min_tokens=0)
-    try:
-        yield
-    finally:
-        R.SHARED_PROMPT.clear()
-        R.SHARED_PROMPT.update(saved)
 
 
 def time_update(R, model, roll, group: int) -> tuple[float, torch.Tensor]:
@@ -104,7 +91,7 @@ def run(args, tmp: Path) -> dict:
         for rep in range(args.repeats):
             got = {}
             for on in ((False, True) if rep % 2 == 0 else (True, False)):  # ABBA: neither side always goes first
-                with sharing(R, on):
+                with switches(R.SHARED_PROMPT, enabled=on, min_tokens=0):  # on: at any saving
                     side = "shared" if on else "per sample"
                     for name, fn in (("update", time_update), ("anchor", time_anchor)):
                         s, lp = fn(R, model, roll, k)
