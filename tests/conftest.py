@@ -57,6 +57,16 @@ def tiny_policy_dir(tmp_path_factory):
     return path
 
 
+def tiny_gpt2():
+    """A 2-layer random GPT2LMHeadModel (vocabulary 40) in eval mode: no dropout, so passes are comparable."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    return GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=32,
+                                      bos_token_id=0, eos_token_id=1)).eval()
+
+
 def randomise_lora(peft_model, seed: int = 1, b_std: float = 0.5):
     """Give a fresh peft LoRA model non-zero updates (B starts at 0) from the test's own generator: A [r, in] as
     N(0, 1/in) (peft's Kaiming init's scale, up to √3), B as N(0, b_std²). peft's own init of A draws from the

@@ -8,10 +8,9 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import GPT2Config, GPT2LMHeadModel
 
 import warprl.rl.loop as T
-from tests.conftest import count_word_reward, randomise_lora
+from tests.conftest import count_word_reward, randomise_lora, tiny_gpt2
 from warprl import lora
 from warprl.config import AlignConfig
 from warprl.models import load_policy
@@ -31,12 +30,6 @@ def lora_cfg(**kw) -> AlignConfig:
                 checkpoint_every=2, kl_sft_every=3, lora_r=4, lora_alpha=8.0)
     base.update(kw)
     return AlignConfig(**base)
-
-
-def tiny_gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=32,
-                                      bos_token_id=0, eos_token_id=1)).eval()
 
 
 def peft_twin(base, seed=1):

@@ -3,16 +3,10 @@ the same log-probs, entropies and gradients as the full pass, with the prompt ru
 
 import pytest
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel
 
+from tests.conftest import tiny_gpt2
 from warprl.models import load_policy
 from warprl.rl import rollout as R
-
-
-def _tiny_gpt2():
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(GPT2Config(vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=32,
-                                      bos_token_id=0, eos_token_id=1)).eval()  # no dropout
 
 
 @pytest.fixture(autouse=True)
@@ -22,7 +16,7 @@ def _share_any_prompt(monkeypatch):
 
 @pytest.fixture(params=["llama", "gpt2"])
 def model(request, tiny_policy_dir):
-    return load_policy(str(tiny_policy_dir))[0] if request.param == "llama" else _tiny_gpt2()
+    return load_policy(str(tiny_policy_dir))[0] if request.param == "llama" else tiny_gpt2()
 
 
 def _batch(vocab: int, prompts: int = 3, k: int = 3, n: int = 6, seed: int = 0):
