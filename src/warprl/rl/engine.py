@@ -11,7 +11,7 @@ It computes what ``generate(do_sample=True)`` computes, in fewer and larger oper
   per-token concatenation);
 * each distinct prompt is prefilled once and its cache copied to its ``k`` sample rows; the prefill
   computes logits at the last position only;
-* one function, :func:`sample_next`, turns the raw logits of a step into the sampled token and its
+* one function, :func:`warprl.rl.sampling.sample_next`, turns the raw logits of a step into the sampled token and its
   log-prob at the sampling temperature (before top-k/top-p truncation, as in ``rollout``), with the
   same operations as HF's temperature/top-k/top-p warpers and one uniform per row for the draw (the
   distribution of HF's ``torch.multinomial`` at a small part of its cost; ``OPTIONS["draw"]`` restores HF's);
@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from warprl.precision import synchronize
+from warprl.rl.sampling import sample_next
 
 # Fused weights per model object, rebuilt when any parameter's version (in-place update counter) changes.
 # torch's fused optimisers (Adam/AdamW with fused=True) do not bump versions: after such a step call
@@ -45,11 +46,14 @@ from warprl.precision import synchronize
 _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 # Levers, module-level so that benchmarks can switch them off one at a time (see benchmarks/bench_decode.py).
-# ``draw``: "inverse_cdf" (default) draws one uniform per row against the CDF; "multinomial" is HF generate's
-# own draw (the same tokens as generate under the same seed), which races an exponential per vocabulary entry:
-# a sampling step took 28 ms with it against 3.2 ms at 16 rows × 49k on a 2-core CPU (RESULTS.md, decode levers).
-# ``draw`` names one of :data:`DRAWS`.
-OPTIONS = {"fuse": True, "prepack": True, "compact": True, "share_prefill": True, "draw": "inverse_cdf"}
+# ``draw`` names one of :data:`warprl.rl.sampling.DRAWS`: "inverse_cdf" (default) draws one uniform per row
+# against the CDF; "multinomial" is HF generate's own draw (the same tokens as generate under the same seed),
+# which races an exponential per vocabulary entry: a sampling step took 28 ms with it against 3.2 ms at 16 rows
+# × 49k on a 2-core CPU (RESULTS.md, decode levers). ``decode_attention``: "bmm" (three batched matmuls, faster
+# than SDPA's CPU flash kernel at one query position), "sdpa", or "auto": bmm on a CPU, SDPA elsewhere (the
+# GPU was not measured).
+OPTIONS = {"fuse": True, "prepack": True, "compact": True, "share_prefill": True, "draw": "inverse_cdf",
+           "decode_attention": "auto"}
 
 
 def weights_changed(model) -> None:
@@ -255,64 +259,6 @@ def _logits(w: _Weights, x: torch.Tensor) -> torch.Tensor:
     return w.lm_head(_rms_norm(x, w.norm, w.norm_eps)).float()
 
 
-# --------------------------------------------------------------------------------------------- sampling
-
-
-def sample_next(logits: torch.Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                ban: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sample one token per row from raw fp32 logits [R, V]; return (tokens, log π(token) at ``temperature``).
-
-    The log-prob is of the untruncated tempered distribution (the one ``sequence_logprobs`` scores); the
-    token is drawn after top-k and top-p truncation, and never ``ban`` (EOS before ``min_new_tokens``).
-    The operations mirror HF's logits warpers; the token is drawn from one uniform per row against the CDF,
-    the same distribution as HF's ``torch.multinomial`` (``OPTIONS["draw"] = "multinomial"``: its very tokens).
-    """
-    scaled = logits / temperature
-    lse = torch.logsumexp(scaled, dim=-1)
-    scores = scaled
-    if ban is not None:  # HF's MinNewTokensLengthLogitsProcessor acts before the temperature: same result
-        scores = scores.clone()
-        scores[:, ban] = -float("inf")
-    if top_k and top_k < scores.shape[-1]:
-        kth = torch.topk(scores, top_k)[0][..., -1, None]
-        scores = scores.masked_fill(scores < kth, -float("inf"))
-    if top_p < 1.0:
-        sorted_scores, order = torch.sort(scores, descending=False)
-        cum = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum <= (1 - top_p)
-        drop[..., -1:] = False
-        scores = scores.masked_fill(drop.scatter(1, order, drop), -float("inf"))
-    probs = F.softmax(scores, dim=-1)
-    tokens = DRAWS[OPTIONS["draw"]](probs)
-    logp = scaled.gather(-1, tokens[:, None]).squeeze(1) - lse
-    return tokens, logp
-
-
-def _multinomial_draw(probs: torch.Tensor) -> torch.Tensor:
-    """One token per row of ``probs`` [R, V] by ``torch.multinomial``: HF generate's draw, token for token."""
-    return torch.multinomial(probs, num_samples=1).squeeze(1)
-
-
-def _inverse_cdf_draw(probs: torch.Tensor) -> torch.Tensor:
-    """One token per row of ``probs`` [R, V] from one uniform per row: the first index whose CDF exceeds it.
-
-    The same distribution as ``torch.multinomial`` (which races an exponential per entry: V random numbers
-    per row, ~20 ms per token at 16 × 49k on a 2-core CPU) but other tokens under the same seed.
-    """
-    cdf = probs.cumsum(-1)
-    total = cdf[:, -1:]
-    u = torch.minimum(torch.rand_like(total) * total, total.nextafter(torch.zeros_like(total)))  # u < CDF's end
-    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1)
-    # A parallel cumsum (CUDA) may round a zero-probability entry's CDF above its predecessor's: never draw it.
-    stray = probs.gather(1, tokens[:, None]).squeeze(1) == 0
-    if stray.any():
-        tokens[stray] = _multinomial_draw(probs[stray])
-    return tokens
-
-
-DRAWS = {"inverse_cdf": _inverse_cdf_draw, "multinomial": _multinomial_draw}  # OPTIONS["draw"] → draw
-
-
 # ------------------------------------------------------------------------------------------------ decode
 
 
@@ -353,6 +299,8 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int,
     next_pos = pos_ids[:, -1].repeat_interleave(k, 0) + 1  # [rows]
     scale = w.head_dim ** -0.5
     group = w.n_heads // w.n_kv
+    bmm_attention = OPTIONS["decode_attention"] == "bmm" or (
+        OPTIONS["decode_attention"] == "auto" and device.type == "cpu")
 
     # Prefill: each distinct prompt once, written into the cache rows of its k samples.
     causal = torch.ones(plen, plen, dtype=torch.bool, device=device).tril()
@@ -383,7 +331,7 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int,
     row_steps, steps = 0, 0
     for t in range(max_new_tokens):
         ban = eos_token_id if (eos_token_id is not None and t < min_new_tokens) else None
-        tokens, logp = sample_next(logits, temperature, top_k, top_p, ban)
+        tokens, logp = sample_next(logits, temperature, top_k, top_p, ban, draw=OPTIONS["draw"])
         out_ids[alive, t] = tokens
         out_lp[alive, t] = logp
         steps = t + 1
@@ -405,15 +353,23 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int,
         key_mask[:, cur] = True
         r = len(alive)
         cos, sin = cos_tab[next_pos][:, None, None], sin_tab[next_pos][:, None, None]
-        amask = key_mask[:, None, None, : cur + 1]  # [R, 1, 1, cur+1]
+        if bmm_attention:  # the additive mask, once per step for every layer
+            amask = torch.zeros(r, w.n_kv, group, cur + 1, dtype=torch.float32, device=device)
+            amask.masked_fill_(~key_mask[:, None, None, : cur + 1], -float("inf"))
+            amask = amask.view(r * w.n_kv, group, cur + 1)
+        else:
+            amask = key_mask[:, None, None, : cur + 1]  # [R, 1, 1, cur+1]
 
         def attend_decode(li, q, kk, v, cur=cur, r=r, amask=amask):
             cache.k[li, :, :, cur] = kk[:, 0]
             cache.v[li, :, :, cur] = v[:, 0]
             # GQA without repeating K/V: the `group` query heads of a KV head act as `group` query positions.
             qg = q.reshape(r, w.n_kv, group, w.head_dim)
-            out = F.scaled_dot_product_attention(qg, cache.k[li, :, :, : cur + 1], cache.v[li, :, :, : cur + 1],
-                                                 attn_mask=amask, scale=scale)
+            keys, values = cache.k[li, :, :, : cur + 1], cache.v[li, :, :, : cur + 1]
+            if bmm_attention:
+                out = _attend_one_position(qg, keys, values, amask, scale)
+            else:
+                out = F.scaled_dot_product_attention(qg, keys, values, attn_mask=amask, scale=scale)
             return out.reshape(r, 1, w.n_heads * w.head_dim)
 
         x = _layer_stack(w, F.embedding(tokens[:, None], w.embed), cos, sin, attend_decode)
@@ -427,6 +383,20 @@ def generate(model, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, k: int,
     t1 = time.perf_counter()
     return Decoded(out_ids, out_lp, {"prefill_s": t_prefill - t0, "decode_s": t1 - t_prefill,
                                      "decode_steps": max(steps - 1, 0), "decode_row_steps": row_steps})
+
+
+def _attend_one_position(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, bias: torch.Tensor,
+                         scale: float) -> torch.Tensor:
+    """Attention of q [R, KV, G, D] to keys/values [R, KV, L, D] with the additive fp32 bias [R·KV, G, L].
+
+    What SDPA computes (fp32 scores and softmax, as its CPU flash kernel does), as three batched matmuls: at
+    a decode step's one query position SDPA's flash kernel spends more on its tiling than on the maths
+    (0.47 against 0.27 ms a layer at 64 rows × 12 keys on 2 CPU cores; RESULTS.md, decode levers).
+    """
+    r, kv, g, d = q.shape
+    scores = torch.baddbmm(bias, q.reshape(r * kv, g, d).float(),
+                           keys.reshape(r * kv, -1, d).transpose(1, 2).float(), alpha=scale)
+    return torch.bmm(scores.softmax(-1).to(values.dtype), values.reshape(r * kv, -1, d)).view(r, kv, g, d)
 
 
 def _pad_after_eos(ids: torch.Tensor, lp: torch.Tensor, eos: int, pad: int) -> None:
