@@ -5,7 +5,7 @@ as an RL step there), builtin prompts, sampling at
 temperature 1. Each configuration runs ``--repeats`` times, interleaved, and the median is kept.
 ms/token = decode time / decoded steps (the prefill is timed apart); the bound = weight bytes read
 once per token / memory read bandwidth measured in this run (sum over a 1 GiB tensor). A second table times
-the sampling step alone (``engine.sample_next`` on [batch, vocabulary] fp32 logits) with each draw, since the
+the sampling step alone (``sampling.sample_next`` on [batch, vocabulary] fp32 logits) with each draw, since the
 draw's cost does not depend on the model and is easy to lose in a whole decode's noise. A third table times
 the decode step's matmuls alone (the engine's prepacked weights, nothing else), next to the bf16 matmul peak
 measured in the same run: the floor the matmul library sets at this batch size, before any other operation.
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import statistics
 import time
@@ -34,6 +35,7 @@ from warprl.models import load_policy, pick_device
 from warprl.precision import bf16_is_native, synchronize
 from warprl.rl import engine as E
 from warprl.rl.rollout import tokenize_prompts
+from warprl.rl.sampling import DRAWS, sample_next
 
 
 def weight_bytes(model) -> int:
@@ -52,6 +54,7 @@ LEVERS = {
     "no fusion (7 matmuls/layer)": {"fuse": False},
     "no prepack, no fusion": {"prepack": False, "fuse": False},
     "HF's multinomial draw (not the default)": {"draw": "multinomial"},
+    "SDPA decode attention (flash kernel)": {"decode_attention": "sdpa"},
 }
 
 
@@ -82,15 +85,30 @@ def ms_per_call(fn, calls: int, device) -> float:
     return 1e3 * (time.perf_counter() - t) / calls
 
 
+def _flat_cdf_step(logits: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The sampling step as it was until 2026-12-07, kept here to time against: logsumexp and softmax as two
+    passes, then one running sum over the whole vocabulary (a chain of V dependent additions per row)."""
+    scaled = logits / temperature
+    lse = torch.logsumexp(scaled, dim=-1)
+    cdf = torch.softmax(scaled, dim=-1).cumsum(-1)
+    total = cdf[:, -1:]
+    u = torch.minimum(torch.rand_like(total) * total, total.nextafter(torch.zeros_like(total)))
+    tokens = torch.searchsorted(cdf, u, right=True).squeeze(1)
+    return tokens, scaled.gather(-1, tokens[:, None]).squeeze(1) - lse
+
+
+SAMPLING_STEPS = {draw: functools.partial(sample_next, draw=draw) for draw in DRAWS}
+SAMPLING_STEPS["inverse_cdf, one flat running sum (before 2026-12-07)"] = _flat_cdf_step
+
+
 def time_draws(rows: int, vocab: int, repeats: int, device, calls: int = 20) -> dict[str, float]:
-    """Median ms per ``sample_next`` call at temperature 1 on random [rows, vocab] logits, for each draw."""
+    """Median ms per sampling step at temperature 1 on random [rows, vocab] logits, for each draw."""
     logits = (torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 3).to(device)
-    times: dict[str, list[float]] = {draw: [] for draw in E.DRAWS}
+    times: dict[str, list[float]] = {name: [] for name in SAMPLING_STEPS}
     for _ in range(repeats):
-        for draw in times:  # interleaved
-            with switches(E.OPTIONS, draw=draw):
-                times[draw].append(ms_per_call(lambda: E.sample_next(logits, 1.0), calls, device))
-    return {draw: statistics.median(ts) for draw, ts in times.items()}
+        for name, step in SAMPLING_STEPS.items():  # interleaved
+            times[name].append(ms_per_call(lambda step=step: step(logits, 1.0), calls, device))
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def time_linears(model, rows: int, repeats: int, calls: int = 10) -> dict[str, float]:
@@ -198,9 +216,9 @@ def main() -> None:
     print(f"\n| sampling step alone (rows × {model.config.vocab_size} logits) | "
           + " | ".join(f"{n} rows: ms" for n in draws) + " |")
     print("|---|" + "---:|" * len(draws))
-    for draw in E.DRAWS:
-        print(f"| {draw}{' (default)' if draw == E.OPTIONS['draw'] else ''} | "
-              + " | ".join(f"{d[draw]:.2f}" for d in draws.values()) + " |")
+    for name in SAMPLING_STEPS:
+        print(f"| {name}{' (default)' if name == E.OPTIONS['draw'] else ''} | "
+              + " | ".join(f"{d[name]:.2f}" for d in draws.values()) + " |")
     flops = 2 * (wbytes / model.dtype.itemsize) * args.rows * args.k  # every weight once per row
     print(f"\n| the decode step's matmuls alone ({args.rows * args.k} rows, prepacked, {flops / 1e9:.1f} GFLOP; "
           f"matmul peak {peak / 1e9:.0f} GFLOP/s at 2048² → {1e3 * flops / peak:.1f} ms) | ms/token | × bound "
