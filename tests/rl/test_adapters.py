@@ -283,3 +283,43 @@ def test_non_finite_reward_stops_before_the_update(tiny_policy_dir, tmp_path):
     saved = load_file(str(tmp_path / "checkpoints" / "step_000000" / "policy.safetensors"))
     assert saved and all(k.endswith(("lora_A.weight", "lora_B.weight")) for k in saved)
     assert all(float(v.abs().max()) == 0 for k, v in saved.items() if "lora_B" in k)  # no update was made
+
+
+def test_one_prompt_pass_per_group_with_lora_policy_and_side_path_anchor(base_model, monkeypatch):
+    """With LoRA, scoring the k samples of a prompt with one pass over the prompt (rollout.SHARED_PROMPT) gives the
+    policy's log-probs and its factors' gradients (handed over by the chain-rule hooks), and the side-path EMA
+    anchor's log-probs, of a pass per sample: to 1e-5 in fp32."""
+    from warprl.rl import rollout as R
+
+    monkeypatch.setitem(R.SHARED_PROMPT, "min_tokens", 0)  # a few prompt tokens here
+    run = LoraRun(lora_cfg(anchor="ema"), copy.deepcopy(base_model), "ema", seed=0)
+    _randomise(run.factors, 1, 0.3)
+    _randomise(run.ema, 2, 0.3)  # the anchor's factors differ from the policy's
+    policy, anchor, _ = run.models(bf16=False, sft_weights=None, kl_sft=False)
+    k, n = 3, 5
+    gen = torch.Generator().manual_seed(3)
+    prompts = torch.randint(2, base_model.config.vocab_size, (2, 4), generator=gen)
+    p_mask = torch.ones_like(prompts)
+    p_mask[1, :2] = 0  # a left-padded prompt
+    ids = torch.cat([prompts.repeat_interleave(k, 0), torch.randint(2, base_model.config.vocab_size, (2 * k, n),
+                                                                    generator=gen)], 1)
+    mask = torch.cat([p_mask.repeat_interleave(k, 0), torch.ones(2 * k, n, dtype=torch.long)], 1)
+    assert R.prompt_group(policy.compute, ids, mask, n, k) == k  # the shared path is the one taken
+
+    def score(group):
+        run.factors.zero_grad(set_to_none=True)
+        logp = R.sequence_logprobs(policy.compute, ids, mask, n, 0.8, group=group)
+        (logp * torch.linspace(-1, 1, 2 * k)[:, None]).sum().backward()
+        policy.grads_to_master()
+        with torch.no_grad():
+            ref = R.sequence_logprobs(anchor.compute, ids, mask, n, 0.8, group=group)
+        return logp.detach(), ref, {name: p.grad.clone() for name, p in run.factors.named_parameters()}
+
+    shared, per_sample = score(k), score(1)
+    torch.testing.assert_close(shared[0], per_sample[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(shared[1], per_sample[1], atol=1e-5, rtol=1e-5)
+    assert (shared[1] - shared[0]).abs().max() > 1e-3  # the anchor's factors count
+    assert shared[2].keys() == per_sample[2].keys() and len(shared[2]) > 0
+    for name, g in per_sample[2].items():
+        assert g.abs().max() > 0, name
+        torch.testing.assert_close(shared[2][name], g, rtol=1e-4, atol=1e-5 * float(g.abs().max()), msg=name)
