@@ -14,7 +14,10 @@ On a GPU (``--device cuda``, the default where one is present) every clock waits
 work first, and the bound is the card's own: weight bytes / the read bandwidth measured on it.
 
     PYTHONPATH=src python benchmarks/bench_decode.py [--rows 16] [--k 1] [--tokens 64] [--repeats 3] [--precision fp32]
-        [--device auto] [--policy smollm2-135m] [--json]
+        [--device auto] [--policy smollm2-135m] [--only NAME ...] [--json]
+
+Each repeat times every row once, starting one row later than the repeat before (so that no row always runs
+first); the ratio column divides each row's time by "all levers" of the same repeat.
 """
 
 from __future__ import annotations
@@ -168,6 +171,8 @@ def main() -> None:
                     help="any policy spec warprl loads (alias, HF folder, GGUF); a Llama-type model for the engine")
     ap.add_argument("--draw-rows", type=int, nargs="*", default=None,
                     help="batch sizes of the sampling-step table (default: the decode batch)")
+    ap.add_argument("--only", nargs="*", default=None, metavar="NAME",
+                    help="time only these rows (and 'all levers'), e.g. 'SDPA decode attention (flash kernel)'")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = pick_device(args.device)
@@ -181,15 +186,19 @@ def main() -> None:
     wbytes = weight_bytes(model)
     bound_ms = 1e3 * wbytes / bw
     load0 = open("/proc/loadavg").read().split()[0]
-    runs: dict[str, list] = {name: [] for name in ["HF generate", *LEVERS]}
+    names = ["HF generate", *LEVERS] if not args.only else ["all levers", *(n for n in args.only if n != "all levers")]
+    unknown = [n for n in names if n != "HF generate" and n not in LEVERS]
+    if unknown:
+        raise SystemExit(f"bench_decode: unknown --only {unknown[0]!r}; choose from {['HF generate', *LEVERS]}")
+    runs: dict[str, list] = {name: [] for name in names}
     with torch.no_grad():
         # Warm-up: first calls allocate and pick kernels.
         time_engine(model, tok, prompts, args.k, 4, {})
         time_hf(model, tok, prompts, args.k, 4)
-        for _ in range(args.repeats):
-            runs["HF generate"].append(time_hf(model, tok, prompts, args.k, args.tokens))
-            for name, opts in LEVERS.items():
-                runs[name].append(time_engine(model, tok, prompts, args.k, args.tokens, opts))
+        for r in range(args.repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:  # each repeat starts one later
+                runs[name].append(time_hf(model, tok, prompts, args.k, args.tokens) if name == "HF generate" else
+                                  time_engine(model, tok, prompts, args.k, args.tokens, LEVERS[name]))
         draws = {n: time_draws(n, model.config.vocab_size, max(args.repeats, 5), device)
                  for n in (args.draw_rows or [args.rows * args.k])}
         linears = time_linears(model, args.rows * args.k, max(args.repeats, 5))
@@ -201,15 +210,20 @@ def main() -> None:
           f"{args.policy}; read bandwidth "
           f"{bw / 1e9:.1f} GB/s, weights {wbytes / 1e6:.0f} MB → bound {bound_ms:.1f} ms/token; "
           f"load {load0} → {load1}")
-    print("| decoder | ms/token (median) | × bound | prefill s | weight build s |")
-    print("|---|---:|---:|---:|---:|")
+    print("| decoder | ms/token (median) | × bound | ÷ all levers, same repeat (median) | repeats slower | "
+          "prefill s | weight build s |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    base = [r["ms_per_token"] for r in runs["all levers"]]
     for name, rs in runs.items():
         ms = statistics.median(r["ms_per_token"] for r in rs)
         pre = statistics.median(r["prefill_s"] for r in rs)
         wb = statistics.median(r.get("weights_s", 0.0) for r in rs)
+        ratios = [r["ms_per_token"] / b for r, b in zip(rs, base, strict=True)]
         result["configs"][name] = {"ms_per_token": ms, "prefill_s": pre, "weights_s": wb,
-                                   "all_ms": [r["ms_per_token"] for r in rs]}
-        print(f"| {name} | {ms:.1f} | {ms / bound_ms:.2f} | {pre:.3f} | {wb:.3f} |")
+                                   "all_ms": [r["ms_per_token"] for r in rs],
+                                   "ratio_to_all_levers": statistics.median(ratios)}
+        print(f"| {name} | {ms:.1f} | {ms / bound_ms:.2f} | {statistics.median(ratios):.3f} | "
+              f"{sum(x > 1 for x in ratios)}/{len(ratios)} | {pre:.3f} | {wb:.3f} |")
     result["sample_next_ms"] = draws
     result["linears_ms"] = linears
     result["matmul_peak_GFLOPs"] = peak / 1e9
