@@ -11,10 +11,12 @@ It computes what ``generate(do_sample=True)`` computes, in fewer and larger oper
   per-token concatenation);
 * each distinct prompt is prefilled once and its cache copied to its ``k`` sample rows; the prefill
   computes logits at the last position only;
-* one function, :func:`warprl.rl.sampling.sample_next`, turns the raw logits of a step into the sampled token and its
-  log-prob at the sampling temperature (before top-k/top-p truncation, as in ``rollout``), with the
-  same operations as HF's temperature/top-k/top-p warpers and one uniform per row for the draw (the
-  distribution of HF's ``torch.multinomial`` at a small part of its cost; ``OPTIONS["draw"]`` restores HF's);
+* one function, :func:`warprl.rl.sampling.sample_next`, turns the raw logits of a step into the sampled
+  token and its log-prob at the sampling temperature (before top-k/top-p truncation, as in ``rollout``),
+  with the same operations as HF's temperature/top-k/top-p warpers and one uniform per row for the draw
+  (the distribution of HF's ``torch.multinomial`` at a small part of its cost; ``OPTIONS["draw"]`` restores
+  HF's);
+* a decode step's attention (one query position) is three batched matmuls on a CPU, not SDPA's flash kernel;
 * rows that have emitted EOS are dropped from the batch (the cache is compacted when a quarter of the
   rows have finished), so they stop costing matmuls.
 
@@ -48,7 +50,7 @@ _WEIGHTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 # Levers, module-level so that benchmarks can switch them off one at a time (see benchmarks/bench_decode.py).
 # ``draw`` names one of :data:`warprl.rl.sampling.DRAWS`: "inverse_cdf" (default) draws one uniform per row
 # against the CDF; "multinomial" is HF generate's own draw (the same tokens as generate under the same seed),
-# which races an exponential per vocabulary entry: a sampling step took 28 ms with it against 3.2 ms at 16 rows
+# which races an exponential per vocabulary entry: a sampling step took 17 ms with it against 0.7 ms at 16 rows
 # × 49k on a 2-core CPU (RESULTS.md, decode levers). ``decode_attention``: "bmm" (three batched matmuls, faster
 # than SDPA's CPU flash kernel at one query position), "sdpa", or "auto": bmm on a CPU, SDPA elsewhere (the
 # GPU was not measured).
