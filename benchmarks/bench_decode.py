@@ -57,8 +57,15 @@ LEVERS = {
     "no fusion (7 matmuls/layer)": {"fuse": False},
     "no prepack, no fusion": {"prepack": False, "fuse": False},
     "HF's multinomial draw (not the default)": {"draw": "multinomial"},
-    "SDPA decode attention (flash kernel)": {"decode_attention": "sdpa"},
 }
+
+
+def attention_lever(device: torch.device) -> dict[str, dict]:
+    """The decode attention that the engine's "auto" does not pick on ``device``, as a row: SDPA's flash kernel on
+    a CPU (where the batched matmuls are the default), the batched matmuls elsewhere (SDPA the default)."""
+    if device.type == "cpu":
+        return {"SDPA decode attention (flash kernel)": {"decode_attention": "sdpa"}}
+    return {"batched-matmul decode attention": {"decode_attention": "bmm"}}
 
 
 def time_engine(model, tok, prompts, k, tokens, options) -> dict:
@@ -176,6 +183,11 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = pick_device(args.device)
+    levers = {**LEVERS, **attention_lever(device)}
+    names = ["HF generate", *levers] if not args.only else ["all levers", *(n for n in args.only if n != "all levers")]
+    unknown = [n for n in names if n != "HF generate" and n not in levers]
+    if unknown:
+        ap.error(f"unknown --only {unknown[0]!r}; choose from {['HF generate', *levers]}")  # exit code 2
     args.precision = args.precision or ("bf16" if bf16_is_native(device) else "fp32")
     master, tok = load_policy(args.policy)
     model = copy.deepcopy(master).to(torch.bfloat16 if args.precision == "bf16" else torch.float32).eval()
@@ -186,10 +198,6 @@ def main() -> None:
     wbytes = weight_bytes(model)
     bound_ms = 1e3 * wbytes / bw
     load0 = open("/proc/loadavg").read().split()[0]
-    names = ["HF generate", *LEVERS] if not args.only else ["all levers", *(n for n in args.only if n != "all levers")]
-    unknown = [n for n in names if n != "HF generate" and n not in LEVERS]
-    if unknown:
-        raise SystemExit(f"bench_decode: unknown --only {unknown[0]!r}; choose from {['HF generate', *LEVERS]}")
     runs: dict[str, list] = {name: [] for name in names}
     with torch.no_grad():
         # Warm-up: first calls allocate and pick kernels.
@@ -198,7 +206,7 @@ def main() -> None:
         for r in range(args.repeats):
             for name in names[r % len(names):] + names[: r % len(names)]:  # each repeat starts one later
                 runs[name].append(time_hf(model, tok, prompts, args.k, args.tokens) if name == "HF generate" else
-                                  time_engine(model, tok, prompts, args.k, args.tokens, LEVERS[name]))
+                                  time_engine(model, tok, prompts, args.k, args.tokens, levers[name]))
         draws = {n: time_draws(n, model.config.vocab_size, max(args.repeats, 5), device)
                  for n in (args.draw_rows or [args.rows * args.k])}
         linears = time_linears(model, args.rows * args.k, max(args.repeats, 5))
