@@ -175,7 +175,7 @@ def update_flops(model, rows: int, seq_len: int, n_completion: int, group: int =
     the last; with ``group`` > 1 each prompt once per group of rows) + 6·N_head per completion token."""
     head = model.get_output_embeddings().weight.numel()
     body = sum(p.numel() for p in model.parameters()) - head  # tied embedding counted once, as the head
-    fed = rows * (seq_len - 1) if group == 1 else rows // group * (seq_len - n_completion) + rows * (n_completion - 1)
+    fed = rows * (seq_len - 1) - R.prompt_tokens_saved(rows, seq_len - n_completion, group)
     return 6 * body * fed + 6 * head * rows * n_completion
 
 

@@ -102,7 +102,7 @@ def run(args, tmp: Path) -> dict:
         med = {name: statistics.median(ts[1:] if len(ts) > 1 else ts) for name, ts in times.items()}
         out["shapes"][shape] = {
             **med, "all": times, "rows": ids.shape[0], "prompt_width": ids.shape[1] - n, "completion_len": n,
-            "saved_tokens": (k - 1) * p * (ids.shape[1] - n), "shared_by_default": default_group > 1,
+            "saved_tokens": R.prompt_tokens_saved(ids.shape[0], ids.shape[1] - n, k), "shared_by_default": default_group > 1,
             "max_abs_logp_diff": diff,
             "update_ratio": med["update per sample"] / med["update shared"],
             "anchor_ratio": med["anchor per sample"] / med["anchor shared"]}

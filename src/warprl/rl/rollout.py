@@ -250,6 +250,11 @@ def _predicting(module, field: str, input_ids: torch.Tensor, attention_mask: tor
     return torch.cat([first, getattr(rest, field)], 1)
 
 
+def prompt_tokens_saved(rows: int, prompt_width: int, group: int) -> int:
+    """Prompt tokens (padding included) that one pass per group of ``group`` rows does not run again."""
+    return (group - 1) * (rows // group) * prompt_width
+
+
 def prompt_group(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n_completion: int,
                  group: int) -> int:
     """``group`` if groups of that many rows should share one pass over their prompt (else 1): a model type
@@ -265,9 +270,8 @@ def prompt_group(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, n
         if not torch.equal(first.repeat_interleave(group, 0), t[:, :split]):
             raise ValueError(f"the rows do not come in groups of {group} sharing one prompt")
     cfg = getattr(model, "config", None)
-    saved = (group - 1) * (rows // group) * split  # prompt tokens not run again
     shared = (SHARED_PROMPT["enabled"] and getattr(cfg, "model_type", None) in _PLAIN_HEAD
-              and saved >= SHARED_PROMPT["min_tokens"])
+              and prompt_tokens_saved(rows, split, group) >= SHARED_PROMPT["min_tokens"])
     return group if shared else 1
 
 
